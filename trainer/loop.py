@@ -1,0 +1,247 @@
+"""train_and_evaluate: one training run, read top to bottom.
+
+config -> data -> features -> model -> epochs of (train, validate on held-out curated, checkpoint,
+log, on_epoch hook) -> Result. The search service hangs its pruner on ``on_epoch``; this module never
+imports optuna.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from trainer.atomic import atomic_torch_save, atomic_write_text
+from trainer.augment import mixup, spec_augment
+from trainer.config import TrainConfig
+from trainer.inference import autocast_for, predict_bank
+from trainer.losses import build_loss
+from trainer.metrics import lwlrap, per_class_lwlrap
+from trainer.models import build_model
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.prepare import PreparedData, measure_feature_cost, prepare_data
+from trainer.run_log import RunLog
+from trainer.samplers import epoch_indices
+
+EpochHook = Callable[[int, dict], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run diverged (a search prunes such a trial)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    best_lwlrap: float
+    last_lwlrap: float
+    best_epoch: int
+    epochs_run: int            # total epochs completed, resumed ones included
+    history: list[dict]        # one metrics dict per epoch
+    wall_time: float           # seconds spent in this call
+    epoch_time: float          # mean seconds per training epoch
+    best_path: Path
+    last_path: Path
+    feature_cache_key: str
+    inference_cost: float      # seconds of inference per second of audio (features + model)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU (use device=auto or cpu)")
+    return torch.device(name)
+
+
+def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, *,
+                       on_epoch: EpochHook | None = None,
+                       workdir: str | Path | None = None,
+                       tensorboard_dir: str | Path | None = None,
+                       device: str | None = None,
+                       threads: int | None = None,
+                       progress: bool | None = None,
+                       verbose: bool = True,
+                       cache_dir: str | Path | None = None) -> Result:
+    """Train ``config`` on the training split, validate on held-out curated every epoch, return lwlrap.
+
+    ``workdir`` receives config.json, last.pth (every epoch) and best.pth; an existing last.pth there is
+    resumed. ``progress`` None shows a batch bar only on a terminal; ``verbose`` prints one line per epoch.
+    """
+    started = time.perf_counter()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    dev = resolve_device(device or config.device)
+    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="fat2019-run-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    best_path, last_path = workdir / "best.pth", workdir / "last.pth"
+    show_bar = progress if progress is not None else sys.stderr.isatty()
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else (lambda line: None)
+
+    data = prepare_data(config, data_dir, device=dev, cache_dir=cache_dir, progress=progress is not False)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model).to(dev)
+    optimizer = build_optimizer(config.optim, model.parameters())
+    scheduler = build_scheduler(config.optim, optimizer)
+    loss_fn = build_loss(config.loss)
+    rng = np.random.default_rng(config.seed)
+    crop_generator = torch.Generator().manual_seed(config.seed + 1)
+
+    state = _RunState()
+    if last_path.exists():
+        state = _resume(last_path, config, model, optimizer, scheduler, rng, crop_generator)
+        say(f"resuming {workdir} after epoch {state.epoch}")
+    else:
+        atomic_write_text(workdir / "config.json", config.to_json())
+
+    log = RunLog(Path(tensorboard_dir) if tensorboard_dir is not None else workdir / "tb", config)
+    epoch_times: list[float] = []
+    val_seconds = 0.0
+    try:
+        for epoch in range(state.epoch + 1, config.optim.epochs + 1):
+            epoch_started = time.perf_counter()
+            train_loss, grad_norm = _train_one_epoch(config, data, model, optimizer, loss_fn, rng, crop_generator,
+                                                     dev, bar=show_bar, desc=f"epoch {epoch}/{config.optim.epochs}")
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            epoch_times.append(time.perf_counter() - epoch_started)
+
+            val_started = time.perf_counter()
+            probs = predict_bank(model, data.val_bank, n_frames=config.features.crop_frames,
+                                 pad_mode=config.features.pad_mode, batch_size=max(config.optim.batch_size, 64))
+            val_seconds = time.perf_counter() - val_started
+            score = lwlrap(data.val_targets, probs)
+            per_class, weights = per_class_lwlrap(data.val_targets, probs)
+            val_loss = float(F.binary_cross_entropy(torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7),
+                                                    torch.from_numpy(data.val_targets).double()))
+            improved = score > state.best_lwlrap
+            if improved:
+                state.best_lwlrap, state.best_epoch = score, epoch
+            metrics = {"epoch": epoch, "lwlrap": score, "best_lwlrap": state.best_lwlrap, "val_loss": val_loss,
+                       "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm, "epoch_time": epoch_times[-1]}
+            state.history.append(metrics)
+            state.epoch = epoch
+
+            if improved:
+                atomic_torch_save(model.state_dict(), best_path)
+            _save_last(last_path, config, model, optimizer, scheduler, rng, crop_generator, state)
+            log.epoch(epoch, metrics, per_class, weights)
+            say(f"epoch {epoch}/{config.optim.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                f"lwlrap {score:.4f} (best {state.best_lwlrap:.4f} @{state.best_epoch})  lr {lr:.2e}  "
+                f"{epoch_times[-1]:.1f}s")
+            if on_epoch is not None:
+                on_epoch(epoch, dict(metrics))
+    finally:
+        log.close(state.history)
+
+    audio_seconds = float(data.val_bank.lengths.sum()) * config.features.hop / config.features.sample_rate
+    inference_cost = val_seconds / max(audio_seconds, 1e-9) + measure_feature_cost(config.features, dev)
+    return Result(
+        best_lwlrap=state.best_lwlrap,
+        last_lwlrap=state.history[-1]["lwlrap"] if state.history else float("nan"),
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        history=list(state.history),
+        wall_time=time.perf_counter() - started,
+        epoch_time=float(np.mean(epoch_times)) if epoch_times else 0.0,
+        best_path=best_path,
+        last_path=last_path,
+        feature_cache_key=data.feature_cache_key,
+        inference_cost=inference_cost,
+    )
+
+
+def _train_one_epoch(config: TrainConfig, data: PreparedData, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, loss_fn, rng: np.random.Generator,
+                     generator: torch.Generator, dev: torch.device, *, bar: bool, desc: str) -> tuple[float, float]:
+    model.train()
+    order = epoch_indices(config.data, data.curated_targets, data.noisy_targets, rng)
+    batch_size = config.optim.batch_size
+    # A last batch of one clip would break BatchNorm in training mode; it is dropped (and reshuffled next epoch).
+    n_batches = len(order) // batch_size + (1 if len(order) % batch_size > 1 else 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = config.optim.grad_clip if config.optim.grad_clip is not None else float("inf")
+    total_loss, total_norm = 0.0, 0.0
+    for step in tqdm(range(n_batches), desc=desc, disable=not bar, leave=False, dynamic_ncols=True):
+        clips = torch.from_numpy(order[step * batch_size:(step + 1) * batch_size])
+        x = data.train_bank.random_crops(clips, config.features.crop_frames, config.features.pad_mode, generator)
+        y = data.train_targets[clips.to(data.train_targets.device)]
+        is_noisy = data.train_is_noisy[clips.to(data.train_is_noisy.device)]
+        x = spec_augment(x, config.augment, generator)
+        x, y = mixup(x, y, config.augment.mixup_alpha, generator)
+        with autocast_for(dev):
+            logits = model(x.to(dev, non_blocking=True))
+        loss = loss_fn(logits.float(), y.to(dev), is_noisy.to(dev))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {loss.item()} at step {step + 1} of {desc} "
+                                     f"(lr {optimizer.param_groups[0]['lr']:.3g})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        total_loss += loss.item()
+        total_norm += float(norm)
+    return total_loss / max(n_batches, 1), total_norm / max(n_batches, 1)
+
+
+@dataclass
+class _RunState:
+    epoch: int = 0
+    best_lwlrap: float = -math.inf
+    best_epoch: int = 0
+    history: list = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.history = [] if self.history is None else self.history
+
+
+def _save_last(path: Path, config: TrainConfig, model, optimizer, scheduler, rng: np.random.Generator,
+               generator: torch.Generator, state: _RunState) -> None:
+    atomic_torch_save({
+        "config": config.to_json(),
+        "epoch": state.epoch,
+        "best_lwlrap": state.best_lwlrap,
+        "best_epoch": state.best_epoch,
+        "history": json.dumps(state.history),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        # numpy's PCG64 state holds 128-bit integers; JSON keeps the file loadable with weights_only=True.
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "crop_rng": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }, path)
+
+
+def _resume(path: Path, config: TrainConfig, model, optimizer, scheduler, rng: np.random.Generator,
+            generator: torch.Generator) -> _RunState:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    saved = TrainConfig.from_json(checkpoint["config"])
+    if saved != config:
+        changed = ", ".join(f"{k}={v!r}" for k, v in list(config.diff(saved).items())[:5])
+        raise ValueError(f"{path}: this checkpoint belongs to another config (differs in {changed}); "
+                         f"use an empty workdir for a new run")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    rng.bit_generator.state = json.loads(checkpoint["numpy_rng"])
+    generator.set_state(checkpoint["crop_rng"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+    return _RunState(epoch=int(checkpoint["epoch"]), best_lwlrap=float(checkpoint["best_lwlrap"]),
+                     best_epoch=int(checkpoint["best_epoch"]), history=json.loads(checkpoint["history"]))
