@@ -1,0 +1,242 @@
+"""On-disk log-mel cache: each (feature parameters, audio content) pair is computed once, ever.
+
+Layout under ``cache_root(cache_dir) / "features"``::
+
+    <key>/params.json            the feature parameters behind <key> (for people)
+    <key>/<d[:2]>/<d>.npy        float16 (n_mels, frames) log-mel of the file whose content digest is d
+    digests.json                 memo: (absolute path, size, mtime_ns) -> content digest
+
+Entries are keyed by content, so a copy of a clip elsewhere reuses its entry. Every file is
+written atomically, so any number of processes may fill the cache at once; a reader only opens
+final names, and an entry that fails to load (truncated by a full disk, say) is recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.atomic import atomic_path, atomic_write_text
+from trainer.audio import AudioReadError, read_audio
+from trainer.config import FeatureConfig
+from trainer.features import LogMel
+from trainer.paths import cache_root
+
+# Bump when the feature code changes its output, so old entries stop matching.
+FEATURE_CODE_VERSION = 1
+MIN_FILES_FOR_POOL = 16  # below this a process pool costs more than it saves
+_MEMO_SIZE = 2
+
+
+@dataclass
+class FeatureSet:
+    """Log-mel arrays in the order of the requested paths; ``None`` where the file was unusable.
+
+    Arrays are float16 ``(n_mels, frames)`` and read-only: they may be shared between loads in one
+    process, so copy (``crop_or_pad`` does) before changing them.
+    """
+
+    arrays: list[np.ndarray | None]
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def feature_cache_key(cfg: FeatureConfig) -> str:
+    """Short hex digest of the parameters that shape the cached arrays (also a trial attribute)."""
+    params = dict(cfg.cache_params(), feature_code_version=FEATURE_CODE_VERSION)
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def load_features(paths: list[Path], cfg: FeatureConfig, *, cache_dir: str | os.PathLike | None = None,
+                  workers: int | None = None, progress: bool = True, desc: str = "") -> FeatureSet:
+    """Log-mel of every clip in ``paths`` (unpadded), from the cache or computed and cached now.
+
+    Missing entries are computed in ``workers`` processes (default: all cores). Unreadable files
+    come back as ``None`` with their reason in ``failed``; they are retried on the next call.
+    """
+    paths = [Path(p) for p in paths]
+    key = feature_cache_key(cfg)
+    features_dir = cache_root(cache_dir) / "features"
+    identities = [_identity(p) for p in paths]
+    memo_key = (key, str(features_dir.absolute()), tuple(identities))
+    if memo_key in _memo:
+        _memo.move_to_end(memo_key)
+        hit = _memo[memo_key]
+        return FeatureSet(list(hit.arrays), list(hit.failed))
+
+    entry_dir = features_dir / key
+    if not (entry_dir / "params.json").exists():
+        atomic_write_text(entry_dir / "params.json", json.dumps(cfg.cache_params(), indent=2, sort_keys=True))
+    digests = _DigestIndex(features_dir / "digests.json")
+    arrays: list[np.ndarray | None] = [None] * len(paths)
+    failures: dict[int, str] = {}
+    todo: list[int] = []
+    bar = tqdm(total=len(paths), desc=desc or "log-mel", unit="clip",
+               disable=not progress or not sys.stderr.isatty())
+    with bar:
+        for i, identity in enumerate(identities):
+            digest = digests.get(identity)
+            array = _load_entry(_entry_path(entry_dir, digest), cfg) if digest else None
+            if array is None:
+                todo.append(i)
+            else:
+                arrays[i] = array
+                bar.update()
+        for i, (digest, reason) in zip(todo, _fill(paths, todo, cfg, entry_dir, workers)):
+            bar.update()
+            if reason is not None:
+                failures[i] = reason
+                continue
+            digests.put(identities[i], digest)
+            arrays[i] = _load_entry(_entry_path(entry_dir, digest), cfg)
+            if arrays[i] is None:
+                failures[i] = f"cache entry {_entry_path(entry_dir, digest)} could not be read back"
+    digests.save()
+
+    for array in arrays:
+        if array is not None:
+            array.flags.writeable = False
+    result = FeatureSet(arrays, [(paths[i], failures[i]) for i in sorted(failures)])
+    _memo[memo_key] = result
+    while len(_memo) > _MEMO_SIZE:
+        _memo.popitem(last=False)
+    return FeatureSet(list(arrays), list(result.failed))
+
+
+# -- in-process memo: several trials in one worker load the same set once --------------------------
+_memo: OrderedDict[tuple, FeatureSet] = OrderedDict()
+
+
+def _identity(path: Path) -> tuple[str, int, int]:
+    """(absolute path, size, mtime_ns); size -1 when the file cannot be stat'ed."""
+    absolute = str(path.absolute())
+    try:
+        st = os.stat(absolute)
+    except OSError:
+        return absolute, -1, -1
+    return absolute, st.st_size, st.st_mtime_ns
+
+
+class _DigestIndex:
+    """Memo of content digests by file identity, so a warm run does not re-read and hash every clip.
+
+    A missing, stale or corrupt index only costs re-hashing. Concurrent writers merge with what is
+    on disk just before their atomic write; an entry lost to a race is simply re-hashed later.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries = self._read()
+        self.added: dict[str, list] = {}
+
+    def _read(self) -> dict[str, list]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        entries = data.get("entries") if isinstance(data, dict) else None
+        return entries if isinstance(entries, dict) else {}
+
+    def get(self, identity: tuple[str, int, int]) -> str | None:
+        path, size, mtime_ns = identity
+        entry = self.entries.get(path)
+        if size < 0 or not isinstance(entry, list) or len(entry) != 3:
+            return None
+        if entry[0] != size or entry[1] != mtime_ns or not isinstance(entry[2], str):
+            return None
+        return entry[2]
+
+    def put(self, identity: tuple[str, int, int], digest: str) -> None:
+        path, size, mtime_ns = identity
+        if size >= 0 and self.get(identity) != digest:
+            self.added[path] = [size, mtime_ns, digest]
+
+    def save(self) -> None:
+        if not self.added:
+            return
+        entries = self._read()
+        entries.update(self.added)
+        atomic_write_text(self.path, json.dumps({"version": 1, "entries": entries}, separators=(",", ":")))
+        self.entries, self.added = entries, {}
+
+
+def _entry_path(entry_dir: Path, digest: str) -> Path:
+    return entry_dir / digest[:2] / f"{digest}.npy"
+
+
+def _load_entry(path: Path, cfg: FeatureConfig) -> np.ndarray | None:
+    """The cached array, or None when absent or unusable (truncated, wrong shape or dtype)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if array.dtype != np.float16 or array.ndim != 2 or array.shape[0] != cfg.n_mels or array.shape[1] == 0:
+        return None
+    return array
+
+
+def _fill(paths: list[Path], todo: list[int], cfg: FeatureConfig, entry_dir: Path, workers: int | None):
+    """Yield (digest, failure reason) for each index in ``todo``, in order, computing missing entries."""
+    jobs = [(paths[i], cfg, entry_dir) for i in todo]
+    workers = max(1, workers or os.cpu_count() or 1)
+    if workers == 1 or len(jobs) < MIN_FILES_FOR_POOL:
+        for job in jobs:
+            yield _fill_one(job)
+        return
+    workers = min(workers, len(jobs))
+    _log_mel(cfg)  # built before forking, so workers inherit it instead of each importing the filter code
+    # On Linux, fork starts workers in milliseconds (elsewhere fork is unsafe with torch, so the
+    # platform default); like DataLoader workers they use one torch thread each.
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+    chunk = max(1, min(32, len(jobs) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+        yield from pool.map(_fill_one, jobs, chunksize=chunk)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+_modules: dict[FeatureConfig, LogMel] = {}
+
+
+def _log_mel(cfg: FeatureConfig) -> LogMel:
+    if cfg not in _modules:
+        if len(_modules) >= 8:  # a long search visits many feature configs; keep a few filter banks
+            _modules.clear()
+        _modules[cfg] = LogMel(cfg)
+    return _modules[cfg]
+
+
+def _fill_one(job: tuple[Path, FeatureConfig, Path]) -> tuple[str, str | None]:
+    """Read one file once: hash its bytes, and unless a good entry exists, compute and write it."""
+    path, cfg, entry_dir = job
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "", "file not found"
+    except OSError as exc:
+        return "", f"cannot read file ({exc.strerror or exc})"
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    entry = _entry_path(entry_dir, digest)
+    if _load_entry(entry, cfg) is not None:
+        return digest, None
+    try:
+        wave = read_audio(data, cfg.sample_rate, name=str(path))
+    except AudioReadError as exc:
+        return digest, exc.reason
+    with torch.no_grad():
+        logmel = _log_mel(cfg)(torch.from_numpy(wave)).numpy().astype(np.float16)
+    with atomic_path(entry) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, logmel)  # a handle: np.save on a path would append ".npy" to the temp name
+    return digest, None
