@@ -38,3 +38,10 @@ def demo_data(session_cache) -> Path:
 @pytest.fixture()
 def tiny_config() -> TrainConfig:
     return TrainConfig().with_overrides(TINY_OVERRIDES)
+
+
+def pytest_configure(config):
+    # Tests use tiny tensors: one thread avoids oversubscribing CI's two cores (and is faster here).
+    import torch
+
+    torch.set_num_threads(1)
