@@ -26,7 +26,6 @@ from trainer import feature_cache
 from trainer.batches import FeatureBank
 from trainer.config import FeatureConfig
 from trainer.feature_cache import load_features
-from trainer.features import crop_or_pad, normalize_clip
 
 BASELINE_SECONDS = 15  # the seed baseline pads/trims every clip to 15 s before its mel spectrogram
 
@@ -49,16 +48,6 @@ def per_item_epoch(paths: list[Path], cfg: FeatureConfig) -> float:
         wave = np.pad(wave, (0, max(0, target - len(wave))))[:target]
         mel = librosa.feature.melspectrogram(y=wave, sr=rate, n_fft=cfg.n_fft, hop_length=cfg.hop, n_mels=cfg.n_mels)
         torch.from_numpy(librosa.power_to_db(mel))
-    return time.perf_counter() - started
-
-
-def crop_epoch(arrays: list[np.ndarray], cfg: FeatureConfig, batch_size: int, rng: np.random.Generator) -> float:
-    """Seconds for one epoch of shuffled, randomly cropped, normalised float32 batches via crop_or_pad."""
-    started = time.perf_counter()
-    order = rng.permutation(len(arrays))
-    for lo in range(0, len(order), batch_size):
-        crops = [crop_or_pad(arrays[i], cfg.crop_frames, cfg.pad_mode, rng) for i in order[lo:lo + batch_size]]
-        normalize_clip(torch.from_numpy(np.stack(crops)).float(), cfg.normalize)
     return time.perf_counter() - started
 
 
@@ -110,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_s = time.perf_counter() - started
 
     baseline_s = per_item_epoch(paths, cfg)
-    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    crop_s = best_of(args.epochs, lambda: crop_epoch(arrays, cfg, args.batch_size, rng))
+    generator = torch.Generator().manual_seed(0)
     bank = FeatureBank.from_arrays(arrays, normalize=cfg.normalize)
     bank_s = best_of(args.epochs, lambda: bank_epoch(bank, cfg, args.batch_size, generator))
 
@@ -120,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         ("per-item: read, pad to 15 s, librosa log-mel (seed baseline)", baseline_s, "1x", "-"),
         (f"cache: first fill, empty cache ({workers} workers)", fill_s, f"{baseline_s / fill_s:.1f}x", ">= 3x"),
         ("cache: a later run's load (in-process memo cleared)", warm_s, f"{baseline_s / warm_s:.1f}x", "-"),
-        ("cache: epoch of batches, crop_or_pad + stack + normalise", crop_s, f"{baseline_s / crop_s:.0f}x", ">= 100x"),
-        ("cache: epoch of batches, FeatureBank gather (trainer path)", bank_s, f"{baseline_s / bank_s:.0f}x", "-"),
+        ("cache: epoch of random-crop batches (FeatureBank gather, the trainer's path)", bank_s,
+         f"{baseline_s / bank_s:.0f}x", ">= 100x"),
     ]
     print(f"\n{n} clips, {audio_s / 60:.1f} min of audio, batch {args.batch_size}\n")
     print("| pipeline | seconds | clips/s | vs per-item | target |")

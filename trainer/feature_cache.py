@@ -43,7 +43,7 @@ class FeatureSet:
     """Log-mel arrays in the order of the requested paths; ``None`` where the file was unusable.
 
     Arrays are float16 ``(n_mels, frames)`` and read-only: they may be shared between loads in one
-    process, so copy (``crop_or_pad`` does) before changing them.
+    process, so copy (``FeatureBank`` does) before changing them.
     """
 
     arrays: list[np.ndarray | None]

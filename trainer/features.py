@@ -1,5 +1,6 @@
-"""Log-mel spectrograms with one torch implementation for CPU and GPU, plus per-clip normalisation
-and the fixed-length crop/pad that turns clips of any length into training batches.
+"""Log-mel spectrograms with one torch implementation for CPU and GPU.
+
+Normalisation and the fixed-length crops of training batches live in ``trainer/batches.py``.
 
 The log-mel matches ``librosa.feature.melspectrogram`` + ``power_to_db`` (same STFT centring and
 zero padding, same Slaney mel filter bank), so features cached on CPU and features computed on a
@@ -14,7 +15,6 @@ import torch
 from trainer.config import FeatureConfig
 
 LOG_OFFSET = 1e-6  # scale "log": log(mel + LOG_OFFSET)
-_NORM_EPS = 1e-6
 
 
 def frame_count(n_samples: int, hop: int) -> int:
@@ -65,54 +65,3 @@ class LogMel(torch.nn.Module):
             peak = db.amax(dim=(-2, -1), keepdim=True)
             db = torch.maximum(db, peak - cfg.top_db)
         return db
-
-
-def normalize_clip(x: np.ndarray | torch.Tensor, mode: str) -> np.ndarray | torch.Tensor:
-    """Per-clip standardisation over the last two axes (mel, time) for "clip"; identity for "none".
-
-    Works on one clip ``(n_mels, T)`` or a batch ``(B, n_mels, T)``; numpy input comes back float32.
-    A constant clip maps to zeros.
-    """
-    if mode == "none":
-        return x
-    if mode != "clip":
-        raise ValueError(f"features.normalize={mode!r}: expected 'clip' or 'none'")
-    if x.ndim < 2:
-        raise ValueError(f"normalize_clip expects (n_mels, T) or (B, n_mels, T), got shape {tuple(x.shape)}")
-    # Two-pass mean/std with the centred copy reused: torch's fused std_mean is ~3x slower on CPU.
-    if isinstance(x, torch.Tensor):
-        centred = x - x.mean(dim=(-2, -1), keepdim=True)
-        std = centred.square().mean(dim=(-2, -1), keepdim=True).sqrt_()
-        return centred.div_(std + _NORM_EPS)
-    x32 = np.asarray(x, dtype=np.float32)
-    centred = x32 - x32.mean(axis=(-2, -1), keepdims=True)
-    std = np.sqrt(np.square(centred).mean(axis=(-2, -1), keepdims=True))
-    centred /= std + _NORM_EPS
-    return centred
-
-
-def crop_or_pad(x: np.ndarray, frames: int, mode: str, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Return a new ``(n_mels, frames)`` array cut from or padded out of the clip ``x`` ``(n_mels, T)``.
-
-    Longer clips: a random window when ``rng`` is given (training), else the first ``frames``
-    (deterministic evaluation). Shorter clips: "wrap" repeats the clip; "constant" fills with the
-    clip's minimum value, i.e. silence: the dB floor on raw features, the silence level after
-    normalisation, so it is right whether normalisation happens before or after this call.
-    """
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"crop_or_pad expects a non-empty (n_mels, T) array, got shape {x.shape}")
-    if frames < 1:
-        raise ValueError(f"crop_or_pad: frames={frames} must be at least 1")
-    if mode not in ("constant", "wrap"):
-        raise ValueError(f"features.pad_mode={mode!r}: expected 'constant' or 'wrap'")
-    length = x.shape[1]
-    if length >= frames:
-        start = int(rng.integers(0, length - frames + 1)) if rng is not None else 0
-        return x[:, start:start + frames].copy()
-    if mode == "wrap":
-        reps = -(-frames // length)
-        return np.tile(x, (1, reps))[:, :frames]
-    floor = x.astype(np.float32, copy=False).min()  # numpy's float16 min is 2x slower than converting
-    out = np.full((x.shape[0], frames), floor, dtype=x.dtype)
-    out[:, :length] = x
-    return out

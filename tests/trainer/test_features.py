@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainer.config import FeatureConfig
-from trainer.features import LogMel, crop_or_pad, frame_count, normalize_clip
+from trainer.features import LogMel, frame_count
 
 SR = 44100
 # float32 STFT rounding: librosa and torch differ by ~3e-5 dB on these clips; 1e-3 dB leaves margin
@@ -79,44 +79,3 @@ def test_buffers_follow_device_but_not_checkpoints():
 def test_bad_waveform_shape_is_reported():
     with pytest.raises(ValueError, match=r"\(T,\) or \(B, T\), got \(1, 2, 3\)"):
         LogMel(FeatureConfig())(torch.zeros(1, 2, 3))
-
-
-def test_normalize_clip_numpy_torch_and_batch():
-    x = np.random.default_rng(0).normal(-40, 12, (2, 8, 50)).astype(np.float16)
-    out = normalize_clip(x[0], "clip")
-    assert out.dtype == np.float32
-    assert out.mean() == pytest.approx(0.0, abs=1e-5) and out.std() == pytest.approx(1.0, abs=1e-4)
-    batch = normalize_clip(torch.from_numpy(x.astype(np.float32)), "clip")
-    np.testing.assert_allclose(batch[0].numpy(), out, atol=1e-5)
-    assert normalize_clip(x, "none") is x
-    np.testing.assert_array_equal(normalize_clip(np.full((4, 5), -80.0), "clip"), np.zeros((4, 5)))
-    with pytest.raises(ValueError, match="features.normalize='z'"):
-        normalize_clip(x, "z")
-
-
-def test_crop_longer_clip_random_with_rng_start_without():
-    x = np.arange(30, dtype=np.float16).reshape(1, 30).repeat(3, axis=0)
-    np.testing.assert_array_equal(crop_or_pad(x, 10, "constant"), x[:, :10])
-    starts = {int(crop_or_pad(x, 10, "constant", np.random.default_rng(s))[0, 0]) for s in range(30)}
-    assert len(starts) > 5 and min(starts) >= 0 and max(starts) <= 20
-    out = crop_or_pad(x, 10, "wrap", np.random.default_rng(0))
-    assert out.shape == (3, 10) and out.dtype == np.float16
-    out[:] = -1
-    assert x.min() == 0  # a copy: the caller may augment it in place
-
-
-def test_pad_short_clip_wrap_and_constant():
-    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)
-    np.testing.assert_array_equal(crop_or_pad(x, 7, "wrap"), [[1, 2, 3, 1, 2, 3, 1], [4, 5, 6, 4, 5, 6, 4]])
-    np.testing.assert_array_equal(crop_or_pad(x, 5, "constant", np.random.default_rng(0)),
-                                  [[1, 2, 3, 1, 1], [4, 5, 6, 1, 1]])
-    np.testing.assert_array_equal(crop_or_pad(x, 3, "wrap"), x)
-
-
-def test_crop_or_pad_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="pad_mode='reflect'"):
-        crop_or_pad(np.zeros((2, 3)), 5, "reflect")
-    with pytest.raises(ValueError, match="non-empty"):
-        crop_or_pad(np.zeros((2, 0)), 5, "wrap")
-    with pytest.raises(ValueError, match="frames=0"):
-        crop_or_pad(np.zeros((2, 3)), 0, "wrap")
