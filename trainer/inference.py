@@ -14,8 +14,9 @@ from trainer.batches import FeatureBank
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it; plain float32 elsewhere (CPU autocast is slower here)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """bf16 autocast on GPUs with native bf16 (Ampere+); float32 elsewhere, including Kaggle's T4/P100,
+    where bf16 is only emulated and slower than float32, and on CPU where autocast is slower here."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
