@@ -1,0 +1,113 @@
+"""``python -m search.dashboard --study NAME``: optuna-dashboard on the study's storage, for an SSH tunnel.
+
+The server binds to 127.0.0.1 by default: on a shared GPU box the dashboard (which has no login and can
+edit studies) is reached from a laptop through ``ssh -L``; the command prints that exact line.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import socket
+import sys
+from socketserver import ThreadingMixIn
+from typing import Sequence
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+import optuna_dashboard
+
+from search.report import STUDIES_ENV, StudyNotFoundError, load_study, masked_url
+from search.storage import open_storage
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class _ThreadedWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow plot request never blocks the page (as optuna-dashboard's CLI)."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+        pass  # the dashboard polls every few seconds; one access line per poll would bury the tunnel line
+
+
+def make_dashboard_server(storage: optuna.storages.BaseStorage, host: str = "127.0.0.1",
+                          port: int = 8080) -> WSGIServer:
+    """A (not yet serving) HTTP server running optuna-dashboard's WSGI app on ``storage``; port 0 picks a free one."""
+    app = optuna_dashboard.wsgi(storage)
+    return make_server(host, port, app, server_class=_ThreadedWSGIServer, handler_class=_QuietHandler)
+
+
+def tunnel_line(port: int, *, host: str = "127.0.0.1", user: str | None = None,
+                machine: str | None = None) -> str:
+    """The ``ssh -L`` command that forwards the laptop's ``port`` to the dashboard on this machine."""
+    user = user or getpass.getuser()
+    machine = machine or _machine_name()
+    target = "localhost" if host in LOCAL_HOSTS or host in ("0.0.0.0", "::") else host
+    return f"ssh -L {port}:{target}:{port} {user}@{machine}"
+
+
+def _machine_name() -> str:
+    name = socket.getfqdn()
+    # getfqdn() answers "localhost" or a reverse-DNS artefact on boxes without proper DNS
+    if not name or name.startswith("localhost") or name.endswith(".arpa"):
+        name = socket.gethostname()
+    return name
+
+
+def study_url(host: str, port: int, study_id: int) -> str:
+    """The browser address of the study's page (through the tunnel when bound locally)."""
+    shown = "localhost" if host in LOCAL_HOSTS or host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}/dashboard/studies/{study_id}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search.dashboard", description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True, help="study name")
+    parser.add_argument("--storage", help="SQLAlchemy storage URL (default: sqlite:///<studies-dir>/<study>.db)")
+    parser.add_argument("--studies-dir", help=f"studies folder (default: ${STUDIES_ENV} or ./studies)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 = any free)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated dashboard)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; prints the address and the tunnel line, then serves until Ctrl-C."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: expected 0..65535")
+    try:
+        _, storage_url = load_study(args.study, args.storage, args.studies_dir)
+    except StudyNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    storage = open_storage(storage_url)  # readers pass no heartbeat: only workers own trials
+    try:
+        server = make_dashboard_server(storage, args.host, args.port)
+    except OSError as error:  # port taken, address not on this machine, ...
+        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    port = server.server_address[1]
+    try:  # Ctrl-C is the normal way to stop, also while the banner is still printing
+        if args.host not in LOCAL_HOSTS:
+            print(f"WARNING: the dashboard is bound to {args.host}:{port} and has no authentication: anyone "
+                  "who can reach that address can read, edit and delete studies. Prefer the default "
+                  "127.0.0.1 with an SSH tunnel.", file=sys.stderr)
+        print(f"optuna-dashboard for study {args.study!r} on {masked_url(storage_url)}")
+        print(f"  open: {study_url(args.host, port, storage.get_study_id_from_name(args.study))}")
+        print(f"  from your laptop, first: {tunnel_line(port, host=args.host)}")
+        print("  stop: Ctrl-C", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

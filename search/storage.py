@@ -1,0 +1,214 @@
+"""Study storage that holds up under many workers: SQLite made safe for parallel panes, or any SQLAlchemy URL.
+
+Optuna's FAQ warns that SQLite fails under parallel workers ("database is locked" at start-up, from the
+heartbeat thread, or while optuna-dashboard reads). ``open_storage`` fixes that for ``sqlite:///`` URLs:
+every connection runs in WAL mode with a busy timeout, write transactions start with ``BEGIN IMMEDIATE``
+(so SQLite waits for the lock instead of failing a deferred read-to-write upgrade), and an operation
+that still meets a locked database is retried with backoff. PostgreSQL/MySQL URLs pass through unchanged.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import logging
+import random
+import sqlite3
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+_log = logging.getLogger(__name__)
+
+SQLITE_TIMEOUT_S = 60.0  # how long one SQLite statement waits for a lock before "database is locked"
+LOCK_RETRIES = 8  # then how often a whole storage operation is retried (backoff 0.05 s doubling, jittered)
+DEFAULT_MAX_RETRY = 3  # how often one trial is re-run after its worker died or was interrupted
+
+_T = TypeVar("_T")
+
+
+def default_storage_url(study_name: str, studies_dir: str | Path) -> str:
+    """``sqlite:///<studies_dir>/<study_name>.db`` as an absolute path (creates ``studies_dir``)."""
+    studies_dir = Path(studies_dir).expanduser()
+    studies_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(studies_dir / f'{study_name}.db').resolve()}"
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int | None = DEFAULT_MAX_RETRY) -> optuna.storages.BaseStorage:
+    """Open (creating tables if needed) the study storage at a SQLAlchemy ``url``.
+
+    With ``heartbeat_interval`` (seconds) each running trial records a heartbeat; a trial silent for
+    ``grace_period`` seconds (default 2 x interval) is marked FAILED by the next worker and re-queued up
+    to ``max_retry`` times (None = without limit) by ``RetryFailedTrial``. Readers such as the dashboard
+    pass no heartbeat.
+    """
+    url = _with_available_driver(url)
+    engine_kwargs: dict[str, Any] = {}
+    database = _sqlite_file(url)
+    if database is not None:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs["creator"] = functools.partial(_connect_sqlite, database)
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # a server restart must not kill a long-running worker
+    callback = RetryFailedTrial(max_retry) if heartbeat_interval is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = _retry_locked(lambda: _LockRetryingRDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period, heartbeat_stale_trial_callback=callback))
+    # Optuna's schema check nests two connections in one thread; only after it may writers take
+    # the lock up front.
+    _IMMEDIATE_ENGINES.add(storage.engine)
+    return storage
+
+
+def create_or_load_study(storage: optuna.storages.BaseStorage, study_name: str, *, direction: str,
+                         sampler: optuna.samplers.BaseSampler | None = None,
+                         pruner: optuna.pruners.BasePruner | None = None,
+                         on_create: Callable[[optuna.Study], None] | None = None) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when another worker created it first; returns (study, created).
+
+    Exactly one of many workers starting at the same moment gets ``created=True`` (the storage's unique
+    study name decides), and only that one runs ``on_create`` (e.g. enqueue the baseline trial).
+    """
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, direction=direction,
+                                    sampler=sampler, pruner=pruner, load_if_exists=False)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner), False
+    if on_create is not None:
+        on_create(study)
+    return study, True
+
+
+class RetryFailedTrial(RetryHeartbeatStaleTrialCallback):
+    """Re-queue a failed trial as WAITING with the same params; the copy carries ``retry_of`` = its number.
+
+    Optuna's own system attrs ``failed_trial`` (the first trial of the chain) and ``retry_history`` are kept,
+    and so is the ``baseline`` mark; the failed trial's other user attrs (run folder, reason, ...) describe
+    that attempt only and are dropped.
+    Used as the storage's heartbeat callback (worker died) and by a worker on Ctrl-C (``reason``).
+    """
+
+    KEPT_ATTRS = ("baseline",)
+
+    def __init__(self, max_retry: int | None = DEFAULT_MAX_RETRY) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str = "heartbeat") -> None:
+        copied = copy.deepcopy(trial)
+        copied.user_attrs = {"retry_of": trial.number, "retry_reason": reason,
+                             **{k: v for k, v in trial.user_attrs.items() if k in self.KEPT_ATTRS}}
+        super().__call__(study, copied)
+
+
+def _with_available_driver(url: str) -> str:
+    """``postgresql://`` means psycopg (v3) to SQLAlchemy 2.1; use psycopg2 when only that is installed."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
+# -- SQLite plumbing ------------------------------------------------------------------------------
+class _SQLiteConnection(sqlite3.Connection):
+    """A connection opened by ``open_storage``: SQLAlchemy's "begin" event opens its transactions."""
+
+
+_IMMEDIATE_ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
+
+
+def _sqlite_file(url: str) -> str | None:
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
+def _connect_sqlite(database: str) -> sqlite3.Connection:
+    # isolation_level=None: the sqlite3 module must not open transactions itself; SQLAlchemy's
+    # "begin" event below does, as BEGIN IMMEDIATE.
+    conn = sqlite3.connect(database, timeout=SQLITE_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False, factory=_SQLiteConnection)
+    conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_TIMEOUT_S * 1000)}")
+    _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+    conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, and much faster
+    return conn
+
+
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "begin")
+def _begin_immediate(conn: sqlalchemy.engine.Connection) -> None:
+    if isinstance(conn.connection.dbapi_connection, _SQLiteConnection):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.engine in _IMMEDIATE_ENGINES else "BEGIN")
+
+
+def _is_locked(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)) and \
+                "locked" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retry_locked(operation: Callable[[], _T]) -> _T:
+    delay = 0.05
+    for attempt in range(LOCK_RETRIES + 1):
+        try:
+            return operation()
+        except Exception as exc:  # only lock errors are retried, anything else re-raises at once
+            if attempt == LOCK_RETRIES or not _is_locked(exc):
+                raise
+            _log.debug("database is locked; retry %d in %.2f s", attempt + 1, delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def _retrying(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> _T:
+        return _retry_locked(lambda: method(self, *args, **kwargs))
+    return wrapper
+
+
+# Every public storage operation commits or rolls back as a whole, so re-running one after a lock
+# error is safe; the heartbeat is also retried so a busy database never silently stops it.
+_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+    "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
+    "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+class _LockRetryingRDBStorage(RDBStorage):
+    """RDBStorage whose operations are retried when SQLite reports a locked database."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            _retrying(RDBStorage.record_heartbeat)(self, trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            # An exception would end Optuna's heartbeat thread for good and get a live trial failed;
+            # a missed beat is harmless while the grace period is a few intervals long.
+            _log.warning("heartbeat for trial id %d not recorded: %s", trial_id, exc)
+
+
+for _name in _RETRIED:
+    if _name != "record_heartbeat":
+        setattr(_LockRetryingRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))

@@ -1,0 +1,104 @@
+"""Search-test fixtures: tiny study specs, a warm feature cache, backends, worker subprocesses."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pytest
+
+from search.storage import default_storage_url, open_storage
+
+TINY_BASE = """\
+"model.depth" = 18
+"model.width" = 0.0625
+"features.n_mels" = 32
+"features.crop_frames" = 64
+"optim.batch_size" = 16
+"optim.lr" = 3e-3
+"""
+TINY_SPACE = """\
+"optim.lr" = { float = [1e-4, 1e-2], log = true }
+"model.head" = { choices = ["linear", "mlp"] }
+"model.head_hidden" = { int = [8, 32], when = { "model.head" = "mlp" } }
+"""
+PG_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
+
+
+def write_spec(studies_dir: Path, name: str, *, epochs: int = 2, pruner: str = 'name = "none"',
+               space: str = TINY_SPACE, extra: str = "") -> Path:
+    """A tiny study spec over the 0.05-scale demo set (trials take about a second on one core)."""
+    studies_dir.mkdir(parents=True, exist_ok=True)
+    path = studies_dir / f"{name}.toml"
+    path.write_text(f'[study]\ndata = "demo"\ndemo_scale = 0.05\nepochs = {epochs}\n\n[base]\n{TINY_BASE}\n'
+                    f'[sampler]\nseed = 0\nn_startup_trials = 2\n\n[pruner]\n{pruner}\n\n{extra}\n[space]\n{space}',
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def warm_cache(demo_data: Path) -> Path:
+    """Fill the session's feature cache for the tiny base config once, so workers only read it."""
+    from tests.conftest import TINY_OVERRIDES
+    from trainer import TrainConfig, train_and_evaluate
+
+    config = TrainConfig().with_overrides({**TINY_OVERRIDES, "optim.epochs": 1})
+    train_and_evaluate(config, demo_data, threads=1, progress=False, verbose=False)
+    return demo_data
+
+
+def _postgres_url() -> str | None:
+    import sqlalchemy
+
+    from search.storage import _with_available_driver
+
+    for url in PG_URLS:
+        try:
+            engine = sqlalchemy.create_engine(_with_available_driver(url))
+            with engine.connect():
+                pass
+            engine.dispose()
+            return url
+        except Exception:  # any failure to connect means "no server here": try the next user, then skip
+            continue
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path) -> Callable[[str], str]:
+    """Backend supplier (Optuna's StorageSupplier pattern): study name -> storage URL."""
+    if request.param == "sqlite":
+        return lambda name: default_storage_url(name, tmp_path / "studies")
+    url = _postgres_url()
+    if url is None:
+        pytest.skip(f"no PostgreSQL server reachable at {' or '.join(PG_URLS)} (trust auth)")
+    return lambda name: url
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def worker(studies_dir: Path, study: str, *args: str) -> subprocess.Popen:
+    """Start ``python -m search.run`` as a worker process with a 1 s heartbeat and 2 s grace."""
+    command = [sys.executable, "-m", "search.run", "--study", study, "--studies-dir", str(studies_dir),
+               "--threads", "1", "--heartbeat", "1", "--grace", "2", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)

@@ -1,0 +1,151 @@
+"""search.best: listing, choosing the best feasible trial, and --export on a tiny demo study."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.best import choose_trial, main
+from search.export import member_configs
+from search.storage import default_storage_url, open_storage
+from trainer import train_and_evaluate
+from trainer.config import ConfigError, TrainConfig
+
+from tests.conftest import TINY_OVERRIDES
+
+LR = FloatDistribution(1e-3, 1e-2, log=True)
+SPEC = """
+[study]
+name = "demo"
+data = "demo"
+demo_scale = 0.05
+epochs = 2
+
+[base]
+{base}
+
+[space]
+"optim.lr" = {{ float = [1e-3, 1e-2], log = true }}
+
+[kernel]
+budget_s = 3600
+test_audio_s = 10000
+"""
+
+
+def _trial(value: float | None, lr: float, *, state=TrialState.COMPLETE, feasible: bool = True, **attrs):
+    return create_trial(state=state, value=value, params={"optim.lr": lr}, distributions={"optim.lr": LR},
+                        user_attrs={"feasible": feasible, "epochs_run": 2, **attrs},
+                        system_attrs={"constraints:kernel_time": -100.0 if feasible else 250.0})
+
+
+@pytest.fixture(scope="module")
+def studies(demo_data, session_cache, tmp_path_factory) -> Path:
+    """A study whose baseline (trial 0) really ran; trial 1 scores higher but is over the kernel budget."""
+    studies = tmp_path_factory.mktemp("studies")
+    base = "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in TINY_OVERRIDES.items() if k != "optim.epochs")
+    (studies / "demo.toml").write_text(SPEC.format(base=base))
+    config = TrainConfig().with_overrides(TINY_OVERRIDES)
+    result = train_and_evaluate(config, demo_data, workdir=studies / "demo" / "trials" / "0", progress=False,
+                                verbose=False, cache_dir=session_cache)
+    study = optuna.create_study(storage=open_storage(default_storage_url("demo", studies)), study_name="demo",
+                                direction="maximize")
+    study.add_trial(_trial(result.best_lwlrap, 3e-3, is_baseline=True, config=config.to_json(),
+                           run_dir=str(studies / "demo" / "trials" / "0"), kernel_time_s=12.0))
+    study.add_trial(_trial(0.99, 5e-3, feasible=False, kernel_time_s=4000.0,
+                           config=config.with_overrides({"optim.lr": 5e-3}).to_json()))
+    study.add_trial(_trial(None, 2e-3, state=TrialState.PRUNED))
+    return studies
+
+
+def test_listing_ranks_trials_and_skips_infeasible_ones(studies, capsys):
+    assert main(["--study", "demo", "--studies-dir", str(studies)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows[:2]] == ["1", "0"]  # ranked by lwlrap: the infeasible one on top
+    assert "infeasible" in " ".join(rows[0]) and "optim.lr=0.005" in " ".join(rows[0])
+    assert "(baseline)" in " ".join(rows[1])
+    assert "best feasible trial: 0" in out
+    assert json.loads(out[out.index("{"):])["optim"]["lr"] == 3e-3  # the best config, in full
+
+
+def test_export_retrains_the_best_feasible_trial(studies, tmp_path, capsys):
+    out = tmp_path / "export"
+    code = main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(out),
+                 "--kaggle-user", "someone"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    study = optuna.load_study(study_name="demo", storage=open_storage(default_storage_url("demo", studies)))
+    record = json.loads((out / "export.json").read_text())
+    assert record["trial"] == 0 and record["retrained_config_equals_trial"]
+    assert record["retrained_lwlrap"] == pytest.approx(study.trials[0].value, abs=1e-9)  # same seed, CPU
+    assert "retrained lwlrap" in printed and "difference +0.0000" in printed
+    assert record["inference"]["seconds_per_clip"] > 0 and record["inference"]["projected_for_clips"] == 3361
+
+    state = torch.load(out / "best.pth", weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    meta = json.loads((out / "config.json").read_text())
+    assert [m["file"] for m in meta["models"]] == ["best.pth"] and meta["pooling"] == "mean"
+    assert TrainConfig.from_dict(meta["train_config"]) == TrainConfig().with_overrides(TINY_OVERRIDES)
+    assert len(meta["labels"]) == 80
+    dataset = json.loads((out / "dataset-metadata.json").read_text())
+    assert dataset["id"] == "someone/fat2019-demo" and 6 <= len(dataset["title"]) <= 50 and dataset["licenses"]
+    assert f"kaggle datasets create -p {out}" in (out / "SUBMIT.md").read_text()
+    assert (out / "kernel.py").is_file()
+
+
+def test_export_of_a_seed_ensemble_with_full_curated(studies, tmp_path, capsys):
+    out = tmp_path / "export"
+    code = main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(out), "--seeds", "2",
+                 "--epochs", "1", "--full-curated", "--pooling", "geometric", "--trial", "0"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["pooling"] == "geometric"
+    assert [(m["file"], m["seed"], m["checkpoint"]) for m in meta["models"]] == [
+        ("model-0.pth", 0, "last"), ("model-1.pth", 1, "last")]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model-0.pth", "model-1.pth"]
+    assert "not a held-out score" in printed and "the configs differ" in printed
+    dataset = json.loads((out / "dataset-metadata.json").read_text())
+    assert dataset["id"].startswith("YOUR-KAGGLE-USERNAME/")
+    assert "YOUR-KAGGLE-USERNAME" in (out / "SUBMIT.md").read_text()
+
+
+def test_choose_trial_refuses_infeasible_and_unfinished(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(_trial(0.9, 5e-3, feasible=False))
+    study.add_trial(_trial(None, 2e-3, state=TrialState.PRUNED))
+    with pytest.raises(LookupError, match="exceed the kernel time budget"):
+        choose_trial(study)
+    with pytest.raises(LookupError, match="--trial 1: it is PRUNED"):
+        choose_trial(study, 1)
+    with pytest.raises(LookupError, match="--trial 7: study .* has no such trial"):
+        choose_trial(study, 7)
+    assert choose_trial(study, 0).number == 0  # asked for by number: exported (with a warning in the CLI)
+
+
+def test_member_configs_for_seeds_and_folds():
+    base = TrainConfig().with_overrides(TINY_OVERRIDES)
+    seeds = member_configs(base, seeds=3, epochs=5)
+    assert [c.seed for c in seeds] == [0, 1, 2] and {c.optim.epochs for c in seeds} == {5}
+    folds = member_configs(base, folds=4)
+    assert [(c.data.n_folds, c.data.val_fold) for c in folds] == [(4, 0), (4, 1), (4, 2), (4, 3)]
+    assert member_configs(base) == [base]
+    with pytest.raises(ConfigError, match="--folds with --full-curated"):
+        member_configs(base, folds=3, full_curated=True)
+    with pytest.raises(ConfigError, match="--seeds and --folds"):
+        member_configs(base, seeds=2, folds=3)
+
+
+def test_cli_errors_are_one_line(studies, tmp_path, capsys):
+    assert main(["--study", "nope", "--studies-dir", str(studies)]) == 2
+    assert "error: " in capsys.readouterr().err
+    code = main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(tmp_path / "x"),
+                 "--dataset-slug", "Bad Slug"])
+    assert code == 2
+    assert "--dataset-slug 'Bad Slug'" in capsys.readouterr().err

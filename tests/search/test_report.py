@@ -1,0 +1,206 @@
+"""search.report on small studies built with Optuna directly: the markdown's facts and real PNGs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from matplotlib import image as mpimg
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.report import baseline_trial, config_diff, edge_params, main, masked_url
+from search.storage import open_storage
+
+SPACE = {
+    "optim.lr": FloatDistribution(1e-4, 1e-1, log=True),
+    "model.depth": IntDistribution(10, 34),
+    "loss.name": CategoricalDistribution(["bce", "focal"]),
+}
+PNGS = ["optimization_history", "intermediate_values", "param_importances", "parallel_coordinate", "slice"]
+
+
+def _config(params):
+    return json.dumps({"optim": {"lr": params["optim.lr"], "epochs": 4, "batch_size": 16},
+                       "model": {"depth": params["model.depth"]}, "loss": {"name": params["loss.name"]}})
+
+
+def _trial(state, params, curve, **user_attrs):
+    value = max(curve.values()) if state == TrialState.COMPLETE else None
+    attrs = {"epochs_run": len(curve), "wall_time": 10.0 * len(curve), "config": _config(params), **user_attrs}
+    return create_trial(state=state, value=value, params=params, distributions=SPACE,
+                        user_attrs=attrs, intermediate_values=curve)
+
+
+def _study(path, name="demo"):
+    study = optuna.create_study(study_name=name, storage=open_storage(f"sqlite:///{path}"), direction="maximize")
+    study.set_user_attr("epochs_budget", 4)
+    return study
+
+
+def _demo_study(path, n_complete=8):
+    """``n_complete`` completed trials (a baseline, the best at the top of the lr range, others), 2 pruned,
+    1 diverged (failed with NaN) and 1 pruned for NaN."""
+    study = _study(path)
+    rng = np.random.default_rng(0)
+    study.add_trial(_trial(TrialState.COMPLETE, {"optim.lr": 1e-3, "model.depth": 34, "loss.name": "bce"},
+                           {1: 0.30, 2: 0.40, 3: 0.45, 4: 0.50}, is_baseline=True))
+    for i in range(n_complete - 2):
+        params = {"optim.lr": float(10 ** rng.uniform(-4, -1.8)), "model.depth": int(rng.integers(12, 32)),
+                  "loss.name": ["bce", "focal"][i % 2]}
+        study.add_trial(_trial(TrialState.COMPLETE, params, {e: 0.1 + 0.08 * e + 0.01 * i for e in range(1, 5)}))
+    best = {"optim.lr": 0.095, "model.depth": 20, "loss.name": "focal"}
+    study.add_trial(_trial(TrialState.COMPLETE, best, {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8}))
+    for _ in range(2):
+        study.add_trial(_trial(TrialState.PRUNED, {"optim.lr": 1e-4, "model.depth": 10, "loss.name": "bce"},
+                               {1: 0.1, 2: 0.12}))
+    study.add_trial(_trial(TrialState.FAIL, best, {1: 0.2}, fail_reason="nan"))
+    study.add_trial(_trial(TrialState.PRUNED, best, {1: 0.2}, prune_reason="nan"))
+    return study
+
+
+def _assert_real_png(path):
+    assert path.stat().st_size > 1000
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] >= 200 and pixels.shape[1] >= 300
+    assert float(pixels[..., :3].std()) > 0.01, f"{path.name} is a uniform image"
+
+
+def test_report_on_demo_study(tmp_path, capsys):
+    study = _demo_study(tmp_path / "demo.db")
+    best_number = study.best_trial.number
+    out = tmp_path / "report"
+
+    assert main(["--study", "demo", "--storage", f"sqlite:///{tmp_path / 'demo.db'}", "--out", str(out)]) == 0
+
+    text = (out / "report.md").read_text()
+    assert "| COMPLETE | 8 |" in text and "| PRUNED | 3 |" in text and "| FAIL | 1 |" in text
+    assert "## Top 8" in text and f"| 1 | {best_number} | 0.8000 |" in text
+    # the full-config diff: lr and depth and loss changed, epochs and batch size did not
+    assert "by full config" in text
+    assert "| optim.lr | 0.001 | 0.095 |" in text and "| model.depth | 34 | 20 |" in text
+    assert "| loss.name | bce | focal |" in text and "optim.epochs" not in text.split("## Best trial")[1].split("```")[0]
+    assert f"python -m search.best --study demo --storage 'sqlite:///{tmp_path / 'demo.db'}' --export --trial {best_number}" in text
+    # 8 complete x 4 + 2 pruned x 2 + 2 NaN x 1 = 38 epochs of 12 x 4 = 48 budgeted
+    assert "38 epochs run over 12 trials" in text and "would take 48 epochs" in text and "saved 21%" in text
+    assert "`optim.lr` = 0.095 is at the high end of [0.0001, 0.1]" in text
+    assert "Failed: 1 of 12 trials (nan: 1)." in text
+    assert f"Diverged (NaN/inf loss): 2 trials ({best_number + 3}, {best_number + 4})." in text
+    assert "| COMPLETE | 8 | 40.0 s |" in text
+    assert "PED-ANOVA is stable from about 50" in text
+    for name in PNGS:
+        assert f"({name}.png)" in text
+        _assert_real_png(out / f"{name}.png")
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    assert str(out / "report.md") in capsys.readouterr().out
+
+
+def test_report_with_zero_completed_trials(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAT2019_STUDIES", str(tmp_path / "studies"))
+    study = _study(tmp_path / "studies" / "empty.db", name="empty")
+    study.add_trial(_trial(TrialState.FAIL, {"optim.lr": 1e-3, "model.depth": 34, "loss.name": "bce"}, {},
+                           fail_reason="out of memory"))
+
+    assert main(["--study", "empty"]) == 0  # default storage and default out: studies/<study>/report/
+
+    out = tmp_path / "studies" / "empty" / "report"
+    text = (out / "report.md").read_text()
+    assert "No trial has completed yet" in text
+    assert "Failed: 1 of 1 trials (out of memory: 1)." in text
+    assert "- Optimisation history: skipped: no completed trial yet" in text
+    assert "- Parameter importances: skipped: importances need at least 2 completed trials" in text
+    assert not list(out.glob("*.png"))
+
+
+def test_report_with_only_pruned_trials(tmp_path):
+    study = _study(tmp_path / "p.db")
+    for lr in (1e-3, 1e-2):
+        study.add_trial(_trial(TrialState.PRUNED, {"optim.lr": lr, "model.depth": 18, "loss.name": "bce"},
+                               {1: 0.1, 2: lr * 10}))
+    out = tmp_path / "out"
+
+    assert main(["--study", "demo", "--storage", f"sqlite:///{tmp_path / 'p.db'}", "--out", str(out)]) == 0
+
+    text = (out / "report.md").read_text()
+    assert "No trial has completed yet" in text and "| PRUNED | 2 |" in text
+    assert "4 epochs run over 2 trials" in text and "saved 50%" in text
+    _assert_real_png(out / "intermediate_values.png")
+    assert sorted(p.name for p in out.glob("*.png")) == ["intermediate_values.png"]
+
+
+def test_too_few_trials_for_importances_is_a_note(tmp_path):
+    study = _study(tmp_path / "few.db")
+    for lr in (1e-3, 1e-2):  # two trials with the same score: PED-ANOVA cannot tell parameters apart
+        study.add_trial(_trial(TrialState.COMPLETE, {"optim.lr": lr, "model.depth": 18, "loss.name": "bce"},
+                               {1: 0.3}))
+    out = tmp_path / "out"
+
+    assert main(["--study", "demo", "--storage", f"sqlite:///{tmp_path / 'few.db'}", "--out", str(out)]) == 0
+
+    text = (out / "report.md").read_text()
+    assert "- Parameter importances: skipped: importances are not informative with 2 completed trials" in text
+    assert not (out / "param_importances.png").exists()
+    _assert_real_png(out / "optimization_history.png")
+
+
+def test_missing_study_and_database_are_one_line_errors(tmp_path, capsys):
+    assert main(["--study", "nope", "--studies-dir", str(tmp_path)]) == 2
+    assert f"no study database {tmp_path / 'nope.db'}" in capsys.readouterr().err
+    _study(tmp_path / "other.db", name="other")
+    assert main(["--study", "nope", "--storage", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
+    assert "study 'nope' not found in sqlite:///" in (err := capsys.readouterr().err) and "studies there: other" in err
+
+
+def test_baseline_and_diff_without_configs():
+    baseline = create_trial(state=TrialState.COMPLETE, value=0.5, params={"optim.lr": 1e-3},
+                            distributions={"optim.lr": SPACE["optim.lr"]})
+    baseline.number = 0
+    other = create_trial(state=TrialState.COMPLETE, value=0.6, params={"optim.lr": 1e-2, "model.depth": 18},
+                         distributions={"optim.lr": SPACE["optim.lr"], "model.depth": SPACE["model.depth"]})
+    other.number = 1
+    assert baseline_trial([other, baseline]) is baseline
+    assert config_diff(baseline, other) == ({"model.depth": ("(absent)", 18), "optim.lr": (1e-3, 1e-2)},
+                                            "search parameters")
+    assert edge_params(other, [baseline, other]) == []  # lr at 2/3 of the log range, depth at 1/3
+    marked = create_trial(state=TrialState.PRUNED, params={}, distributions={}, user_attrs={"is_baseline": True})
+    marked.number = 5
+    assert baseline_trial([baseline, marked]) is marked
+
+
+@pytest.mark.parametrize("value, side", [(0.0001, "low"), (0.09, "high"), (0.003, None)])
+def test_edge_uses_log_scale_of_the_space(value, side):
+    trial = create_trial(state=TrialState.COMPLETE, value=0.5, params={"optim.lr": value},
+                         distributions={"optim.lr": SPACE["optim.lr"]})
+    flagged = edge_params(trial, [trial])
+    assert [f[4] for f in flagged] == ([side] if side else [])
+
+
+def test_masked_url_hides_password():
+    assert masked_url("postgresql://fat:s3cret@db:5432/optuna") == "postgresql://fat:***@db:5432/optuna"
+
+
+def test_reads_the_attrs_search_run_writes(tmp_path):
+    """search.run marks the baseline with ``baseline``, reasons with ``reason``, the budget in the ``spec``
+    study attr, and the trainer leaves each trial's full config in ``<run_dir>/config.json``."""
+    study = optuna.create_study(study_name="demo", storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"),
+                                direction="maximize")
+    study.set_user_attr("spec", {"study.epochs": 3, "optim.lr": {"float": [1e-4, 1e-1], "log": True}})
+    for number, (lr, value, extra) in enumerate([(1e-3, 0.4, {"baseline": True}), (1e-2, 0.6, {})]):
+        run_dir = tmp_path / "trials" / f"trial-{number}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"optim": {"lr": lr, "epochs": 3}, "seed": 0}))
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params={"optim.lr": lr},
+                                     distributions={"optim.lr": SPACE["optim.lr"]}, intermediate_values={1: value},
+                                     user_attrs={"run_dir": str(run_dir), "epochs_run": 3, **extra}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"optim.lr": 0.05},
+                                 distributions={"optim.lr": SPACE["optim.lr"]}, intermediate_values={1: 0.1},
+                                 user_attrs={"epochs_run": 1, "reason": "nan"}))
+    out = tmp_path / "out"
+
+    assert main(["--study", "demo", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(out)]) == 0
+
+    text = (out / "report.md").read_text()
+    assert "baseline (trial 0, lwlrap 0.4000), by full config" in text and "| optim.lr | 0.001 | 0.01 |" in text
+    assert "7 epochs run over 3 trials" in text and "would take 9 epochs" in text
+    assert "Diverged (NaN/inf loss): 1 trials (2)." in text

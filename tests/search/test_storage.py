@@ -1,0 +1,111 @@
+"""Storage under parallel workers, run against every backend: SQLite file and PostgreSQL."""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.storage import RetryFailedTrial, create_or_load_study, default_storage_url, open_storage
+
+from tests.search.conftest import unique_name
+
+
+def test_default_url_is_absolute_and_creates_the_studies_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = default_storage_url("demo", Path("studies/nested"))
+    assert url == f"sqlite:///{tmp_path / 'studies' / 'nested' / 'demo.db'}"
+    assert (tmp_path / "studies" / "nested").is_dir()
+    assert default_storage_url("demo", tmp_path / "abs") == f"sqlite:///{tmp_path / 'abs' / 'demo.db'}"
+
+
+def test_sqlite_runs_in_wal_mode_and_waits_for_a_held_lock(tmp_path):
+    url = default_storage_url("s", tmp_path)
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="s")
+    assert sqlite3.connect(tmp_path / "s.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # a writer that holds the database for a while
+    release = threading.Timer(1.0, lambda: blocker.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    study.set_user_attr("after_lock", 1)  # waits for the lock (busy timeout) instead of failing
+    release.join()
+    assert time.monotonic() - started >= 0.5
+    assert optuna.load_study(study_name="s", storage=open_storage(url)).user_attrs["after_lock"] == 1
+
+
+def _race_to_create(url: str, name: str, queue) -> None:
+    storage = open_storage(url, heartbeat_interval=1)
+    study, created = create_or_load_study(storage, name, direction="maximize",
+                                          on_create=lambda s: s.enqueue_trial({"x": 0.5}))
+    for _ in range(5):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.report(x, step=1)
+        study.tell(trial, x)
+    queue.put(created)
+
+
+def test_many_workers_create_one_study_and_enqueue_once(storage_url):
+    name = unique_name("race")
+    url = storage_url(name)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_race_to_create, args=(url, name, queue)) for _ in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+        assert process.exitcode == 0
+    created = [queue.get(timeout=5) for _ in workers]
+    assert created.count(True) == 1
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    assert len(trials) == 20 and len({t.number for t in trials}) == 20
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[0].params == {"x": 0.5}
+    assert sum(t.params == {"x": 0.5} for t in trials) == 1
+
+
+def test_stale_trial_is_failed_and_retried_with_a_link(storage_url):
+    name = unique_name("stale")
+    url = storage_url(name)
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.set_user_attr("run_dir", "/somewhere")
+    trial.set_user_attr("baseline", True)
+    trial.report(0.25, step=1)
+    storage.record_heartbeat(trial._trial_id)  # then the "worker" dies: no more heartbeats
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+
+    failed, retry = study.trials
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.params == failed.params
+    assert retry.user_attrs == {"retry_of": failed.number, "retry_reason": "heartbeat", "baseline": True}
+    assert retry.system_attrs["failed_trial"] == failed.number
+    assert retry.intermediate_values == {1: 0.25}
+
+
+def test_retry_chain_keeps_the_original_and_stops_at_max_retry(tmp_path):
+    study = optuna.create_study(storage=open_storage(default_storage_url("c", tmp_path)), study_name="c")
+    retry = RetryFailedTrial(max_retry=2)
+    for _ in range(3):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        study.tell(trial, state=TrialState.FAIL)
+        retry(study, study.trials[trial.number], reason="interrupted")
+    numbers = [t.number for t in study.trials]
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    # attempts 0 (fresh), 1 (retry of 0), 2 (retry of 1); a third retry is over max_retry=2
+    assert numbers == [0, 1, 2] and waiting == []
+    assert study.trials[2].user_attrs["retry_of"] == 1
+    assert study.trials[2].system_attrs["failed_trial"] == 0
+    assert study.trials[2].system_attrs["retry_history"] == [0, 1]
