@@ -21,7 +21,8 @@ from search.export import (ExportPlan, check_dataset_identity, measure_kernel, m
                            retrain, write_export)
 from search.kernel import KernelGenerationError
 from search.objective import is_feasible
-from search.report import StudyNotFoundError, baseline_trial, config_diff, load_study, studies_dir
+from search.report import StudyNotFoundError, baseline_trial, config_diff, load_study
+from search.storage import add_study_arguments, studies_dir
 from search.spec import DEMO, SpecError, StudySpec, find_spec, load_spec
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataError
@@ -164,9 +165,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: P
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.best", description=__doc__.splitlines()[0])
-    parser.add_argument("--study", required=True)
-    parser.add_argument("--storage", help="SQLAlchemy URL (default: sqlite file in the studies folder)")
-    parser.add_argument("--studies-dir", help="folder of specs and databases (default $FAT2019_STUDIES or ./studies)")
+    add_study_arguments(parser)
     parser.add_argument("--data", help="FAT2019 data folder or 'demo' (default: as the study's spec says)")
     parser.add_argument("--top", type=int, default=TOP_N, help="how many trials to list")
     parser.add_argument("--export", action="store_true", help="retrain the chosen trial and write the Kaggle folder")

@@ -16,7 +16,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
-from search.report import STUDIES_ENV, StudyNotFoundError, load_study, masked_url
+from search.report import StudyNotFoundError, load_study, masked_url
+from search.storage import add_study_arguments
 from search.storage import open_storage
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -65,9 +66,7 @@ def study_url(host: str, port: int, study_id: int) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m search.dashboard", description=__doc__.splitlines()[0])
-    parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", help="SQLAlchemy storage URL (default: sqlite:///<studies-dir>/<study>.db)")
-    parser.add_argument("--studies-dir", help=f"studies folder (default: ${STUDIES_ENV} or ./studies)")
+    add_study_arguments(parser)
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 = any free)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated dashboard)")

@@ -1,6 +1,6 @@
 """The Optuna objective: suggest -> TrainConfig -> train_and_evaluate(on_epoch=report/prune) -> best lwlrap.
 
-Per-trial user attrs: ``run_dir``, ``host``, ``worker_id``, ``feature_cache_key``, ``epochs_run``,
+Per-trial user attrs: ``config`` (the full TrainConfig JSON), ``run_dir``, ``host``, ``worker_id``, ``feature_cache_key``, ``epochs_run``,
 ``wall_time``, ``best_epoch``, ``inference_cost``, ``resumed_from_epoch`` (retries), ``kernel_time_s`` and
 ``feasible`` (with a ``[kernel]`` budget), ``reason`` (pruned for NaN, failed for OOM / interrupt / bad
 config). A retried trial starts from its predecessor's ``last.pth`` rather than epoch 0.
@@ -70,6 +70,7 @@ class Objective:
             raise TrialFailed(f"trial {trial.number}: impossible config: {exc}") from None
 
         workdir = trial_dir(self.trials_dir, trial.number)
+        trial.set_user_attr("config", config.to_json())  # the exact run, for search.best on any machine
         trial.set_user_attr("run_dir", str(workdir))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("worker_id", self.worker_id)

@@ -21,11 +21,11 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search.plots import Plot, write_plots
-from search.storage import default_storage_url, open_storage
+from search.console import format_duration
+from search.storage import add_study_arguments, default_storage_url, open_storage, studies_dir
 from trainer.atomic import atomic_write_text
 from trainer.config import flatten
 
-STUDIES_ENV = "FAT2019_STUDIES"
 TOP_N = 10
 EDGE_FRACTION = 0.1  # a best value within 10% of the range (log scale for log params) of a bound is "on the edge"
 BASELINE_ATTRS = ("is_baseline", "baseline")
@@ -35,11 +35,6 @@ _STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.R
 
 class StudyNotFoundError(LookupError):
     """The study database or the study in it does not exist; the message says which and what exists."""
-
-
-def studies_dir(override: str | os.PathLike | None = None) -> Path:
-    """The studies folder: an explicit argument, else $FAT2019_STUDIES, else ``./studies``."""
-    return Path(override or os.environ.get(STUDIES_ENV) or "studies").expanduser()
 
 
 def load_study(study_name: str, storage_url: str | None = None,
@@ -129,7 +124,7 @@ def _top_trials(top: Sequence[FrozenTrial]) -> list[str]:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.params.items())) or "(baseline, no params)"
         seconds = trial_seconds(trial)
         lines.append(f"| {rank} | {trial.number} | {trial.value:.4f} | {trial.user_attrs.get('epochs_run', '?')} "
-                     f"| {_duration(seconds) if seconds is not None else '?'} | {params} |")
+                     f"| {format_duration(seconds) if seconds is not None else '?'} | {params} |")
     return lines + [""]
 
 
@@ -234,9 +229,9 @@ def _time_section(trials: Sequence[FrozenTrial]) -> list[str]:
     for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
         seconds = [s for t in trials if t.state == state and (s := trial_seconds(t)) is not None]
         if seconds:
-            rows.append(f"| {state.name} | {len(seconds)} | {_duration(statistics.mean(seconds))} | "
-                        f"{_duration(statistics.median(seconds))} | {_duration(max(seconds))} | "
-                        f"{_duration(sum(seconds))} |")
+            rows.append(f"| {state.name} | {len(seconds)} | {format_duration(statistics.mean(seconds))} | "
+                        f"{format_duration(statistics.median(seconds))} | {format_duration(max(seconds))} | "
+                        f"{format_duration(sum(seconds))} |")
     if not rows:
         return lines + ["No finished trial has a recorded time.", ""]
     return lines + ["| state | trials | mean | median | max | total |", "|---|---|---|---|---|---|"] + rows + [""]
@@ -311,19 +306,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m search.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", help="SQLAlchemy storage URL (default: sqlite:///<studies-dir>/<study>.db)")
-    parser.add_argument("--studies-dir", help=f"studies folder (default: ${STUDIES_ENV} or ./studies)")
+    add_study_arguments(parser)
     parser.add_argument("--out", help="output folder (default: <studies-dir>/<study>/report/)")
     return parser
 

@@ -26,12 +26,12 @@ from optuna.trial import TrialState
 from search.console import FINISHED, Console
 from search.objective import Objective, TrialFailed
 from search.spec import DEMO, SpecError, StudySpec, find_spec, load_spec, spec_differences
-from search.storage import DEFAULT_MAX_RETRY, RetryFailedTrial, create_or_load_study, default_storage_url, open_storage
+from search.storage import (DEFAULT_MAX_RETRY, RetryFailedTrial, add_study_arguments, create_or_load_study,
+                            default_storage_url, open_storage)
 from trainer import DataError
 
-STUDIES_ENV = "FAT2019_STUDIES"
-SPEC_WAIT_S = 30.0
-_INTERRUPTED = threading.Event()  # how long a joining worker waits for the creator to store the spec
+SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
+_INTERRUPTED = threading.Event()  # set by the first Ctrl-C
 
 
 class UsageError(Exception):
@@ -50,13 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--study", required=True, help="spec name in the studies dir (demo, fat2019) or a .toml path")
+    add_study_arguments(parser)
     parser.add_argument("--trials", type=int, help="stop once the study has this many finished trials (all workers)")
     parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     parser.add_argument("--data", help="FAT2019 data folder or 'demo' (default: $FAT2019_DATA, then the spec's [study] data)")
-    parser.add_argument("--storage", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: sqlite in the studies dir)")
-    parser.add_argument("--studies-dir", type=Path, default=Path(os.environ.get(STUDIES_ENV) or "studies"),
-                        help=f"specs, databases and trial folders (default: ${STUDIES_ENV} or ./studies)")
     parser.add_argument("--device", help="auto|cpu|cuda|mps (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     parser.add_argument("--seed", type=int, help="sampler seed (default: the spec's); mixed with the worker's pid")

@@ -8,10 +8,13 @@ that still meets a locked database is retried with backoff. PostgreSQL/MySQL URL
 """
 from __future__ import annotations
 
+import argparse
+
 import copy
 import functools
 import importlib.util
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -32,6 +35,23 @@ LOCK_RETRIES = 8  # then how often a whole storage operation is retried (backoff
 DEFAULT_MAX_RETRY = 3  # how often one trial is re-run after its worker died or was interrupted
 
 _T = TypeVar("_T")
+
+
+STUDIES_ENV = "FAT2019_STUDIES"
+
+
+def studies_dir(override: str | os.PathLike | None = None) -> Path:
+    """The studies folder (specs, databases, trial folders): the argument, else $FAT2019_STUDIES, else ./studies."""
+    return Path(override or os.environ.get(STUDIES_ENV) or "studies").expanduser()
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--study``, ``--storage`` and ``--studies-dir``, with the same meaning in every search command."""
+    parser.add_argument("--study", required=True, help="study name (a spec in the studies folder: demo, fat2019)")
+    parser.add_argument("--storage", help="SQLAlchemy URL, e.g. postgresql://user@host/db "
+                                          "(default: sqlite:///<studies-dir>/<study>.db)")
+    parser.add_argument("--studies-dir", type=studies_dir, default=studies_dir(),
+                        help=f"specs, databases and trial folders (default: ${STUDIES_ENV} or ./studies)")
 
 
 def default_storage_url(study_name: str, studies_dir: str | Path) -> str:

@@ -157,8 +157,7 @@ def split_curated(targets: np.ndarray, *, val_fraction: float, seed: int,
 
 
 def _iterative_stratification(labels: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    n, n_labels = labels.shape
-    k = len(fractions)
+    n = len(labels)
     assignment = np.full(n, -1)
     want_clips = fractions * n
     want_labels = fractions[:, None] * labels.sum(0)[None, :]

@@ -87,7 +87,7 @@ def test_report_on_demo_study(tmp_path, capsys):
     assert "`optim.lr` = 0.095 is at the high end of [0.0001, 0.1]" in text
     assert "Failed: 1 of 12 trials (nan: 1)." in text
     assert f"Diverged (NaN/inf loss): 2 trials ({best_number + 3}, {best_number + 4})." in text
-    assert "| COMPLETE | 8 | 40.0 s |" in text
+    assert "| COMPLETE | 8 | 40s |" in text
     assert "PED-ANOVA is stable from about 50" in text
     for name in PNGS:
         assert f"({name}.png)" in text

@@ -1,0 +1,157 @@
+"""Search benchmarks on the demo study: what pruning saves, what a second worker adds, what storage costs.
+
+    python benchmarks/bench_search.py pruning [--trials 16]   # median / hyperband vs the same trials unpruned
+    python benchmarks/bench_search.py workers [--minutes 4]   # finished trials per hour, 1 vs 2 workers
+    python benchmarks/bench_search.py storage [--trials 200]  # SQLite and in-memory storage ms per trial
+
+Not tests: the numbers depend on the machine and on what else runs. Each mode works in a temporary
+studies folder and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.objective import Objective
+from search.run import join_study
+from search.spec import load_spec
+from search.storage import default_storage_url, open_storage
+from trainer.synth import ensure_demo_data
+
+DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def run_study(spec, studies: Path, *, trials: int, enqueue: list[dict] | None = None, threads: int) -> optuna.Study:
+    storage = open_storage(default_storage_url(spec.name, studies))
+    study = join_study(storage, spec, sampler=spec.make_sampler(0))
+    for params in enqueue or []:
+        study.enqueue_trial(params)
+    objective = Objective(spec, ensure_demo_data(scale=spec.demo_scale), trials_dir=studies / spec.name / "trials",
+                          tensorboard_dir=studies / spec.name / "tb", threads=threads)
+    study.optimize(objective, n_trials=trials)
+    return study
+
+
+def summarise(study: optuna.Study) -> tuple[int, float, int, int]:
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    epochs = sum(len(t.intermediate_values) for t in finished)
+    best = max((t.value for t in finished if t.state == TrialState.COMPLETE), default=float("nan"))
+    pruned = sum(t.state == TrialState.PRUNED for t in finished)
+    return epochs, best, pruned, len(finished)
+
+
+def pruning(args: argparse.Namespace) -> None:
+    base = load_spec(DEMO_SPEC)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
+        studies = Path(tmp)
+        pruned = run_study(dataclasses.replace(base, name="median"), studies, trials=args.trials, threads=args.threads)
+        params = [t.params for t in pruned.get_trials(deepcopy=False, states=FINISHED)][1:]  # 0 = the baseline
+        variants = {
+            "median (n_startup 3, warm-up 2 epochs)": pruned,
+            "hyperband (min_resource 2, reduction 3)": run_study(
+                dataclasses.replace(base, name="hyperband", pruner={"name": "hyperband", "min_resource": 2,
+                                                                     "reduction_factor": 3}),
+                studies, trials=args.trials, enqueue=params, threads=args.threads),
+            "none: the same trials, all run to the end": run_study(
+                dataclasses.replace(base, name="none", pruner={"name": "none"}),
+                studies, trials=args.trials, enqueue=params, threads=args.threads),
+        }
+        full_epochs, full_best, _, _ = summarise(variants["none: the same trials, all run to the end"])
+        for name, study in variants.items():
+            epochs, best, n_pruned, n = summarise(study)
+            rows.append(f"| {name} | {n} | {n_pruned} | {epochs} ({epochs / full_epochs:.0%}) | "
+                        f"{best:.4f} ({best / full_best:.1%}) |")
+    print(f"demo study, {args.trials} trials of up to {base.epochs} epochs, same trial params in every row\n")
+    print("| pruner | trials | pruned | epochs spent (vs none) | best lwlrap (vs none) |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+def workers(args: argparse.Namespace) -> None:
+    ensure_demo_data()
+    rows = []
+    for n_workers in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+            threads = max(1, (os.cpu_count() or 2) // n_workers)
+            command = [sys.executable, "-m", "search.run", "--study", str(DEMO_SPEC), "--studies-dir", tmp,
+                       "--timeout", str(args.minutes * 60), "--threads", str(threads)]
+            started = time.perf_counter()
+            procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for _ in range(n_workers)]
+            for proc in procs:
+                proc.wait()
+            elapsed = time.perf_counter() - started
+            study = optuna.load_study(study_name="demo", storage=default_storage_url("demo", Path(tmp)))
+            finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+            rows.append((n_workers, threads, finished, elapsed, finished / elapsed * 3600))
+    print(f"demo study, each worker starts trials for {args.minutes} min (and finishes the one it is in)\n")
+    print("| workers | torch threads each | finished trials | wall s | trials per hour | vs 1 worker |")
+    print("|---|---|---|---|---|---|")
+    for n_workers, threads, finished, elapsed, per_hour in rows:
+        print(f"| {n_workers} | {threads} | {finished} | {elapsed:.0f} | {per_hour:.0f} | {per_hour / rows[0][4]:.2f}x |")
+
+
+def storage(args: argparse.Namespace) -> None:
+    """Time an objective that does nothing but what a real trial asks of storage: suggest, report, attrs."""
+    spec = load_spec(DEMO_SPEC)
+    epochs = spec.epochs
+
+    def objective(trial: optuna.Trial) -> float:
+        spec.suggest(trial)
+        for key in ("run_dir", "host", "worker_id", "feature_cache_key", "wall_time", "epochs_run"):
+            trial.set_user_attr(key, "x")
+        for epoch in range(1, epochs + 1):
+            trial.report(0.5, epoch)
+            trial.should_prune()
+        return 0.5
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
+        for name, url in (("in-memory (no storage)", None),
+                          ("SQLite, WAL + busy timeout + retry (ours)", default_storage_url("s", Path(tmp))),
+                          ("SQLite, Optuna's plain RDBStorage", f"sqlite:///{tmp}/plain.db")):
+            if url is None:
+                store = optuna.storages.InMemoryStorage()
+            elif "plain" in url:
+                store = optuna.storages.RDBStorage(url)
+            else:
+                store = open_storage(url, heartbeat_interval=60, grace_period=180)
+            study = optuna.create_study(storage=store, sampler=spec.make_sampler(0), pruner=spec.make_pruner())
+            started = time.perf_counter()
+            study.optimize(objective, n_trials=args.trials)
+            rows.append((name, (time.perf_counter() - started) / args.trials * 1000))
+    print(f"{args.trials} trials, each: the demo space's suggestions, 6 user attrs, {epochs} reports + should_prune\n")
+    print("| storage | ms per trial (TPE sampling included) |")
+    print("|---|---|")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("pruning")
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    w = sub.add_parser("workers")
+    w.add_argument("--minutes", type=float, default=4.0)
+    s = sub.add_parser("storage")
+    s.add_argument("--trials", type=int, default=200)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    {"pruning": pruning, "workers": workers, "storage": storage}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
