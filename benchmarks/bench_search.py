@@ -1,6 +1,6 @@
 """Search benchmarks on the demo study: what pruning saves, what a second worker adds, what storage costs.
 
-    python benchmarks/bench_search.py pruning [--trials 16]   # median / hyperband vs the same trials unpruned
+    python benchmarks/bench_search.py pruning [--trials 24]   # pruners vs the same trials unpruned
     python benchmarks/bench_search.py workers [--minutes 4]   # finished trials per hour, 1 vs 2 workers
     python benchmarks/bench_search.py storage [--trials 200]  # SQLite and in-memory storage ms per trial
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -31,51 +32,71 @@ DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def run_study(spec, studies: Path, *, trials: int, enqueue: list[dict] | None = None, threads: int) -> optuna.Study:
+def run_study(spec, studies: Path, *, trials: int, threads: int) -> optuna.Study:
     storage = open_storage(default_storage_url(spec.name, studies))
     study = join_study(storage, spec, sampler=spec.make_sampler(0))
-    for params in enqueue or []:
-        study.enqueue_trial(params)
     objective = Objective(spec, ensure_demo_data(scale=spec.demo_scale), trials_dir=studies / spec.name / "trials",
                           tensorboard_dir=studies / spec.name / "tb", threads=threads)
     study.optimize(objective, n_trials=trials)
     return study
 
 
-def summarise(study: optuna.Study) -> tuple[int, float, int, int]:
-    finished = study.get_trials(deepcopy=False, states=FINISHED)
-    epochs = sum(len(t.intermediate_values) for t in finished)
-    best = max((t.value for t in finished if t.state == TrialState.COMPLETE), default=float("nan"))
-    pruned = sum(t.state == TrialState.PRUNED for t in finished)
-    return epochs, best, pruned, len(finished)
+def replay(curves: list[list[float]], pruner: optuna.pruners.BasePruner) -> tuple[int, float, int]:
+    """Feed recorded per-epoch lwlrap curves, in trial order, through ``pruner``: (epochs, best, pruned).
+
+    The trainer is deterministic on CPU (same config + seed -> same numbers, tested), so a pruned run of
+    these trials would see exactly these values up to the epoch where it stops.
+    """
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    epochs, best, pruned = 0, float("-inf"), 0
+    for curve in curves:
+        trial = study.ask()
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+            epochs += 1
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                pruned += 1
+                break
+        else:
+            study.tell(trial, max(curve))
+            best = max(best, max(curve))
+    return epochs, best, pruned
+
+
+PRUNERS = {
+    "median, warm-up 2 epochs": lambda e: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+    "median, warm-up 1 epoch": lambda e: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    "percentile 25 (keep the top quarter), warm-up 1": lambda e: optuna.pruners.PercentilePruner(
+        25.0, n_startup_trials=3, n_warmup_steps=1),
+    "hyperband (min 1 epoch, reduction 3)": lambda e: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=e, reduction_factor=3),
+    "ASHA (min 1 epoch, reduction 3)": lambda e: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=1, reduction_factor=3),
+}
 
 
 def pruning(args: argparse.Namespace) -> None:
     base = load_spec(DEMO_SPEC)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
-        studies = Path(tmp)
-        pruned = run_study(dataclasses.replace(base, name="median"), studies, trials=args.trials, threads=args.threads)
-        params = [t.params for t in pruned.get_trials(deepcopy=False, states=FINISHED)][1:]  # 0 = the baseline
-        variants = {
-            "median (n_startup 3, warm-up 2 epochs)": pruned,
-            "hyperband (min_resource 2, reduction 3)": run_study(
-                dataclasses.replace(base, name="hyperband", pruner={"name": "hyperband", "min_resource": 2,
-                                                                     "reduction_factor": 3}),
-                studies, trials=args.trials, enqueue=params, threads=args.threads),
-            "none: the same trials, all run to the end": run_study(
-                dataclasses.replace(base, name="none", pruner={"name": "none"}),
-                studies, trials=args.trials, enqueue=params, threads=args.threads),
-        }
-        full_epochs, full_best, _, _ = summarise(variants["none: the same trials, all run to the end"])
-        for name, study in variants.items():
-            epochs, best, n_pruned, n = summarise(study)
-            rows.append(f"| {name} | {n} | {n_pruned} | {epochs} ({epochs / full_epochs:.0%}) | "
-                        f"{best:.4f} ({best / full_best:.1%}) |")
-    print(f"demo study, {args.trials} trials of up to {base.epochs} epochs, same trial params in every row\n")
-    print("| pruner | trials | pruned | epochs spent (vs none) | best lwlrap (vs none) |")
-    print("|---|---|---|---|---|")
-    print("\n".join(rows))
+    if args.curves and Path(args.curves).exists():
+        curves = json.loads(Path(args.curves).read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
+            study = run_study(dataclasses.replace(base, pruner={"name": "none"}), Path(tmp), trials=args.trials,
+                              threads=args.threads)
+            curves = [[t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+                      for t in study.get_trials(deepcopy=False, states=FINISHED)]
+        if args.curves:
+            Path(args.curves).write_text(json.dumps(curves))
+    full_epochs, full_best, _ = replay(curves, optuna.pruners.NopPruner())
+    print(f"demo study ({DEMO_SPEC.name}, TPE), {len(curves)} trials of {base.epochs} epochs trained without pruning; "
+          f"each pruner replays the same per-epoch curves\n")
+    print("| pruner | pruned trials | epochs spent (vs none) | best lwlrap (vs none) |")
+    print("|---|---|---|---|")
+    print(f"| none | 0 | {full_epochs} (100%) | {full_best:.4f} (100%) |")
+    for name, make in PRUNERS.items():
+        epochs, best, pruned = replay(curves, make(base.epochs))
+        print(f"| {name} | {pruned} | {epochs} ({epochs / full_epochs:.0%}) | {best:.4f} ({best / full_best:.1%}) |")
 
 
 def workers(args: argparse.Namespace) -> None:
@@ -142,7 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("pruning")
-    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--curves", help="JSON file of recorded curves: written after training, reused if present")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     w = sub.add_parser("workers")
     w.add_argument("--minutes", type=float, default=4.0)
