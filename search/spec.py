@@ -16,7 +16,6 @@ import difflib
 import hashlib
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,7 +23,7 @@ from typing import Any, Mapping
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from trainer.config import ConfigError, TrainConfig, flatten
+from trainer.config import ConfigError, TrainConfig, flatten, read_toml
 
 DATA_ENV = "FAT2019_DATA"
 DEMO = "demo"  # the data location that means the built-in synthetic set
@@ -179,13 +178,7 @@ class StudySpec:
 def load_spec(path: str | os.PathLike) -> StudySpec:
     """Read and validate a study spec TOML file."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: study spec not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML ({exc})") from None
-    return parse_spec(document, path)
+    return parse_spec(read_toml(path, what="study spec", error=SpecError), path)
 
 
 def find_spec(study: str, studies_dir: str | os.PathLike) -> Path:

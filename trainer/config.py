@@ -137,14 +137,7 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_toml(path, what="config file"), source=str(path))
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
@@ -174,6 +167,17 @@ class TrainConfig:
         """Dotted keys whose value in ``self`` differs from ``other``, with ``self``'s values."""
         mine, theirs = self.flat(), other.flat()
         return {k: v for k, v in mine.items() if theirs.get(k) != v}
+
+
+def read_toml(path: str | Path, *, what: str, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """Parse a TOML file a user wrote; a missing file or bad syntax is one ``error`` line naming the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML ({exc})") from None
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, str]:
