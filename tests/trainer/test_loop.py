@@ -103,6 +103,12 @@ def test_tensorboard_gets_curves_per_class_chart_and_hparams(tiny_config, demo_d
     assert {"loss/train", "loss/val", "lr", "grad_norm"} <= set(board["scalars"])
     assert board["hparams"]["model.width"] == pytest.approx(0.0625)
     assert "hparam/best_lwlrap" in board["metrics"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    charts = events.Images("lwlrap/per_class")
+    assert [c.step for c in charts] == [1, 2] and charts[0].width > 500 and charts[0].encoded_image_string
 
 
 @pytest.fixture(scope="module")
