@@ -1,7 +1,7 @@
 """Search benchmarks on the demo study: what pruning saves, what a second worker adds, what storage costs.
 
     python benchmarks/bench_search.py pruning [--trials 24]   # pruners vs the same trials unpruned
-    python benchmarks/bench_search.py workers [--minutes 4]   # finished trials per hour, 1 vs 2 workers
+    python benchmarks/bench_search.py workers [--trials 20]   # finished trials per hour, 1 vs 2 workers
     python benchmarks/bench_search.py storage [--trials 200]  # SQLite and in-memory storage ms per trial
 
 Not tests: the numbers depend on the machine and on what else runs. Each mode works in a temporary
@@ -100,23 +100,40 @@ def pruning(args: argparse.Namespace) -> None:
 
 
 def workers(args: argparse.Namespace) -> None:
+    """The same fixed list of trials (the baseline + random points of the demo space, no pruning, so every
+    trial's work is decided in advance) finished by 1 worker and by 2 workers sharing one SQLite study."""
     ensure_demo_data()
+    text = DEMO_SPEC.read_text(encoding="utf-8")
+    fixed = text[:text.index("[pruner]")] + '[pruner]\nname = "none"\n\n' + text[text.index("[space]"):]
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []
     for n_workers in (1, 2):
         with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+            spec_path = Path(tmp) / "bench.toml"
+            spec_path.write_text(fixed, encoding="utf-8")
+            spec = load_spec(spec_path)
+            study = join_study(open_storage(default_storage_url(spec.name, Path(tmp))), spec)
+            if n_workers == 1:
+                points = []
+                for _ in range(args.trials - 1):
+                    trial = draw.ask()
+                    points.append(spec.suggest(trial))
+                    draw.tell(trial, 0.0)
+            for params in points:
+                study.enqueue_trial(params)
             threads = max(1, (os.cpu_count() or 2) // n_workers)
-            command = [sys.executable, "-m", "search.run", "--study", str(DEMO_SPEC), "--studies-dir", tmp,
-                       "--timeout", str(args.minutes * 60), "--threads", str(threads)]
+            command = [sys.executable, "-m", "search.run", "--study", str(spec_path), "--studies-dir", tmp,
+                       "--trials", str(args.trials), "--threads", str(threads)]
             started = time.perf_counter()
             procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for _ in range(n_workers)]
             for proc in procs:
                 proc.wait()
             elapsed = time.perf_counter() - started
-            study = optuna.load_study(study_name="demo", storage=default_storage_url("demo", Path(tmp)))
             finished = len(study.get_trials(deepcopy=False, states=FINISHED))
             rows.append((n_workers, threads, finished, elapsed, finished / elapsed * 3600))
-    print(f"demo study, each worker starts trials for {args.minutes} min (and finishes the one it is in)\n")
+    print(f"demo space, the same {args.trials} trials (baseline + random points, seed {args.seed}, "
+          f"{spec.epochs} epochs each, no pruning) for each row\n")
     print("| workers | torch threads each | finished trials | wall s | trials per hour | vs 1 worker |")
     print("|---|---|---|---|---|---|")
     for n_workers, threads, finished, elapsed, per_hour in rows:
@@ -167,7 +184,8 @@ def main() -> None:
     p.add_argument("--curves", help="JSON file of recorded curves: written after training, reused if present")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     w = sub.add_parser("workers")
-    w.add_argument("--minutes", type=float, default=4.0)
+    w.add_argument("--trials", type=int, default=20)
+    w.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("storage")
     s.add_argument("--trials", type=int, default=200)
     args = parser.parse_args()
