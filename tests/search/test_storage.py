@@ -68,7 +68,7 @@ def test_many_workers_create_one_study_and_enqueue_once(storage_url):
     trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
     assert len(trials) == 20 and len({t.number for t in trials}) == 20
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert trials[0].params == {"x": 0.5}
+    # Exactly once; that it is trial 0 is join_study's job (it makes joiners wait), tested in test_run.py.
     assert sum(t.params == {"x": 0.5} for t in trials) == 1
 
 
