@@ -10,9 +10,9 @@ import argparse
 import concurrent.futures
 import csv
 import glob
+import io
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -24,9 +24,10 @@ import torch
 
 from trainer.audio import AudioReadError, read_audio
 from trainer.batches import FeatureBank
-from trainer.config import TrainConfig
 from trainer.features import LogMel
-from trainer.inference import predict_bank
+from trainer.atomic import atomic_write_text
+from trainer.config import ConfigError, TrainConfig
+from trainer.inference import predict_bank, resolve_device
 from trainer.models import build_model
 
 EXPORT_FORMAT = "fat2019-search-export/1"  # marks our config.json among other attached datasets
@@ -87,14 +88,6 @@ def find_models_dir(explicit: str | None, script: str | None) -> Path:
         found_text = ", ".join(map(str, candidates)) or "none"
         raise KernelError(f"cannot tell which folder holds the models (found: {found_text}); pass --models DIR")
     return candidates[0]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KernelError(f"--device {name}: torch sees no CUDA GPU (use --device auto or cpu)")
-    return torch.device(name)
 
 
 def load_models(info: ExportInfo, models_dir: Path, device: torch.device) -> list[torch.nn.Module]:
@@ -189,20 +182,19 @@ def label_order(header: list[str], labels: list[str], sample_submission: Path) -
 
 
 def write_submission(out: Path, header: list[str], fnames: list[str], scores: np.ndarray) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for fname, row in zip(fnames, scores):
-            writer.writerow([fname, *(repr(float(v)) for v in row)])
-    os.replace(tmp, out)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for fname, row in zip(fnames, scores):
+        writer.writerow([fname, *(repr(float(v)) for v in row)])
+    atomic_write_text(out, text.getvalue())
 
 
 def run(test_dir: Path, sample_submission: Path, out: Path, models_dir: Path, *, device: str = "auto",
         batch_size: int = 64, progress: bool = True) -> dict:
     """Score every clip of sample_submission, write ``out``, return timings (seconds, clips/s, audio seconds)."""
     started = time.perf_counter()
-    dev = pick_device(device)
+    dev = resolve_device(device)
     info = load_export(models_dir)
     if not test_dir.is_dir():
         raise KernelError(f"{test_dir}: test folder not found (pass --test DIR)")
@@ -273,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         models_dir = find_models_dir(args.models, script)
         run(Path(args.test), Path(args.sample_submission), Path(args.out), models_dir, device=args.device,
             batch_size=args.batch_size, progress=not args.no_progress)
-    except KernelError as exc:
+    except (KernelError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -25,10 +25,12 @@ from optuna.trial import TrialState
 
 from search.console import FINISHED, Console
 from search.objective import Objective, TrialFailed
-from search.spec import DEMO, SpecError, StudySpec, find_spec, load_spec, spec_differences
+from search.spec import DEMO, StudySpec, find_spec, load_spec, spec_differences
 from search.storage import (DEFAULT_MAX_RETRY, RetryFailedTrial, add_study_arguments, create_or_load_study,
                             default_storage_url, open_storage)
 from trainer import DataError
+from trainer.config import ConfigError
+from trainer.inference import resolve_device
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 _INTERRUPTED = threading.Event()  # set by the first Ctrl-C
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_optuna()
     try:
         return _run(args)
-    except (UsageError, SpecError, DataError) as exc:
+    except (UsageError, ConfigError, DataError) as exc:  # SpecError is a ConfigError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -72,6 +74,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec(find_spec(args.study, args.studies_dir))
+    if args.device is not None:
+        resolve_device(args.device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
     study_dir = (args.studies_dir / spec.name).resolve()
     data_dir = _data_dir(spec, args.data)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"

@@ -31,7 +31,11 @@ class FeatureBank:
             raise ValueError("FeatureBank needs at least one clip")
         lengths = np.array([a.shape[1] for a in arrays], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        packed = np.ascontiguousarray(np.concatenate(arrays, axis=1).T, dtype=np.float16)
+        # Filled clip by clip: concatenating then transposing would hold two extra copies of the whole
+        # split (gigabytes for the noisy set) at once.
+        packed = np.empty((int(lengths.sum()), arrays[0].shape[0]), dtype=np.float16)
+        for array, offset, length in zip(arrays, offsets, lengths):
+            packed[offset:offset + length] = array.T
         stats = np.array([(a.mean(dtype=np.float64), a.std(dtype=np.float64), a.min()) for a in arrays],
                          dtype=np.float64)
         return cls(

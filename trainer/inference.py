@@ -11,6 +11,23 @@ import numpy as np
 import torch
 
 from trainer.batches import FeatureBank
+from trainer.config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu; an explicit GPU that torch cannot see is a ConfigError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: torch sees no CUDA GPU (use auto or cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from trainer.atomic import atomic_torch_save, atomic_write_text
 from trainer.augment import mixup, spec_augment
 from trainer.config import TrainConfig
-from trainer.inference import autocast_for, predict_bank
+from trainer.inference import autocast_for, predict_bank, resolve_device
 from trainer.losses import build_loss
 from trainer.metrics import lwlrap, per_class_lwlrap
 from trainer.models import build_model
@@ -53,18 +53,6 @@ class Result:
     last_path: Path
     feature_cache_key: str
     inference_cost: float      # seconds of inference per second of audio (features + model)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU (use device=auto or cpu)")
-    return torch.device(name)
 
 
 def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, *,
@@ -178,22 +166,25 @@ def _train_one_epoch(config: TrainConfig, data: PreparedData, model: torch.nn.Mo
     for step in tqdm(range(n_batches), desc=desc, disable=not bar, leave=False, dynamic_ncols=True):
         clips = torch.from_numpy(order[step * batch_size:(step + 1) * batch_size])
         x = data.train_bank.random_crops(clips, config.features.crop_frames, config.features.pad_mode, generator)
-        y = data.train_targets[clips.to(data.train_targets.device)]
-        is_noisy = data.train_is_noisy[clips.to(data.train_is_noisy.device)]
+        on_device = clips.to(data.train_targets.device)
+        y, is_noisy = data.train_targets[on_device], data.train_is_noisy[on_device]
         x = spec_augment(x, config.augment, generator)
         x, y = mixup(x, y, config.augment.mixup_alpha, generator)
         with autocast_for(dev):
             logits = model(x.to(dev, non_blocking=True))
         loss = loss_fn(logits.float(), y.to(dev), is_noisy.to(dev))
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss.item()} at step {step + 1} of {desc} "
-                                     f"(lr {optimizer.param_groups[0]['lr']:.3g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
-        total_loss += loss.item()
-        total_norm += float(norm)
+        # One host sync per step for both numbers. A NaN step has already touched the weights, but the run
+        # stops here and last.pth still holds the previous epoch.
+        loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.device)]).tolist()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"training loss became {loss_value} at step {step + 1} of {desc} "
+                                     f"(lr {optimizer.param_groups[0]['lr']:.3g})")
+        total_loss += loss_value
+        total_norm += norm_value
     return total_loss / max(n_batches, 1), total_norm / max(n_batches, 1)
 
 

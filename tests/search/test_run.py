@@ -214,3 +214,13 @@ def test_timeout_stops_taking_new_trials(tmp_path, warm_cache, monkeypatch, caps
     output = capsys.readouterr().out
     assert "timeout 0.6s reached" in output and "#0 COMPLETE" in output
     assert "#2 " not in output  # each trial takes 0.4 s: a third would start after the timeout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_device_torch_cannot_see_is_refused_at_start(tmp_path, capsys):
+    from search.run import main
+
+    write_spec(tmp_path, "dev")
+    assert main(["--study", "dev", "--studies-dir", str(tmp_path), "--trials", "1", "--device", "cuda"]) == 2
+    assert "device 'cuda': torch sees no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "dev.db").exists()  # refused before it touched the study
