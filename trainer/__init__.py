@@ -1,28 +1,31 @@
 """Audio tagging trainer for FAT2019: cached log-mel features, a configurable ResNet, lwlrap.
 
-The public surface is small: describe a run with ``TrainConfig``, run it with ``train_and_evaluate``.
-Names are imported on first use so ``import trainer.config`` stays light (no torch).
+Describe a run with ``TrainConfig``, run it with ``train_and_evaluate``. The names below are the
+trainer's public surface: the search service (``search/``) imports these and nothing else. The trainer
+never imports optuna.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from trainer.atomic import atomic_path, atomic_torch_save, atomic_write_bytes, atomic_write_text, remove_stale_temp_files
+from trainer.audio import AudioReadError, read_audio
+from trainer.batches import FeatureBank
+from trainer.checkpoint import CheckpointError, load_state_dict
+from trainer.config import ConfigError, TrainConfig, flatten, parse_set_args, read_toml
+from trainer.data import DataError
+from trainer.feature_cache import feature_cache_key
+from trainer.features import LogMel
+from trainer.inference import predict_bank, resolve_device
+from trainer.labels import load_labels
+from trainer.loop import VAL_PREDICTIONS, NonFiniteLossError, Result, train_and_evaluate
+from trainer.metrics import lwlrap, per_class_lwlrap
+from trainer.models import build_model
+from trainer.paths import cache_root
+from trainer.synth import ensure_demo_data
 
-_EXPORTS = {
-    "ConfigError": "trainer.config",
-    "TrainConfig": "trainer.config",
-    "DataError": "trainer.data",
-    "NonFiniteLossError": "trainer.loop",
-    "Result": "trainer.loop",
-    "train_and_evaluate": "trainer.loop",
-    "lwlrap": "trainer.metrics",
-    "per_class_lwlrap": "trainer.metrics",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+__all__ = [
+    "AudioReadError", "CheckpointError", "ConfigError", "DataError", "FeatureBank", "LogMel", "NonFiniteLossError",
+    "Result", "TrainConfig", "VAL_PREDICTIONS", "atomic_path", "atomic_torch_save", "atomic_write_bytes",
+    "atomic_write_text", "build_model", "cache_root", "ensure_demo_data", "feature_cache_key", "flatten",
+    "load_labels", "load_state_dict", "lwlrap", "parse_set_args", "per_class_lwlrap", "predict_bank", "read_audio",
+    "read_toml", "remove_stale_temp_files", "resolve_device", "train_and_evaluate",
+]

@@ -202,17 +202,6 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def unflatten(values: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 # -- internals ----------------------------------------------------------------------------------
 def _set_dotted(values: dict[str, Any], key: str, value: Any, *, source: str) -> None:
     node: Any = values

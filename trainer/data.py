@@ -134,57 +134,28 @@ def check_unreadable(split: str, total: int, failed: list[tuple[Path, str]]) -> 
 
 def split_curated(targets: np.ndarray, *, val_fraction: float, seed: int,
                   n_folds: int | None = None, val_fold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out part of curated for validation, stratified over all labels at once.
+    """Hold out part of curated for validation, stratified over all 80 labels at once.
 
-    Iterative stratification (Sechidis et al. 2011): the rarest remaining label is placed first, each of
-    its clips into the part that most lacks that label, so every label lands in both parts where it can.
-    With ``n_folds`` the clips are dealt into that many folds and ``val_fold`` is held out.
+    Iterative stratification (Sechidis et al. 2011) from the maintained ``iterative-stratification``
+    package: every label lands in both parts where it can. With ``n_folds`` the clips are dealt into
+    that many folds and ``val_fold`` is held out. Deterministic for a given ``seed``.
     """
+    # Imported here: the Kaggle kernel imports this package but never splits, and lacks iterstrat.
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+
     n = len(targets)
-    if n_folds is not None:
-        fractions = np.full(n_folds, 1.0 / n_folds)
-        held_out = val_fold
-    else:
-        fractions = np.array([1.0 - val_fraction, val_fraction])
-        held_out = 1
-    assignment = _iterative_stratification(targets.astype(bool), fractions, np.random.default_rng(seed))
-    val = np.flatnonzero(assignment == held_out)
-    train = np.flatnonzero(assignment != held_out)
+    labels = (targets > 0).astype(int)
+    placeholder = np.zeros((n, 1))
+    try:
+        if n_folds is not None:
+            folds = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            train, val = list(folds.split(placeholder, labels))[val_fold]
+        else:
+            splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+            train, val = next(splitter.split(placeholder, labels))
+    except ValueError as exc:  # e.g. more folds than clips
+        raise DataError(f"train_curated: {n} clips cannot be split ({exc})") from None
     if len(val) == 0 or len(train) == 0:
         raise DataError(f"train_curated: {n} clips cannot be split with val_fraction={val_fraction} "
                         f"(one part would be empty)")
-    return train, val
-
-
-def _iterative_stratification(labels: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    n = len(labels)
-    assignment = np.full(n, -1)
-    want_clips = fractions * n
-    want_labels = fractions[:, None] * labels.sum(0)[None, :]
-    remaining = labels.copy()
-    order = rng.permutation(n)  # ties between clips are broken by the seed, not by file order
-    labels, remaining = labels[order], remaining[order]
-    unassigned = np.ones(n, dtype=bool)
-    while unassigned.any():
-        counts = remaining[unassigned].sum(0)
-        if counts.max() == 0:
-            break
-        label = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
-        for i in np.flatnonzero(unassigned & remaining[:, label]):
-            need = want_labels[:, label]
-            best = np.flatnonzero(need == need.max())
-            if len(best) > 1:
-                best = best[want_clips[best] == want_clips[best].max()]
-            part = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
-            assignment[i] = part
-            unassigned[i] = False
-            want_labels[part] -= labels[i]
-            want_clips[part] -= 1
-        remaining[:, label] = False
-    for i in np.flatnonzero(unassigned):  # clips without labels: fill the part that lacks most clips
-        part = int(np.argmax(want_clips))
-        assignment[i] = part
-        want_clips[part] -= 1
-    result = np.empty(n, dtype=int)
-    result[order] = assignment
-    return result
+    return np.sort(train), np.sort(val)

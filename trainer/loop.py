@@ -6,7 +6,7 @@ imports optuna.
 """
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 import sys
@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from trainer.atomic import atomic_torch_save, atomic_write_text
+from trainer.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from trainer.augment import mixup, spec_augment
+from trainer.checkpoint import RunState, restore_training_state, save_training_state
 from trainer.config import TrainConfig
 from trainer.inference import autocast_for, predict_bank, resolve_device
 from trainer.losses import build_loss
@@ -34,10 +35,12 @@ from trainer.run_log import RunLog
 from trainer.samplers import epoch_indices
 
 EpochHook = Callable[[int, dict], None]
+VAL_PREDICTIONS = "val_predictions.npz"  # the best epoch's validation probabilities, next to best.pth
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite: the run diverged (a search prunes such a trial)."""
+    """The training loss or the validation outputs became NaN or infinite: the run diverged (a search
+    prunes such a trial). Non-finite input audio never gets this far: it is refused when read."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class Result:
     last_path: Path
     feature_cache_key: str
     inference_cost: float      # seconds of inference per second of audio (features + model)
+    feature_cost: float        # the log-mel part of inference_cost (shared by models with the same features)
+    model_cost: float          # the network part of inference_cost (windows, forward passes, pooling)
+    resumed_from_epoch: int    # epochs restored from last.pth at the start of this call (0 = a fresh run)
+    threads: int               # torch CPU threads used; CPU results are reproducible for the same count
+    val_predictions_path: Path  # the best epoch's validation probabilities (see save_val_predictions)
 
 
 def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, *,
@@ -79,6 +87,8 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else (lambda line: None)
 
     data = prepare_data(config, data_dir, device=dev, cache_dir=cache_dir, progress=progress is not False)
+    # Measured once: the log-mel cost per second of audio does not change between epochs.
+    feature_cost = measure_feature_cost(config.features, dev)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(dev)
@@ -88,16 +98,17 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
     rng = np.random.default_rng(config.seed)
     crop_generator = torch.Generator().manual_seed(config.seed + 1)
 
-    state = _RunState()
+    state = RunState()
     if last_path.exists():
-        state = _resume(last_path, config, model, optimizer, scheduler, rng, crop_generator)
+        state = restore_training_state(last_path, config, model, optimizer, scheduler, rng, crop_generator)
         say(f"resuming {workdir} after epoch {state.epoch}")
     else:
         atomic_write_text(workdir / "config.json", config.to_json())
+    resumed_from = state.epoch
 
+    audio_seconds = float(data.val_bank.lengths.sum()) * config.features.hop / config.features.sample_rate
     log = RunLog(Path(tensorboard_dir) if tensorboard_dir is not None else workdir / "tb", config)
     epoch_times: list[float] = []
-    val_seconds = 0.0
     try:
         for epoch in range(state.epoch + 1, config.optim.epochs + 1):
             epoch_started = time.perf_counter()
@@ -110,7 +121,10 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
             val_started = time.perf_counter()
             probs = predict_bank(model, data.val_bank, n_frames=config.features.crop_frames,
                                  pad_mode=config.features.pad_mode, batch_size=max(config.optim.batch_size, 64))
-            val_seconds = time.perf_counter() - val_started
+            model_cost = (time.perf_counter() - val_started) / max(audio_seconds, 1e-9)
+            if not np.isfinite(probs).all():
+                raise NonFiniteLossError(f"validation outputs became NaN/inf after epoch {epoch} "
+                                         f"(lr {lr:.3g}): the network diverged")
             score = lwlrap(data.val_targets, probs)
             per_class, weights = per_class_lwlrap(data.val_targets, probs)
             val_loss = float(F.binary_cross_entropy(torch.from_numpy(probs).clamp(1e-7, 1 - 1e-7),
@@ -119,13 +133,15 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
             if improved:
                 state.best_lwlrap, state.best_epoch = score, epoch
             metrics = {"epoch": epoch, "lwlrap": score, "best_lwlrap": state.best_lwlrap, "val_loss": val_loss,
-                       "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm, "epoch_time": epoch_times[-1]}
+                       "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm, "epoch_time": epoch_times[-1],
+                       "model_cost": model_cost, "inference_cost": feature_cost + model_cost}
             state.history.append(metrics)
             state.epoch = epoch
 
             if improved:
                 atomic_torch_save(model.state_dict(), best_path)
-            _save_last(last_path, config, model, optimizer, scheduler, rng, crop_generator, state)
+                save_val_predictions(workdir / VAL_PREDICTIONS, probs, data, epoch=epoch, lwlrap=score)
+            save_training_state(last_path, config, model, optimizer, scheduler, rng, crop_generator, state)
             log.epoch(epoch, metrics, per_class, weights)
             say(f"epoch {epoch}/{config.optim.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
                 f"lwlrap {score:.4f} (best {state.best_lwlrap:.4f} @{state.best_epoch})  lr {lr:.2e}  "
@@ -135,8 +151,9 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
     finally:
         log.close(state.history)
 
-    audio_seconds = float(data.val_bank.lengths.sum()) * config.features.hop / config.features.sample_rate
-    inference_cost = val_seconds / max(audio_seconds, 1e-9) + measure_feature_cost(config.features, dev)
+    # A run resumed from a checkpoint that had already finished its budget trains nothing: its costs
+    # come from the history the checkpoint carried.
+    model_cost = state.history[-1].get("model_cost", 0.0) if state.history else 0.0
     return Result(
         best_lwlrap=state.best_lwlrap,
         last_lwlrap=state.history[-1]["lwlrap"] if state.history else float("nan"),
@@ -148,8 +165,23 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
         best_path=best_path,
         last_path=last_path,
         feature_cache_key=data.feature_cache_key,
-        inference_cost=inference_cost,
+        inference_cost=feature_cost + model_cost,
+        feature_cost=feature_cost,
+        model_cost=model_cost,
+        resumed_from_epoch=resumed_from,
+        threads=torch.get_num_threads(),
+        val_predictions_path=workdir / VAL_PREDICTIONS,
     )
+
+
+def save_val_predictions(path: Path, probs: np.ndarray, data: PreparedData, *, epoch: int, lwlrap: float) -> None:
+    """Write the validation probabilities of one epoch atomically: ``probs`` float16 (clips, 80), the clips'
+    ``fnames`` and ``split`` (the validation split's identity: predictions of two runs can only be
+    combined when it matches), with the ``epoch`` and its ``lwlrap``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, probs=probs.astype(np.float16), fnames=np.array(data.val_fnames), split=np.array(data.val_split_id),
+             epoch=np.array(epoch), lwlrap=np.array(lwlrap))
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _train_one_epoch(config: TrainConfig, data: PreparedData, model: torch.nn.Module,
@@ -186,53 +218,3 @@ def _train_one_epoch(config: TrainConfig, data: PreparedData, model: torch.nn.Mo
         total_loss += loss_value
         total_norm += norm_value
     return total_loss / max(n_batches, 1), total_norm / max(n_batches, 1)
-
-
-@dataclass
-class _RunState:
-    epoch: int = 0
-    best_lwlrap: float = -math.inf
-    best_epoch: int = 0
-    history: list = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.history = [] if self.history is None else self.history
-
-
-def _save_last(path: Path, config: TrainConfig, model, optimizer, scheduler, rng: np.random.Generator,
-               generator: torch.Generator, state: _RunState) -> None:
-    atomic_torch_save({
-        "config": config.to_json(),
-        "epoch": state.epoch,
-        "best_lwlrap": state.best_lwlrap,
-        "best_epoch": state.best_epoch,
-        "history": json.dumps(state.history),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        # numpy's PCG64 state holds 128-bit integers; JSON keeps the file loadable with weights_only=True.
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "crop_rng": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }, path)
-
-
-def _resume(path: Path, config: TrainConfig, model, optimizer, scheduler, rng: np.random.Generator,
-            generator: torch.Generator) -> _RunState:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    saved = TrainConfig.from_json(checkpoint["config"])
-    if saved != config:
-        changed = ", ".join(f"{k}={v!r}" for k, v in list(config.diff(saved).items())[:5])
-        raise ValueError(f"{path}: this checkpoint belongs to another config (differs in {changed}); "
-                         f"use an empty workdir for a new run")
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    rng.bit_generator.state = json.loads(checkpoint["numpy_rng"])
-    generator.set_state(checkpoint["crop_rng"])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    if checkpoint["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-    return _RunState(epoch=int(checkpoint["epoch"]), best_lwlrap=float(checkpoint["best_lwlrap"]),
-                     best_epoch=int(checkpoint["best_epoch"]), history=json.loads(checkpoint["history"]))

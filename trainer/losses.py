@@ -42,7 +42,10 @@ def minmax_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     lo = p.min(dim=1, keepdim=True).values
     hi = p.max(dim=1, keepdim=True).values
     scaled = ((p - lo) / (hi - lo + MINMAX_EPS)).clamp(MINMAX_EPS, 1 - MINMAX_EPS)
-    return F.binary_cross_entropy(scaled, targets.to(scaled.dtype))
+    targets = targets.to(scaled.dtype)
+    # Written out rather than F.binary_cross_entropy, which raises on a NaN input: a diverged step must
+    # give a NaN loss that the loop reports as divergence, not a crash of the search worker.
+    return -(targets * torch.log(scaled) + (1 - targets) * torch.log1p(-scaled)).mean()
 
 
 def _build_bce(cfg: LossConfig) -> Loss:

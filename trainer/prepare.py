@@ -1,6 +1,7 @@
 """From a data folder and a config to device-resident feature banks of the training and validation split."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ class PreparedData:
     noisy_targets: np.ndarray | None
     val_bank: FeatureBank
     val_targets: np.ndarray          # (N_val, 80)
+    val_fnames: list[str]            # file names of the validation clips, in val_bank order
+    val_split_id: str                # digest of the validation clips and their labels (see split_identity)
     feature_cache_key: str
 
 
@@ -58,6 +61,8 @@ def prepare_data(config: TrainConfig, data_dir: str | Path | None, *, device: to
     is_noisy[len(train_pos):] = True
 
     normalize = config.features.normalize
+    val_fnames = [curated.table.paths[i].name for i in val_pos]
+    val_targets = curated.table.targets[val_pos]
     return PreparedData(
         train_bank=FeatureBank.from_arrays(train_arrays, normalize=normalize, device=device),
         train_targets=torch.from_numpy(targets).to(device),
@@ -65,9 +70,20 @@ def prepare_data(config: TrainConfig, data_dir: str | Path | None, *, device: to
         curated_targets=curated.table.targets[train_pos],
         noisy_targets=noisy_targets,
         val_bank=FeatureBank.from_arrays([curated_arrays[i] for i in val_pos], normalize=normalize, device=device),
-        val_targets=curated.table.targets[val_pos].astype(np.float64),
+        val_targets=val_targets.astype(np.float64),
+        val_fnames=val_fnames,
+        val_split_id=split_identity(val_fnames, val_targets),
         feature_cache_key=feature_cache_key(config.features),
     )
+
+
+def split_identity(fnames: list[str], targets: np.ndarray) -> str:
+    """Short digest of a validation split: the same clips with the same labels in the same order give the
+    same id, whatever the feature or model settings (so predictions of different trials can be combined)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for fname, row in zip(fnames, targets):
+        digest.update(fname.encode("utf-8") + b"\0" + np.flatnonzero(row > 0).astype(np.int16).tobytes() + b"\n")
+    return digest.hexdigest()
 
 
 @dataclass

@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 from trainer.config import TrainConfig
 from trainer.labels import load_labels
@@ -19,6 +17,10 @@ class RunLog:
     also when the run stops early (pruned, diverged), so the HParams tab lists every trial."""
 
     def __init__(self, log_dir: Path, config: TrainConfig) -> None:
+        # Imported here: tensorboard is a training-time dependency; the Kaggle kernel imports this package
+        # for inference only.
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.config = config
         self.chart: _PerClassChart | None = None  # the validation split, hence its classes, is fixed per run
@@ -38,6 +40,8 @@ class RunLog:
             "hparam/last_lwlrap": history[-1]["lwlrap"] if history else 0.0,
             "hparam/epochs_run": float(len(history) and history[-1]["epoch"]),
         }
+        from torch.utils.tensorboard.summary import hparams
+
         experiment, session_start, session_end = hparams(params, final)
         for summary in (experiment, session_start, session_end):
             self.writer.file_writer.add_summary(summary)

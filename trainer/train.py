@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, TrainConfig, parse_set_args
 from trainer.data import DataError
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run folder {run_dir}", file=sys.stderr)
         result = train_and_evaluate(config, args.data, workdir=run_dir, device=args.device, threads=args.threads,
                                     progress=False if args.no_progress else None, cache_dir=args.cache_dir)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:

@@ -152,9 +152,21 @@ def test_unreadable_and_missing_files_are_reported(tmp_path):
     assert [a is None for a in result.arrays] == [True, False, True, True, False]
     reasons = dict(result.failed)
     assert set(reasons) == {broken, empty, missing}
-    assert reasons[broken].startswith("not a readable audio file")
+    assert reasons[broken] == "corrupt or truncated audio file (libsndfile: Error in WAV file. No 'data' chunk marker)"
     assert reasons[empty] == "empty audio (0 samples)"
     assert reasons[missing] == "file not found"
+
+
+def test_non_finite_samples_are_a_data_error_naming_the_file(tmp_path):
+    paths = write_clips(tmp_path / "wav", 1)
+    poisoned = tmp_path / "wav" / "poisoned.wav"
+    wave = np.random.default_rng(0).standard_normal(SR).astype(np.float32) * 0.1
+    wave[100] = np.nan
+    wave[200] = np.inf
+    sf.write(poisoned, wave, SR, subtype="FLOAT")
+    result = load_features([poisoned, paths[0]], CFG, cache_dir=tmp_path / "cache", progress=False)
+    assert result.arrays[0] is None and result.arrays[1] is not None
+    assert dict(result.failed)[poisoned] == "2 NaN or infinite sample(s) in the audio data"
 
 
 def _fill_in_child(paths, cache, barrier, out):

@@ -14,8 +14,11 @@ def run(config, data, workdir, **kwargs):
     return train_and_evaluate(config, data, workdir=workdir, threads=1, progress=False, verbose=False, **kwargs)
 
 
+TIMINGS = ("epoch_time", "model_cost", "inference_cost")
+
+
 def strip_times(history):
-    return [{k: v for k, v in h.items() if k != "epoch_time"} for h in history]
+    return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
 
 
 def test_same_config_and_seed_give_the_same_numbers(tiny_config, demo_data, tmp_path):
@@ -143,3 +146,71 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: --set: model.activation='tanh' is not allowed; expected one of: "
                                   "relu, prelu, elu, silu, sigmoid")
+
+
+def test_best_epoch_validation_predictions_are_kept_with_their_split(tiny_config, demo_data, tmp_path):
+    result = run(tiny_config.with_overrides({"optim.epochs": 3}), demo_data, tmp_path)
+    saved = np.load(result.val_predictions_path)
+    assert saved["probs"].dtype == np.float16 and saved["probs"].shape[1] == 80
+    assert len(saved["fnames"]) == saved["probs"].shape[0] and str(saved["fnames"][0]).endswith(".wav")
+    assert int(saved["epoch"]) == result.best_epoch
+    from trainer.data import load_splits
+
+    curated, _ = load_splits(demo_data, use_noisy=False)
+    by_name = {p.name: t for p, t in zip(curated.paths, curated.targets)}
+    truth = np.stack([by_name[str(f)] for f in saved["fnames"]])
+    assert lwlrap(truth, saved["probs"].astype(np.float64)) == pytest.approx(result.best_lwlrap, abs=2e-3)
+    other = run(tiny_config.with_overrides({"features.n_mels": 24, "optim.epochs": 1}), demo_data, tmp_path / "b")
+    assert str(np.load(other.val_predictions_path)["split"]) == str(saved["split"])  # same clips, other features
+    resplit = run(tiny_config.with_overrides({"data.split_seed": 1, "optim.epochs": 1}), demo_data, tmp_path / "c")
+    assert str(np.load(resplit.val_predictions_path)["split"]) != str(saved["split"])
+
+
+def test_result_reports_inference_cost_parts_and_threads(tiny_config, demo_data, tmp_path):
+    result = run(tiny_config, demo_data, tmp_path)
+    assert result.feature_cost > 0 and result.model_cost > 0
+    assert result.inference_cost == pytest.approx(result.feature_cost + result.model_cost)
+    assert result.threads == 1 and result.resumed_from_epoch == 0
+    assert all(h["inference_cost"] > h["model_cost"] > 0 for h in result.history)
+
+
+def test_nan_validation_outputs_are_divergence_not_a_metric_crash(tiny_config, demo_data, tmp_path, monkeypatch):
+    import trainer.loop
+
+    monkeypatch.setattr(trainer.loop, "predict_bank", lambda *a, **k: np.full((3, 80), np.nan))
+    with pytest.raises(NonFiniteLossError, match="validation outputs became NaN/inf after epoch 1"):
+        run(tiny_config, demo_data, tmp_path)
+
+
+def test_nan_under_the_min_max_loss_is_divergence_not_a_runtime_error(tiny_config, demo_data, tmp_path, monkeypatch):
+    import trainer.loop
+
+    real = trainer.loop.build_model
+
+    def poisoned(cfg, n_labels=80):
+        model = real(cfg, n_labels)
+        model.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        return model
+
+    monkeypatch.setattr(trainer.loop, "build_model", poisoned)
+    with pytest.raises(NonFiniteLossError, match="training loss became nan"):
+        run(tiny_config.with_overrides({"loss.name": "bce_minmax"}), demo_data, tmp_path)
+
+
+class UnsafePayload:
+    """Stands for any pickled object: loading it would run arbitrary code, so it must be refused."""
+
+
+def test_a_corrupt_or_unsafe_last_checkpoint_is_refused_in_one_line(tiny_config, demo_data, tmp_path):
+    from trainer import CheckpointError
+
+    run(tiny_config.with_overrides({"optim.epochs": 1}), demo_data, tmp_path)
+    last = tmp_path / "last.pth"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"last.pth: unreadable checkpoint \(truncated or corrupt"):
+        run(tiny_config, demo_data, tmp_path)
+
+    torch.save({"config": tiny_config.to_json(), "payload": UnsafePayload()}, last)
+    with pytest.raises(CheckpointError, match="not a plain weights file .* it will not be loaded") as info:
+        run(tiny_config, demo_data, tmp_path)
+    assert "weights_only" not in str(info.value)
