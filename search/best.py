@@ -20,25 +20,18 @@ from optuna.trial import FrozenTrial, TrialState
 from search.export import (ExportPlan, check_dataset_identity, measure_kernel, member_configs, record_inference,
                            retrain, write_export)
 from search.kernel import KernelGenerationError
-from search.objective import is_feasible
-from search.report import StudyNotFoundError, baseline_trial, config_diff, load_study
-from search.storage import add_study_arguments, studies_dir
-from search.spec import DEMO, SpecError, StudySpec, find_spec, load_spec
-from trainer.config import ConfigError, TrainConfig
-from trainer.data import DataError
+from search.spec import StudySpec, load_spec
+from search.storage import StorageError, add_study_arguments, studies_dir
+from search.study import (StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible, load_study,
+                          ranked_trials, resolve_data, trial_config)
+from trainer import CheckpointError, ConfigError, DataError
 
 TOP_N = 10
 
 
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best first (by the study's direction)."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(complete, key=lambda t: t.value, reverse=maximize)
-
-
 def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
-    """Trial ``number`` (must be COMPLETE), else the best COMPLETE trial that satisfies the constraints."""
+    """Trial ``number`` (must be COMPLETE), else ``search.study.best_trial``: the best COMPLETE trial within
+    the kernel-time budget."""
     if number is not None:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
         if not trials:
@@ -47,28 +40,12 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
         if trials[0].state != TrialState.COMPLETE:
             raise LookupError(f"--trial {number}: it is {trials[0].state.name}; only COMPLETE trials can be exported")
         return trials[0]
-    ranked = ranked_trials(study)
-    feasible = [t for t in ranked if is_feasible(t)]
-    if not feasible:
+    best = best_trial(study)
+    if best is None:
+        ranked = ranked_trials(study)
         why = f"all {len(ranked)} COMPLETE trials exceed the kernel time budget" if ranked else "no trial has completed"
         raise LookupError(f"study {study.study_name!r}: nothing to export ({why})")
-    return feasible[0]
-
-
-def trial_config(trial: FrozenTrial, spec: StudySpec | None = None) -> TrainConfig:
-    """The exact TrainConfig the trial ran: user attr ``config``, else its run_dir/config.json, else the
-    spec's base config with the trial's params."""
-    raw = trial.user_attrs.get("config")
-    if raw is not None:
-        values = json.loads(raw) if isinstance(raw, str) else raw
-        return TrainConfig.from_dict(values, source=f"trial {trial.number} user attr 'config'")
-    run_config = Path(str(trial.user_attrs.get("run_dir", ""))) / "config.json"
-    if trial.user_attrs.get("run_dir") and run_config.is_file():
-        return TrainConfig.from_json(run_config.read_text(encoding="utf-8"))
-    if spec is not None:
-        return spec.config_for(trial.params)
-    raise LookupError(f"trial {trial.number}: its config is unknown (no 'config' user attr, no run_dir/config.json, "
-                      f"and no study spec to rebuild it from its params)")
+    return best
 
 
 def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None = None) -> str:
@@ -100,31 +77,17 @@ def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None
     return "\n".join(lines)
 
 
-def resolve_data(spec: StudySpec | None, data_arg: str | None) -> Path:
-    """The data folder the study trained on: --data > $FAT2019_DATA > the spec's; "demo" = the built-in set."""
-    if spec is None:
-        if data_arg and data_arg != DEMO:
-            return Path(data_arg)
-        raise SpecError("the study's spec file was not found, so its data location is unknown: pass --data DIR "
-                        "(or --studies-dir DIR where <study>.toml lives)")
-    location = spec.data_location(data_arg)
-    if location == DEMO:
-        from trainer.synth import ensure_demo_data
-
-        return ensure_demo_data(scale=spec.demo_scale)
-    return Path(location)
-
-
 def find_study_spec(study: str, studies: Path) -> StudySpec | None:
     """The study's spec (``<studies>/<study>.toml``) when it exists."""
-    path = find_spec(study, studies)
+    path = Path(study) if study.endswith(".toml") else studies / f"{study}.toml"
     return load_spec(path) if path.is_file() else None
 
 
 def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: Path, *,
                  spec: StudySpec | None = None, epochs: int | None = None,
                  seeds: int = 1, folds: int | None = None, full_curated: bool = False, pooling: str = "mean",
-                 kaggle_user: str | None = None, dataset_slug: str | None = None) -> dict[str, Any]:
+                 kaggle_user: str | None = None, dataset_slug: str | None = None,
+                 threads: int | None = None) -> dict[str, Any]:
     """Retrain ``trial``'s config into ``out`` (see the module docstring); returns export.json's record."""
     slug = dataset_slug or _slug(f"fat2019-{study.study_name}")
     check_dataset_identity(kaggle_user, slug)
@@ -132,7 +95,9 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: P
     configs = member_configs(base, seeds=seeds, folds=folds, full_curated=full_curated, epochs=epochs)
     print(f"exporting trial {trial.number} of study {study.study_name} (reported lwlrap {trial.value:.4f}): "
           f"{len(configs)} model(s) on {data_dir}", file=sys.stderr)
-    results = retrain(configs, data_dir, out.parent / f"{out.name}-runs")
+    # CPU results depend on the torch thread count: retrain with the trial's own to reproduce its numbers.
+    threads = threads or trial.user_attrs.get("threads")
+    results = retrain(configs, data_dir, out.parent / f"{out.name}-runs", threads=threads)
     same_as_trial = configs[0] == base
     source = {"study": study.study_name, "trial": trial.number, "trial_lwlrap": trial.value,
               "retrained_lwlrap": results[0].best_lwlrap, "retrained_config_equals_trial": same_as_trial,
@@ -151,8 +116,14 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: P
         print(f"  {member['file']}: validation lwlrap {member['val_lwlrap']:.4f} at epoch {member['epoch']}{note}")
     retrained = results[0].best_lwlrap
     if same_as_trial:
+        trial_threads = trial.user_attrs.get("threads")
+        same_threads = trial_threads is not None and trial_threads == threads
+        why = (f"equal on CPU when retrained with the trial's {trial_threads} torch thread(s), as here; GPU kernels "
+               f"are not bit-reproducible" if same_threads else
+               f"trained with {threads or 'default'} torch threads, the trial with {trial_threads or 'unknown'}: "
+               f"CPU numbers depend on the thread count")
         print(f"retrained lwlrap {retrained:.4f} vs trial's {trial.value:.4f} (difference {retrained - trial.value:+.4f}; "
-              f"equal with the same seed on CPU, GPU kernels are not bit-reproducible)")
+              f"{why})")
     else:
         print(f"retrained lwlrap {retrained:.4f} (first model) vs trial's {trial.value:.4f}: the configs differ "
               f"({', '.join(sorted(configs[0].diff(base)))}), so the numbers need not match")
@@ -178,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full-curated", action="store_true", help="also train on the validation clips")
     parser.add_argument("--pooling", choices=("mean", "geometric"), default="mean",
                         help="how the kernel averages an ensemble's probabilities")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for retraining (default: the trial's own, "
+                                                    "so CPU numbers reproduce)")
     parser.add_argument("--kaggle-user", help="your Kaggle user name (dataset id <user>/<slug>)")
     parser.add_argument("--dataset-slug", help="Kaggle dataset slug (default fat2019-<study>)")
     args = parser.parse_args(argv)
@@ -185,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = find_study_spec(args.study, studies)
         name = spec.name if spec is not None else args.study
-        study, _ = load_study(name, args.storage, studies)
+        study = load_study(name, args.storage, studies).study
         print(describe_top(study, args.top, spec))
         if not args.export:
             return 0
@@ -196,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else studies / name / "export"
         export_trial(study, trial, resolve_data(spec, args.data), out, spec=spec, epochs=args.epochs,
                      seeds=args.seeds, folds=args.folds, full_curated=args.full_curated, pooling=args.pooling,
-                     kaggle_user=args.kaggle_user, dataset_slug=args.dataset_slug)
-    except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError) as exc:
+                     kaggle_user=args.kaggle_user, dataset_slug=args.dataset_slug, threads=args.threads)
+    except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError, StorageError,
+            CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

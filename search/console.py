@@ -1,6 +1,8 @@
-"""Output for a tmux pane: one line per finished trial, one self-overwriting epoch line, a summary at exit."""
+"""Output for a tmux pane: a start line with an ETA, one line per finished trial, one self-overwriting epoch
+line, and one end line that says what this pane did and where the study stands."""
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -9,7 +11,9 @@ from typing import Any, Mapping, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+from search.study import FINISHED, baseline_trial, best_trial, trial_seconds
+
+NUMBER_WIDTH = 4  # "#12 " and "#123" keep the columns of later lines aligned
 
 
 def format_duration(seconds: float) -> str:
@@ -42,6 +46,29 @@ def _short(key: str) -> str:
     return section.rsplit(".", 1)[-1] if leaf == "name" and section else leaf
 
 
+def _tag(number: int) -> str:
+    return f"#{number}".ljust(NUMBER_WIDTH)
+
+
+def _states(trials: list[FrozenTrial]) -> str:
+    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+    return ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n) or "no trials"
+
+
+def eta_line(study: optuna.Study, trials: int | None, workers: int) -> str:
+    """``38 more to reach 50; ~22s per trial at 3 panes: ETA ~4m40s`` from the study's measured trial times."""
+    finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED)]
+    if trials is None:
+        return f"{len(finished)} finished so far"
+    remaining = max(0, trials - len(finished))
+    seconds = [s for t in finished if (s := trial_seconds(t)) is not None]
+    if not seconds:
+        return f"{remaining} more to reach {trials}; ETA after the first finished trial"
+    per_trial = statistics.mean(seconds)
+    return (f"{remaining} more to reach {trials}; ~{format_duration(per_trial)} per trial at {workers} "
+            f"pane{'s' if workers != 1 else ''}: ETA ~{format_duration(remaining * per_trial / max(1, workers))}")
+
+
 @dataclass
 class Console:
     """Prints a worker's progress; epoch lines overwrite each other on a terminal."""
@@ -53,18 +80,23 @@ class Console:
     states: dict[str, int] = field(default_factory=dict)
     _open_line: bool = False
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str, stream: TextIO | None = None) -> None:
         if self._open_line:
             self.stream.write("\r\033[K")
+            self.stream.flush()
             self._open_line = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        out = stream or self.stream
+        out.write(text + "\n")
+        out.flush()
 
     def message(self, text: str) -> None:
         self._print(text)
 
+    def error(self, text: str) -> None:
+        self._print(f"error: {text}", sys.stderr)
+
     def epoch(self, number: int, epoch: int, epochs: int, metrics: Mapping[str, Any]) -> None:
-        text = (f"  #{number} epoch {epoch}/{epochs}  lwlrap {metrics['lwlrap']:.4f} "
+        text = (f"  {_tag(number)} epoch {epoch}/{epochs}  lwlrap {metrics['lwlrap']:.4f} "
                 f"(best {metrics['best_lwlrap']:.4f})  loss {metrics['train_loss']:.4f}  "
                 f"{format_duration(metrics['epoch_time'])}/epoch")
         if self.stream.isatty():
@@ -75,29 +107,38 @@ class Console:
             self._print(text)
 
     def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna callback: ``#7 COMPLETE lwlrap 0.6123  best 0.6301 (#3)  10 ep  5m03s  lr=0.0012 ...``."""
+        """``#7   COMPLETE lwlrap 0.6123  best 0.6301 (#3)  10 ep  5m03s  lr=0.0012 ...  [reason]``."""
         state = trial.state.name
         self.states[state] = self.states.get(state, 0) + 1
         value = f"lwlrap {trial.value:.4f}" if trial.value is not None else "lwlrap   -   "
-        best = _best(study)
-        best_text = f"best {best.value:.4f} (#{best.number})" if best is not None else "best -"
-        duration = trial.duration.total_seconds() if trial.duration else trial.user_attrs.get("wall_time", 0.0)
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            value = f"lwlrap {trial.intermediate_values[max(trial.intermediate_values)]:.4f}"
+        best = best_trial(study)
+        best_text = f"best {best.value:.4f} ({_tag(best.number).strip()})" if best is not None else "best -"
+        duration = trial_seconds(trial) or 0.0
         reason = trial.user_attrs.get("reason")
-        extra = f"  [{reason}]" if reason else ""
-        self._print(f"#{trial.number} {state:<8} {value}  {best_text}  {trial.user_attrs.get('epochs_run', 0)} ep  "
-                    f"{format_duration(duration)}  {param_changes(trial.params, self.baseline)}{extra}")
+        extra = f"  [{reason}]" if reason and trial.state != TrialState.COMPLETE else ""
+        infeasible = "  [over the kernel budget]" if trial.constraints and any(
+            v > 0 for v in trial.constraints.values()) and not extra else ""
+        self._print(f"{_tag(trial.number)} {state:<8} {value}  {best_text}  "
+                    f"{trial.user_attrs.get('epochs_run', 0):>2} ep  {format_duration(duration):>6}  "
+                    f"{param_changes(trial.params, self.baseline)}{extra}{infeasible}")
 
     def summary(self, study: optuna.Study, exit_reason: str) -> None:
+        """One end line: why this pane stopped, what it ran, where the study stands, best vs baseline."""
         trials = study.get_trials(deepcopy=False)
-        finished = sum(t.state in FINISHED for t in trials)
-        mine = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.states.items())) or "no trials"
-        best = _best(study)
-        best_text = (f"best #{best.number} lwlrap {best.value:.4f}  {param_changes(best.params, self.baseline)}"
-                     if best is not None else "no completed trial yet")
+        mine = sum(self.states.values())
+        mine_text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.states.items()))
+        best = best_trial(study)
+        baseline = baseline_trial(trials)
+        if best is None:
+            best_text = "no feasible complete trial yet"
+        else:
+            best_text = f"best #{best.number} lwlrap {best.value:.4f}"
+            if baseline is not None and baseline.number != best.number and baseline.value is not None:
+                best_text += f" vs baseline #{baseline.number} {baseline.value:.4f} ({best.value - baseline.value:+.4f})"
+            elif baseline is not None and baseline.number == best.number:
+                best_text += " (the baseline)"
+        pane = f"this pane ran {mine} trial{'s' if mine != 1 else ''}" + (f" ({mine_text})" if mine else "")
         self._print(f"worker {self.worker_id} {exit_reason} after {format_duration(time.monotonic() - self.started)}: "
-                    f"ran {mine}; study {study.study_name} has {finished} finished of {len(trials)} trials; {best_text}")
-
-
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    return max(complete, key=lambda t: t.value) if complete else None
+                    f"{pane}; study {study.study_name}: {_states(trials)}; {best_text}")

@@ -16,9 +16,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
-from search.report import StudyNotFoundError, load_study, masked_url
-from search.storage import add_study_arguments
-from search.storage import open_storage
+from search.artifacts import open_artifact_store
+from search.storage import StorageError, add_study_arguments, open_storage, studies_dir
+from search.study import StudyNotFoundError, load_study, redact
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -35,9 +35,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def make_dashboard_server(storage: optuna.storages.BaseStorage, host: str = "127.0.0.1",
-                          port: int = 8080) -> WSGIServer:
-    """A (not yet serving) HTTP server running optuna-dashboard's WSGI app on ``storage``; port 0 picks a free one."""
-    app = optuna_dashboard.wsgi(storage)
+                          port: int = 8080, artifact_store: object | None = None) -> WSGIServer:
+    """A (not yet serving) HTTP server running optuna-dashboard's WSGI app on ``storage`` (listing the trials'
+    files from ``artifact_store``); port 0 picks a free one."""
+    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
     return make_server(host, port, app, server_class=_ThreadedWSGIServer, handler_class=_QuietHandler)
 
 
@@ -80,13 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port}: expected 0..65535")
     try:
-        _, storage_url = load_study(args.study, args.storage, args.studies_dir)
-    except StudyNotFoundError as error:
+        storage_url = load_study(args.study, args.storage, args.studies_dir).url
+        artifacts = open_artifact_store(args.artifacts or studies_dir(args.studies_dir) / args.study / "artifacts")
+    except (StudyNotFoundError, StorageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     storage = open_storage(storage_url)  # readers pass no heartbeat: only workers own trials
     try:
-        server = make_dashboard_server(storage, args.host, args.port)
+        server = make_dashboard_server(storage, args.host, args.port, artifact_store=artifacts)
     except OSError as error:  # port taken, address not on this machine, ...
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
         return 2
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"WARNING: the dashboard is bound to {args.host}:{port} and has no authentication: anyone "
                   "who can reach that address can read, edit and delete studies. Prefer the default "
                   "127.0.0.1 with an SSH tunnel.", file=sys.stderr)
-        print(f"optuna-dashboard for study {args.study!r} on {masked_url(storage_url)}")
+        print(f"optuna-dashboard for study {args.study!r} on {redact(storage_url)}")
         print(f"  open: {study_url(args.host, port, storage.get_study_id_from_name(args.study))}")
         print(f"  from your laptop, first: {tunnel_line(port, host=args.host)}")
         print("  stop: Ctrl-C", flush=True)

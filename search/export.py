@@ -22,10 +22,8 @@ import torch
 
 from search.kernel import write_kernel
 from search.kernel_main import EXPORT_FORMAT, POOLINGS
-from trainer.atomic import atomic_torch_save, atomic_write_text
-from trainer.config import ConfigError, TrainConfig
-from trainer.labels import load_labels
-from trainer.loop import Result, train_and_evaluate
+from trainer import (ConfigError, Result, TrainConfig, atomic_torch_save, atomic_write_text, load_labels,
+                     load_state_dict, train_and_evaluate)
 
 KAGGLE_TEST_CLIPS = 3361  # clips the FAT2019 kernel scored in the 2nd stage
 MEASURE_CLIPS = 64  # test clips the export scores with the generated kernel to time it
@@ -78,14 +76,15 @@ def config_digest(config: TrainConfig) -> str:
 
 
 def retrain(configs: list[TrainConfig], data_dir: str | Path | None, runs_dir: Path, *,
-            cache_dir: str | Path | None = None, progress: bool | None = None) -> list[Result]:
+            cache_dir: str | Path | None = None, progress: bool | None = None,
+            threads: int | None = None) -> list[Result]:
     """Train each config in ``runs_dir/<config digest>`` (an interrupted export resumes there)."""
     results = []
     for k, config in enumerate(configs):
         print(f"training model {k + 1}/{len(configs)} ({config.optim.epochs} epochs, seed {config.seed}"
               f"{f', fold {config.data.val_fold}' if config.data.val_fold is not None else ''})", file=sys.stderr)
         results.append(train_and_evaluate(config, data_dir, workdir=runs_dir / config_digest(config),
-                                          progress=progress, cache_dir=cache_dir))
+                                          progress=progress, cache_dir=cache_dir, threads=threads))
     return results
 
 
@@ -211,9 +210,7 @@ Try it locally first, on any folder in the FAT2019 layout:
 
 
 def _load_state_dict(path: Path, from_last: bool) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint["model"] if from_last else checkpoint
-    return {key: value.detach().clone() for key, value in state.items()}
+    return {key: value.detach().clone() for key, value in load_state_dict(path).items()}
 
 
 def check_dataset_identity(kaggle_user: str | None, dataset_slug: str) -> None:

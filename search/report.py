@@ -1,14 +1,15 @@
-"""``python -m search.report --study NAME``: a study's record as ``report.md`` plus Optuna's plots as PNGs.
+"""``python -m search.report --study NAME``: a study's record as ``report.md`` plus pictures as PNGs.
 
 The report answers what the tuning playbook asks after a study: how trials ended, the top 10, the best
-config as a diff from the baseline, the compute the pruner saved, time per trial, whether the best point
-sits on the edge of the space, how many trials failed or diverged, and the command that reproduces the best.
+config as a diff from the baseline, the compute the pruner saved, time per trial, the disk the trials
+use, whether the best point sits on the edge of the space, how many trials failed or diverged, and the
+command that reproduces the best. "Best" is ``search.study.best_trial``: the best COMPLETE trial within
+the kernel-time budget, the same trial search.best exports.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import statistics
@@ -20,89 +21,64 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.plots import Plot, write_plots
+from search.artifacts import TrialFiles, open_artifact_store
 from search.console import format_duration
-from search.storage import add_study_arguments, default_storage_url, open_storage, studies_dir
-from trainer.atomic import atomic_write_text
-from trainer.config import flatten
+from search.plots import Plot, write_plots
+from search.storage import add_study_arguments, studies_dir
+from search.study import (StudyHandle, StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible,
+                          load_study, ranked_trials, redact, trial_config, trial_seconds)
+from trainer import atomic_write_text
 
 TOP_N = 10
 EDGE_FRACTION = 0.1  # a best value within 10% of the range (log scale for log params) of a bound is "on the edge"
-BASELINE_ATTRS = ("is_baseline", "baseline")
-REASON_ATTRS = ("fail_reason", "prune_reason", "reason")
 _STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
 
-class StudyNotFoundError(LookupError):
-    """The study database or the study in it does not exist; the message says which and what exists."""
-
-
-def load_study(study_name: str, storage_url: str | None = None,
-               studies: str | os.PathLike | None = None) -> tuple[optuna.Study, str]:
-    """Open an existing study for reading (``storage_url`` or the default SQLite file); returns (study, url).
-
-    Never creates anything: a missing database file or study raises ``StudyNotFoundError`` naming what exists.
-    """
-    if storage_url is None:
-        database = studies_dir(studies) / f"{study_name}.db"
-        if not database.is_file():
-            raise StudyNotFoundError(f"no study database {database} (start workers with "
-                                     f"`python -m search.run --study {study_name}` or pass --storage URL)")
-        storage_url = default_storage_url(study_name, database.parent)
-    storage = open_storage(storage_url)
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage), storage_url
-    except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
-        raise StudyNotFoundError(f"study {study_name!r} not found in {masked_url(storage_url)}; "
-                                 f"studies there: {', '.join(names) or 'none'}") from None
-
-
-def masked_url(url: str) -> str:
-    """The storage URL with any password replaced by ``***`` (the report is meant to be shared)."""
-    import sqlalchemy
-
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-
-
-def write_report(study: optuna.Study, out_dir: str | os.PathLike, *, storage_arg: str | None = None,
-                 tensorboard_dir: str | os.PathLike | None = None) -> Path:
-    """Write the PNGs and ``report.md`` for ``study`` into ``out_dir``; returns the path of ``report.md``.
+def write_report(handle: StudyHandle, out_dir: str | os.PathLike, *, storage_arg: str | None = None,
+                 runs_dir: str | os.PathLike | None = None, files: TrialFiles | None = None) -> Path:
+    """Write the PNGs and ``report.md`` for the study into ``out_dir``; returns the path of ``report.md``.
 
     ``storage_arg`` is the ``--storage`` the user passed (repeated, password masked, in the reproduce
-    command); ``tensorboard_dir`` is the study's ``tb/`` folder, mentioned when it exists.
+    command); ``runs_dir`` (trial folders, TensorBoard runs) and ``files`` (the artifact store) are
+    measured for the disk section.
     """
-    if study._is_multi_objective():
+    study = handle.study
+    if len(study.directions) > 1:
         raise ValueError(f"study {study.study_name!r} has {len(study.directions)} objectives; "
                          "the report handles single-objective studies only")
     out_dir = Path(out_dir)
     plots = write_plots(study, out_dir)
-    text = render_markdown(study, plots, out_dir, storage_arg=storage_arg, tensorboard_dir=tensorboard_dir)
+    text = render_markdown(handle, plots, out_dir, storage_arg=storage_arg, runs_dir=runs_dir, files=files)
     path = out_dir / "report.md"
     atomic_write_text(path, text)
     return path
 
 
-def render_markdown(study: optuna.Study, plots: Sequence[Plot], out_dir: Path, *,
-                    storage_arg: str | None = None, tensorboard_dir: str | os.PathLike | None = None) -> str:
+def render_markdown(handle: StudyHandle, plots: Sequence[Plot], out_dir: Path, *, storage_arg: str | None = None,
+                    runs_dir: str | os.PathLike | None = None, files: TrialFiles | None = None) -> str:
     """The text of ``report.md`` (plots linked relative to ``out_dir``)."""
+    study = handle.study
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(complete, key=lambda t: t.value, reverse=maximize)
-    best = ranked[0] if ranked else None
+    ranked = ranked_trials(study)
+    best = best_trial(study)
     lines = [f"# Study `{study.study_name}`", "",
              f"Generated {dt.datetime.now().isoformat(timespec='seconds')}; objective: validation lwlrap "
-             f"({'maximised' if maximize else 'minimised'}); {len(trials)} trials.", ""]
+             f"(maximised); {len(trials)} trials.", ""]
 
     lines += ["## Trials by state", "", "| state | trials |", "|---|---|"]
     lines += [f"| {state.name} | {sum(t.state == state for t in trials)} |" for state in _STATES]
     lines.append("")
+    if ranked:
+        lines += _top_trials(ranked[:TOP_N])
     if best is None:
-        lines += ["No trial has completed yet: there is no best trial, top list or best config.", ""]
+        why = ("every COMPLETE trial is over the kernel-time budget" if ranked
+               else "no trial has completed yet")
+        lines += [f"No best trial: {why}.", ""]
     else:
-        lines += _top_trials(ranked[:TOP_N]) + _best_section(study, best, trials, storage_arg)
-    lines += _compute_section(study, trials) + _time_section(trials)
+        lines += _best_section(study, best, trials, storage_arg)
+    budget = handle.stored_spec().get("study.epochs")
+    lines += _compute_section(trials, budget) + _time_section(trials) + _disk_section(runs_dir, files)
     lines += _checks_section(best, complete, trials)
     lines += ["## Plots", ""]
     for plot in plots:
@@ -113,27 +89,30 @@ def render_markdown(study: optuna.Study, plots: Sequence[Plot], out_dir: Path, *
             if plot.note:
                 lines += [f"Note: {plot.note}.", ""]
     lines.append("")
-    if tensorboard_dir is not None and Path(tensorboard_dir).is_dir():
-        lines += ["## TensorBoard", "", f"Per-trial curves and HParams: `tensorboard --logdir {tensorboard_dir}`.", ""]
+    if runs_dir is not None and Path(runs_dir).is_dir():
+        lines += ["## TensorBoard", "", f"Per-trial curves and HParams: `tensorboard --logdir {runs_dir}`.", ""]
     return "\n".join(lines)
 
 
 def _top_trials(top: Sequence[FrozenTrial]) -> list[str]:
-    lines = [f"## Top {len(top)}", "", "| rank | trial | lwlrap | epochs | time | params |", "|---|---|---|---|---|---|"]
+    lines = [f"## Top {len(top)} complete trials", "", "| rank | trial | lwlrap | epochs | time | kernel budget | params |",
+             "|---|---|---|---|---|---|---|"]
     for rank, trial in enumerate(top, start=1):
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.params.items())) or "(baseline, no params)"
         seconds = trial_seconds(trial)
+        fits = "fits" if is_feasible(trial) else "**over: not exportable**"
         lines.append(f"| {rank} | {trial.number} | {trial.value:.4f} | {trial.user_attrs.get('epochs_run', '?')} "
-                     f"| {format_duration(seconds) if seconds is not None else '?'} | {params} |")
+                     f"| {format_duration(seconds) if seconds is not None else '?'} | {fits} | {params} |")
     return lines + [""]
 
 
 def _best_section(study: optuna.Study, best: FrozenTrial, trials: Sequence[FrozenTrial],
                   storage_arg: str | None) -> list[str]:
-    lines = ["## Best trial", "", f"Trial {best.number}, lwlrap {best.value:.4f}.", ""]
+    lines = ["## Best trial", "", f"Trial {best.number}, lwlrap {best.value:.4f} (the best COMPLETE trial within "
+             f"the kernel-time budget).", ""]
     baseline = baseline_trial(trials)
     if baseline is None:
-        lines += ["No baseline trial (user attr `is_baseline`, or trial 0) to compare with.", ""]
+        lines += ["No baseline trial to compare with.", ""]
     elif baseline.number == best.number:
         lines += ["The best trial is the baseline itself: the search has not beaten it yet.", ""]
     else:
@@ -146,81 +125,36 @@ def _best_section(study: optuna.Study, best: FrozenTrial, trials: Sequence[Froze
         else:
             lines.append("(no difference)")
         lines.append("")
-    storage = f" --storage '{masked_url(storage_arg)}'" if storage_arg else ""
-    lines += ["Reproduce it (exports the config and retrains it):", "", "```",
-              f"python -m search.best --study {study.study_name}{storage} --export --trial {best.number}", "```", ""]
+    storage = f" --storage '{redact(storage_arg)}'" if storage_arg else ""
+    lines += ["Reproduce it (retrains its config and writes the Kaggle export):", "", "```",
+              f"python -m search.best --study {study.study_name}{storage} --export", "```", ""]
     return lines
 
 
-def baseline_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    """The trial marked ``is_baseline`` (or ``baseline``, as search.run marks it), else the study's first
-    trial (the search enqueues the baseline first)."""
-    marked = [t for t in trials if any(t.user_attrs.get(key) is True for key in BASELINE_ATTRS)]
-    if marked:
-        return min(marked, key=lambda t: t.number)
-    return min(trials, key=lambda t: t.number) if trials else None
-
-
-def config_diff(baseline: FrozenTrial, other: FrozenTrial) -> tuple[dict[str, tuple[Any, Any]], str]:
-    """Keys whose value differs, as ``{key: (baseline value, other value)}``, and what was compared.
-
-    Compares the full configs (user attr ``config`` as JSON, else ``config.json`` in the trial's
-    ``run_dir``) when both trials have one, else the search params.
-    """
-    old, new = _config(baseline), _config(other)
-    source = "full config"
-    if old is None or new is None:
-        old, new, source = baseline.params, other.params, "search parameters"
-    missing = "(absent)"
-    keys = sorted(set(old) | set(new))
-    return {k: (old.get(k, missing), new.get(k, missing)) for k in keys
-            if old.get(k, missing) != new.get(k, missing)}, source
-
-
-def _config(trial: FrozenTrial) -> dict[str, Any] | None:
-    raw = trial.user_attrs.get("config")
-    run_dir = trial.user_attrs.get("run_dir")
-    if raw is None and isinstance(run_dir, str) and (Path(run_dir) / "config.json").is_file():
-        raw = (Path(run_dir) / "config.json").read_text(encoding="utf-8")
-    if raw is None:
-        return None
-    try:
-        values = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError:  # a half-written or foreign file: fall back to comparing params
-        return None
-    return flatten(values) if isinstance(values, dict) else None
-
-
-def _compute_section(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[str]:
+def _compute_section(trials: Sequence[FrozenTrial], budget: Any) -> list[str]:
     lines = ["## Compute saved by pruning", ""]
-    budget = study.user_attrs.get("epochs_budget")
-    spec = study.user_attrs.get("spec")
-    if budget is None and isinstance(spec, dict):  # search.run stores the spec's flat keys
-        budget = spec.get("study.epochs")
     counted = [t for t in trials if isinstance(t.user_attrs.get("epochs_run"), (int, float))]
     if not counted:
         return lines + ["No trial recorded `epochs_run`.", ""]
-    run = sum(t.user_attrs["epochs_run"] for t in counted)
-    per_trial = [budget if isinstance(budget, (int, float)) else (_config(t) or {}).get("optim.epochs")
-                 for t in counted]
-    if any(not isinstance(b, (int, float)) for b in per_trial):
-        return lines + [f"{run} epochs run over {len(counted)} trials; the full budget per trial is unknown "
-                        "(no study user attr `epochs_budget` or spec `study.epochs`, nor `optim.epochs` in the "
-                        "trial configs).", ""]
-    full = sum(per_trial)
-    saved = 1.0 - run / full if full else 0.0
-    return lines + [f"{run} epochs run over {len(counted)} trials; running every one of them to its full budget "
-                    f"would take {full} epochs: the pruner saved {saved:.0%} of the training compute.", ""]
-
-
-def trial_seconds(trial: FrozenTrial) -> float | None:
-    """Wall time of a trial: user attr ``wall_time``, else complete minus start time; None when unknown."""
-    wall = trial.user_attrs.get("wall_time")
-    if isinstance(wall, (int, float)) and math.isfinite(wall):
-        return float(wall)
-    if trial.datetime_start is not None and trial.datetime_complete is not None:
-        return (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return None
+    run = sum(t.user_attrs["epochs_run"] - t.user_attrs.get("resumed_from_epoch", 0) for t in counted)
+    per_trial = []
+    for trial in counted:
+        if isinstance(budget, int):
+            per_trial.append(budget)
+        else:
+            try:
+                per_trial.append(trial_config(trial).optim.epochs)
+            except (LookupError, ValueError):
+                per_trial.append(None)
+    finished = [b for t, b in zip(counted, per_trial) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if any(b is None for b in finished):
+        return lines + [f"{run} epochs trained over {len(counted)} trials; the full budget per trial is unknown.", ""]
+    full = sum(finished)
+    done = sum(t.user_attrs["epochs_run"] for t in counted if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    saved = 1.0 - done / full if full else 0.0
+    return lines + [f"{run} epochs trained over {len(counted)} trial attempts. The {len(finished)} finished trials "
+                    f"reached {done} epochs; every one of them at its full budget would take {full}: the pruner "
+                    f"saved {saved:.0%} of the training compute.", ""]
 
 
 def _time_section(trials: Sequence[FrozenTrial]) -> list[str]:
@@ -235,6 +169,27 @@ def _time_section(trials: Sequence[FrozenTrial]) -> list[str]:
     if not rows:
         return lines + ["No finished trial has a recorded time.", ""]
     return lines + ["| state | trials | mean | median | max | total |", "|---|---|---|---|---|---|"] + rows + [""]
+
+
+def _disk_section(runs_dir: str | os.PathLike | None, files: TrialFiles | None) -> list[str]:
+    """Disk the study's trials take: their folders (TensorBoard runs, checkpoints while training) and the
+    artifact store (weights kept by the retention setting, predictions, configs)."""
+    rows = []
+    if runs_dir is not None and Path(runs_dir).is_dir():
+        rows.append(("trial folders", str(runs_dir), _folder_bytes(Path(runs_dir))))
+    stored = files.disk_bytes() if files is not None else None
+    if stored is not None:
+        rows.append(("artifact store", "checkpoints, weights, predictions", stored))
+    if not rows:
+        return []
+    lines = ["## Disk", "", "| what | where | size |", "|---|---|---|"]
+    lines += [f"| {what} | {where} | {size / 1e6:,.1f} MB |" for what, where, size in rows]
+    return lines + ["", "`[study] keep_weights` in the spec sets how many top trials keep their weights; "
+                        "`last.pth` is removed when a trial finishes.", ""]
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def edge_params(best: FrozenTrial, complete: Sequence[FrozenTrial]) -> list[tuple[str, Any, float, float, str]]:
@@ -280,10 +235,10 @@ def _checks_section(best: FrozenTrial | None, complete: Sequence[FrozenTrial],
             lines.append(f"- Edge of the space: no numeric parameter of the best trial lies within "
                          f"{EDGE_FRACTION:.0%} of a bound.")
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    diverged = [t for t in trials if _reason(t) == "nan"]
+    diverged = [t for t in trials if (_reason(t) or "").startswith("diverged")]
     reasons: dict[str, int] = {}
     for trial in failed:
-        reason = _reason(trial) or "unknown"
+        reason = (_reason(trial) or "unknown").split(":")[0]
         reasons[reason] = reasons.get(reason, 0) + 1
     detail = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
     lines.append(f"- Failed: {len(failed)} of {len(trials)} trials" + (f" ({detail})." if detail else "."))
@@ -293,11 +248,9 @@ def _checks_section(best: FrozenTrial | None, complete: Sequence[FrozenTrial],
 
 
 def _reason(trial: FrozenTrial) -> str | None:
-    """Why a trial failed or was pruned early: ``fail_reason``/``prune_reason``, or search.run's ``reason``."""
-    for key in REASON_ATTRS:
-        if trial.user_attrs.get(key) is not None:
-            return str(trial.user_attrs[key])
-    return None
+    """Why a trial failed or was pruned early (the worker's ``reason`` attr)."""
+    reason = trial.user_attrs.get("reason")
+    return None if reason is None else str(reason)
 
 
 def _fmt(value: Any) -> str:
@@ -317,10 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        study, _ = load_study(args.study, args.storage, args.studies_dir)
+        handle = load_study(args.study, args.storage, args.studies_dir)
         study_folder = studies_dir(args.studies_dir) / args.study
         out_dir = Path(args.out) if args.out else study_folder / "report"
-        path = write_report(study, out_dir, storage_arg=args.storage, tensorboard_dir=study_folder / "tb")
+        files = TrialFiles(open_artifact_store(args.artifacts or study_folder / "artifacts"), handle.uid())
+        path = write_report(handle, out_dir, storage_arg=args.storage, runs_dir=study_folder / "runs" / handle.uid(),
+                            files=files)
     except (StudyNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,8 +9,6 @@ that still meets a locked database is retried with backoff. PostgreSQL/MySQL URL
 from __future__ import annotations
 
 import argparse
-
-import copy
 import functools
 import importlib.util
 import logging
@@ -25,19 +23,23 @@ from typing import Any, Callable, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 _log = logging.getLogger(__name__)
 
 SQLITE_TIMEOUT_S = 60.0  # how long one SQLite statement waits for a lock before "database is locked"
 LOCK_RETRIES = 8  # then how often a whole storage operation is retried (backoff 0.05 s doubling, jittered)
-DEFAULT_MAX_RETRY = 3  # how often one trial is re-run after its worker died or was interrupted
+SCHEMA_RETRIES = 5  # workers racing to create the tables of a fresh database: the losers retry
 
 _T = TypeVar("_T")
 
 
 STUDIES_ENV = "FAT2019_STUDIES"
+
+
+class StorageError(RuntimeError):
+    """The study storage cannot be reached or used; the message names the (password-masked) URL and why."""
 
 
 def studies_dir(override: str | os.PathLike | None = None) -> Path:
@@ -52,6 +54,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                                           "(default: sqlite:///<studies-dir>/<study>.db)")
     parser.add_argument("--studies-dir", type=studies_dir, default=studies_dir(),
                         help=f"specs, databases and trial folders (default: ${STUDIES_ENV} or ./studies)")
+    parser.add_argument("--artifacts", help="where trial files (checkpoints, predictions) are kept: a folder, "
+                                            "s3://BUCKET or gs://BUCKET (default: <studies-dir>/<study>/artifacts)")
 
 
 def default_storage_url(study_name: str, studies_dir: str | Path) -> str:
@@ -62,32 +66,71 @@ def default_storage_url(study_name: str, studies_dir: str | Path) -> str:
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int | None = DEFAULT_MAX_RETRY) -> optuna.storages.BaseStorage:
+                 on_stale_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None
+                 ) -> optuna.storages.BaseStorage:
     """Open (creating tables if needed) the study storage at a SQLAlchemy ``url``.
 
     With ``heartbeat_interval`` (seconds) each running trial records a heartbeat; a trial silent for
-    ``grace_period`` seconds (default 2 x interval) is marked FAILED by the next worker and re-queued up
-    to ``max_retry`` times (None = without limit) by ``RetryFailedTrial``. Readers such as the dashboard
-    pass no heartbeat.
+    ``grace_period`` seconds (default 2 x interval) is marked FAILED by the next worker, which then calls
+    ``on_stale_trial`` (the worker's retry policy). Readers such as the dashboard pass no heartbeat.
+    Creating the schema is race-free: workers started together on a fresh database retry when another
+    one created a table or type first. An unreachable or unusable storage raises ``StorageError``.
     """
     url = _with_available_driver(url)
     engine_kwargs: dict[str, Any] = {}
     database = _sqlite_file(url)
     if database is not None:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{url}: cannot create the folder of the database ({exc.strerror or exc})") from None
         engine_kwargs["creator"] = functools.partial(_connect_sqlite, database)
     else:
         engine_kwargs["pool_pre_ping"] = True  # a server restart must not kill a long-running worker
-    callback = RetryFailedTrial(max_retry) if heartbeat_interval is not None else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = _retry_locked(lambda: _LockRetryingRDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period, heartbeat_stale_trial_callback=callback))
+
+    def create() -> RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _retry_locked(lambda: _LockRetryingRDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period, heartbeat_stale_trial_callback=on_stale_trial))
+
+    storage = _retry_schema_race(create, url)
     # Optuna's schema check nests two connections in one thread; only after it may writers take
     # the lock up front.
     _IMMEDIATE_ENGINES.add(storage.engine)
     return storage
+
+
+def _retry_schema_race(create: Callable[[], _T], url: str) -> _T:
+    """Run ``create``; a unique-violation / already-exists error from a concurrent creator is retried
+    (the second attempt finds the tables); any other database error becomes one StorageError line."""
+    for attempt in range(SCHEMA_RETRIES + 1):
+        try:
+            return create()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            text = str(exc).lower()
+            if attempt == SCHEMA_RETRIES or not ("already exists" in text or "duplicate" in text or "unique" in text):
+                raise StorageError(f"{_masked(url)}: cannot set up the study tables ({_first_line(exc)})") from None
+            time.sleep(0.1 * (attempt + 1) * (0.5 + random.random()))
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            raise StorageError(f"{_masked(url)}: cannot open the study storage ({_first_line(exc)})") from None
+        except ModuleNotFoundError as exc:
+            raise StorageError(f"{_masked(url)}: the database driver {exc.name!r} is not installed "
+                               f"(for PostgreSQL: pip install -e '.[postgres]')") from None
+    raise AssertionError("unreachable")
+
+
+def _masked(url: str) -> str:
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "<storage URL>"
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
 
 
 def create_or_load_study(storage: optuna.storages.BaseStorage, study_name: str, *, direction: str,
@@ -109,32 +152,13 @@ def create_or_load_study(storage: optuna.storages.BaseStorage, study_name: str, 
     return study, True
 
 
-class RetryFailedTrial(RetryHeartbeatStaleTrialCallback):
-    """Re-queue a failed trial as WAITING with the same params; the copy carries ``retry_of`` = its number.
-
-    Optuna's own system attrs ``failed_trial`` (the first trial of the chain) and ``retry_history`` are kept,
-    and so is the ``baseline`` mark; the failed trial's other user attrs (run folder, reason, ...) describe
-    that attempt only and are dropped.
-    Used as the storage's heartbeat callback (worker died) and by a worker on Ctrl-C (``reason``).
-    """
-
-    KEPT_ATTRS = ("baseline",)
-
-    def __init__(self, max_retry: int | None = DEFAULT_MAX_RETRY) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str = "heartbeat") -> None:
-        copied = copy.deepcopy(trial)
-        copied.user_attrs = {"retry_of": trial.number, "retry_reason": reason,
-                             **{k: v for k, v in trial.user_attrs.items() if k in self.KEPT_ATTRS}}
-        super().__call__(study, copied)
-
-
 def _with_available_driver(url: str) -> str:
     """``postgresql://`` means psycopg (v3) to SQLAlchemy 2.1; use psycopg2 when only that is installed."""
-    parsed = sqlalchemy.engine.make_url(url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(f"--storage {url!r}: not a database URL (expected e.g. sqlite:///studies/x.db or "
+                           f"postgresql://user@host/db)") from None
     if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None \
             and importlib.util.find_spec("psycopg2") is not None:
         return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)

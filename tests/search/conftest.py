@@ -31,13 +31,14 @@ PG_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0
 
 
 def write_spec(studies_dir: Path, name: str, *, epochs: int = 2, pruner: str = 'name = "none"',
-               space: str = TINY_SPACE, extra: str = "") -> Path:
+               space: str = TINY_SPACE, extra: str = "", startup: str = "near_baseline = 0",
+               study: str = "") -> Path:
     """A tiny study spec over the 0.05-scale demo set (trials take about a second on one core)."""
     studies_dir.mkdir(parents=True, exist_ok=True)
     path = studies_dir / f"{name}.toml"
-    path.write_text(f'[study]\ndata = "demo"\ndemo_scale = 0.05\nepochs = {epochs}\n\n[base]\n{TINY_BASE}\n'
-                    f'[sampler]\nseed = 0\nn_startup_trials = 2\n\n[pruner]\n{pruner}\n\n{extra}\n[space]\n{space}',
-                    encoding="utf-8")
+    path.write_text(f'[study]\ndata = "demo"\ndata_scale = 0.05\nepochs = {epochs}\n{study}\n[base]\n{TINY_BASE}\n'
+                    f'[sampler]\nseed = 0\nn_startup_trials = 2\n\n[startup]\n{startup}\n\n[pruner]\n{pruner}\n\n'
+                    f'{extra}\n[space]\n{space}', encoding="utf-8")
     return path
 
 

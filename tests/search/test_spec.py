@@ -6,7 +6,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.spec import DATA_ENV, SpecError, load_spec, parse_spec, spec_differences
+from search.spec import DATA_ENV, SpecError, find_spec, load_spec, spec_differences
+from search.spec_checks import parse_spec
+from search.strategy import RungQuorumPruner
 from trainer import TrainConfig
 
 from tests.search.conftest import write_spec
@@ -89,7 +91,11 @@ def test_pruners_by_name(tmp_path, name, kind):
     settings = {"median": "n_warmup_steps = 2", "hyperband": "min_resource = 2",
                 "asha": "min_resource = 2", "none": ""}[name]
     spec = load_spec(write_spec(tmp_path, "p", pruner=f'name = "{name}"\n{settings}'))
-    assert isinstance(spec.make_pruner(), kind)
+    pruner = spec.make_pruner()
+    if name != "none":  # every real pruner waits for a quorum at each epoch before it cuts anything
+        assert isinstance(pruner, RungQuorumPruner) and pruner.min_trials > 0
+        pruner = pruner.inner
+    assert isinstance(pruner, kind)
 
 
 @pytest.mark.parametrize("document, message", [
@@ -101,7 +107,11 @@ def test_pruners_by_name(tmp_path, name, kind):
                                           "model.head": {"choices": ["linear", "mlp"]}}}, "list 'model.head' before"),
     ({"study": {"epochs": 2}, "space": {"model.head_hidden": {"int": [8, 64], "when": {"model.head": "mpl"}}}},
      "'mpl' is not allowed"),
-    ({"study": {"epochs": 2}, "pruner": {"name": "percentile"}}, "expected one of: median, hyperband"),
+    ({"study": {"epochs": 2}, "pruner": {"name": "percentile"}}, "expected one of: asha, hyperband, median, none"),
+    ({"study": {"epochs": 2}, "sampler": {"name": "tpe", "group": 1}}, "group=1: expected true or false"),
+    ({"study": {"epochs": 2}, "sampler": {"name": "random", "group": True}}, "unknown key 'group'"),
+    ({"study": {"epochs": 2}, "startup": {"near_baseline": -1}}, "near_baseline=-1: expected a non-negative"),
+    ({"study": {"epochs": 2, "keep_weights": -1}}, "keep_weights=-1: expected how many top trials"),
     ({"study": {"epochs": 2}, "pruner": {"name": "median", "warmup": 3}}, "unknown key 'warmup'"),
     ({"study": {}}, "epochs=None: expected the trial budget"),
     ({"study": {"epochs": 2}, "base": {"optim.epochs": 3}}, "set the trial budget as \\[study\\] epochs"),
@@ -121,6 +131,15 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_spec(tmp_path / "broken.toml")
     with pytest.raises(SpecError, match="study spec not found"):
         load_spec(tmp_path / "absent.toml")
+
+
+def test_an_unknown_study_name_lists_the_specs_there(tmp_path):
+    write_spec(tmp_path, "fat2019")
+    write_spec(tmp_path, "demo")
+    with pytest.raises(SpecError) as info:
+        find_spec("fat2109", tmp_path)
+    assert str(info.value) == (f"{tmp_path / 'fat2109.toml'}: study spec not found; did you mean 'fat2019'? "
+                               f"specs in {tmp_path}: demo, fat2019")
 
 
 def test_kernel_projection_and_violation(tmp_path):

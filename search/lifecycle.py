@@ -1,0 +1,469 @@
+"""The life of a trial in a worker, in one place: start, heartbeat, interrupt, retry, resume hand-off.
+
+    worker = Worker(handle, spec, files, runs_dir, console, ...)
+    exit_code = worker.run(Objective(spec, data_dir, worker), trials=50)
+
+- **start**: a trial trains in ``runs/<study uid>/trial-<n>/``; a retried trial first pulls its
+  predecessor's checkpoints from the artifact store (``search.artifacts``), so it resumes on any machine;
+  an unloadable checkpoint is set aside and the trial starts from epoch 0, saying so.
+- **heartbeat**: Optuna's storage heartbeat. A worker that dies stops beating; the next worker fails its
+  trial and re-queues it through ``requeue``, the same policy as every other failure.
+- **interrupt**: Ctrl-C or SIGTERM stops the running trial at once; it is marked FAILED ("interrupted")
+  and its retry queued before the worker exits (130 / 143). A second signal only skips the summary; a
+  third exits at once.
+- **retry**: ``requeue`` queues a FAILED trial again with its params, epochs and checkpoints. Only
+  attempts that failed for a reason of the trial's own (out of memory) without making progress count
+  against ``max_retry``; interruptions, dead workers, data and disk problems never do, so a baseline is
+  re-queued until it completes. Impossible configs are never retried.
+- **failures**: NaN -> PRUNED ("diverged"); out of memory / impossible config -> FAILED with the reason and
+  the worker goes on; what would fail every later trial too (data, disk full, storage, a changed spec
+  file) fails the trial, queues its retry and stops the worker with one line (exit 2).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+import sqlalchemy
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
+from search.console import Console
+from search.spec import SpecError, StudySpec, load_spec
+from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, best_trial, count_finished
+from trainer import CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig, \
+    feature_cache_key
+from trainer.checkpoint import load_checkpoint
+
+DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
+WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
+# Reasons (prefixes of the ``reason`` attr) that say nothing about the trial itself: never counted.
+ENVIRONMENT_REASONS = ("interrupted", "heartbeat", "data", "disk full", "storage")
+NEVER_RETRIED = ("config",)  # the same params fail the same way
+
+
+class TrialFailed(Exception):
+    """A trial failed for a known reason (recorded on it); the worker goes on."""
+
+
+class StopWorker(Exception):
+    """A problem every later trial would hit too; the worker stops with this one line."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the running trial stops and is re-queued, the worker exits."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# -- retry policy ------------------------------------------------------------------------------------
+def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = DEFAULT_MAX_RETRY
+            ) -> int | None:
+    """Queue a FAILED ``trial`` again as WAITING with its params and epochs; returns the new trial number,
+    or None when the trial is dropped (an impossible config, or ``max_retry`` attempts failed for a reason
+    of the trial's own without progress). Idempotent: a trial already re-queued is not queued twice."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.user_attrs.get("retry_of") == trial.number for t in trials):
+        return None
+    if reason.startswith(NEVER_RETRIED):
+        return None
+    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+    by_number = {t.number: t for t in trials}
+    fruitless = sum(1 for number in history if number in by_number and _counts_against(by_number[number]))
+    if fruitless > max_retry:
+        return None
+    user_attrs = {"retry_of": trial.number, "retry_reason": reason}
+    for kept in ("baseline", "startup"):
+        if kept in trial.user_attrs:
+            user_attrs[kept] = trial.user_attrs[kept]
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
+    return max(t.number for t in study.get_trials(deepcopy=False))
+
+
+def _counts_against(attempt: FrozenTrial) -> bool:
+    reason = str(attempt.user_attrs.get("reason", "heartbeat"))
+    if attempt.state != TrialState.FAIL or reason.startswith(ENVIRONMENT_REASONS):
+        return False
+    return int(attempt.user_attrs.get("epochs_run", 0)) <= int(attempt.user_attrs.get("resumed_from_epoch", 0))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA or CPU allocation failure (torch reports the CPU one as a RuntimeError)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text
+                                              or "can't allocate memory" in text)
+
+
+def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
+    """torch CPU threads for the next trial: ``--threads``, else this box's cores shared by the panes on it
+    and reduced by load that is not ours (so a busy box is not oversubscribed)."""
+    if explicit is not None:
+        return explicit
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, panes_on_host))
+    foreign_load = os.getloadavg()[0] - panes_on_host * share if hasattr(os, "getloadavg") else 0.0
+    free = cores - max(0.0, foreign_load)
+    return max(1, min(share, int(free // max(1, panes_on_host)) or 1))
+
+
+# -- one attempt at a trial --------------------------------------------------------------------------
+@dataclass
+class TrialRun:
+    """One attempt at a trial: its folder, the resume hand-off, per-epoch hand-off and the final record."""
+
+    worker: "Worker"
+    trial: optuna.Trial
+    config: TrainConfig
+    workdir: Path
+    threads: int
+    resumed_from_epoch: int = 0
+    first_epoch: int = 1
+    best_seen: float = float("-inf")
+    started: float = field(default_factory=time.perf_counter)
+    costs: list[float] = field(default_factory=list)
+
+    def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """After the trainer saved this epoch: hand its checkpoints to the store, then show the epoch."""
+        files = self.worker.files
+        files.push(self.trial.number, self.workdir / "last.pth")
+        if metrics["best_lwlrap"] > self.best_seen:
+            self.best_seen = metrics["best_lwlrap"]
+            for name in ("best.pth", "val_predictions.npz"):
+                if (self.workdir / name).exists():
+                    files.push(self.trial.number, self.workdir / name)
+        self.trial.set_user_attr("epochs_run", epoch)  # progress survives a kill -9 of this worker
+        self.costs.append(float(metrics["inference_cost"]))
+        self.worker.console.epoch(self.trial.number, epoch, self.config.optim.epochs, metrics)
+
+    def over_kernel_budget(self, metrics: dict[str, Any]) -> bool:
+        """At the attempt's first epoch: whether the measured inference cost already breaks the kernel
+        budget (it does not depend on training); records the trial as infeasible if so."""
+        kernel = self.worker.spec.kernel
+        if kernel is None or metrics["epoch"] != self.first_epoch:
+            return False
+        violation = kernel.violation(metrics["inference_cost"])
+        if violation <= 0:
+            return False
+        projected = kernel.projected_s(metrics["inference_cost"])
+        self._record_cost(metrics["inference_cost"])
+        self.trial.set_user_attr("reason", f"over the kernel budget: projected {projected:,.0f} s > "
+                                           f"{kernel.budget_s * kernel.safety:,.0f} s")
+        return True
+
+    def finish(self, result: Result) -> None:
+        """The trial's final record: epochs, best epoch, inference cost (median of the epochs measured,
+        less noisy than one) and, with a kernel budget, its feasibility constraint."""
+        self.trial.set_user_attr("epochs_run", result.epochs_run)
+        self.trial.set_user_attr("best_epoch", result.best_epoch)
+        self.trial.set_user_attr("feature_cost", result.feature_cost)
+        self.trial.set_user_attr("model_cost", result.model_cost)
+        self._record_cost(statistics.median(self.costs) if self.costs else result.inference_cost)
+
+    def _record_cost(self, cost: float) -> None:
+        self.trial.set_user_attr("inference_cost", cost)
+        kernel = self.worker.spec.kernel
+        if kernel is not None:
+            self.trial.set_user_attr("kernel_time_s", round(kernel.projected_s(cost), 1))
+            self.trial.set_user_attr("feasible", bool(kernel.violation(cost) <= 0))
+            self.trial.set_constraint(KERNEL_CONSTRAINT, kernel.violation(cost))
+
+    def register_files(self) -> None:
+        for name in REGISTERED_FILES:
+            if (self.workdir / name).exists():
+                self.worker.files.register(self.trial, self.workdir / name)
+
+
+# -- the worker --------------------------------------------------------------------------------------
+@dataclass
+class Worker:
+    """Runs trials of one study in this process until the study has enough, a timeout, or a signal."""
+
+    handle: StudyHandle
+    spec: StudySpec
+    files: TrialFiles
+    runs_dir: Path
+    console: Console
+    worker_id: str
+    data_dir: Path
+    max_retry: int = DEFAULT_MAX_RETRY
+    threads: int | None = None
+    current: optuna.Trial | None = None
+    stop: StopWorker | None = None
+    signals: int = 0
+    evicted: set[int] = field(default_factory=set)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.handle.study
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, objective: Callable[[optuna.Trial], float], *, trials: int | None = None,
+            timeout: float | None = None) -> int:
+        """Take trials until done; returns the exit status (0 done, 130/143 interrupted, 2 stopped)."""
+        self.objective = objective
+        deadline = None if timeout is None else time.monotonic() + timeout
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while True:
+                reason = self._wait_for_work(trials, deadline)
+                if reason is not None:
+                    self.console.summary(self.study, reason)
+                    return 0
+                self.study.optimize(self._attempt, n_trials=1, catch=(TrialFailed,),
+                                    callbacks=[self._after_trial], gc_after_trial=True)
+                if self.stop is not None:
+                    raise self.stop
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            with _signals_blocked():
+                self._abandon_current("interrupted")
+            if self.signals < 2:
+                self.console.summary(self.study, "interrupted")
+            return 128 + signum
+        except StopWorker as exc:
+            with _signals_blocked():
+                self._abandon_current(str(exc).split(":")[0])
+            self.console.error(str(exc))
+            return exc.code
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+            what = "disk full" if "full" in text.lower() else "unreachable or failing"
+            self.console.error(f"storage {what}: {text} (the running trial is retried by the next worker "
+                               f"after the heartbeat grace period)")
+            return 2
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _wait_for_work(self, trials: int | None, deadline: float | None) -> str | None:
+        """None when a trial may start; else why the worker is done. Keeps the study's total exact: a
+        worker only starts a trial while finished + running trials are fewer than ``trials``."""
+        told = False
+        while True:
+            self._check_environment()
+            if deadline is not None and time.monotonic() >= deadline:
+                return "timeout reached"
+            if trials is None:
+                return None
+            finished = count_finished(self.study)
+            if finished >= trials:
+                return f"done: the study has its {trials} finished trials"
+            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if finished + running < trials:
+                return None
+            if not told:
+                self.console.message(f"waiting: {running} running trial(s) of other workers will bring the study "
+                                     f"to {trials}; this pane takes one if any fails")
+                told = True
+            optuna.storages.fail_stale_trials(self.study)
+            time.sleep(WAIT_POLL_S)
+
+    def _check_environment(self) -> None:
+        """Stop before a trial when every trial would fail: data folder gone, spec file changed."""
+        if not self.data_dir.is_dir():
+            raise StopWorker(f"data: the data folder {self.data_dir} is gone")
+        try:
+            changed = load_spec(self.spec.path).fingerprint() != self.spec.fingerprint()
+        except (SpecError, OSError):
+            changed = False  # a spec being edited mid-save or removed: keep the one this worker loaded
+        if changed:
+            raise StopWorker(f"spec: {self.spec.path} changed since this worker started; a changed spec is for a "
+                             f"new study (another [study] name): restart the worker")
+
+    # -- one trial -------------------------------------------------------------------------------------
+    def _attempt(self, trial: optuna.Trial) -> float:
+        """The objective, with every known failure turned into the trial's state and ``reason``."""
+        self.current = trial
+        try:
+            return self.objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except NonFiniteLossError as exc:
+            trial.set_user_attr("reason", f"diverged: {exc}")
+            raise optuna.TrialPruned(str(exc)) from None
+        except ConfigError as exc:  # includes an impossible combination of the suggested params
+            trial.set_user_attr("reason", f"config: {exc}")
+            raise TrialFailed(str(exc)) from None
+        except CheckpointError as exc:
+            trial.set_user_attr("reason", f"checkpoint: {exc}")
+            raise TrialFailed(str(exc)) from None
+        except DataError as exc:
+            trial.set_user_attr("reason", f"data: {exc}")
+            self.stop = StopWorker(f"data: {exc}")
+            raise TrialFailed(str(exc)) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            trial.set_user_attr("reason", f"disk full: {exc.filename or ''}")
+            self.stop = StopWorker(f"disk full: no space left for {exc.filename or 'a trial file'}; free space "
+                                   f"and start the worker again (the trial is queued for retry)")
+            raise TrialFailed(str(exc)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", "interrupted")
+            raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                trial.set_user_attr("reason", f"error: {type(exc).__name__}: {str(exc)[:200]}")
+                raise  # a bug: it surfaces with its traceback
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            trial.set_user_attr("reason", f"out of memory: {str(exc).splitlines()[0][:200]}")
+            raise TrialFailed(str(exc)) from None
+
+    @contextlib.contextmanager
+    def start(self, trial: optuna.Trial, config: TrainConfig) -> Iterator[TrialRun]:
+        """Prepare an attempt: folder, resume hand-off from the predecessor, the trial's starting record."""
+        workdir = self.runs_dir / f"trial-{trial.number}"
+        if workdir.exists():  # numbers are unique within a study: an earlier start of this very attempt
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        run = TrialRun(self, trial, config, workdir, threads=choose_threads(self.threads,
+                                                                            panes_on_host=self._panes_on_host()))
+        run.resumed_from_epoch = self._resume_hand_off(trial, workdir)
+        run.first_epoch = run.resumed_from_epoch + 1
+        for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
+                           "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
+                           "resumed_from_epoch": run.resumed_from_epoch}.items():
+            trial.set_user_attr(key, value)
+        try:
+            yield run
+        except (optuna.TrialPruned, NonFiniteLossError) as exc:
+            if not trial.user_attrs.get("reason"):
+                trial.set_user_attr("reason", str(exc) or "pruned")
+            run.register_files()
+            raise
+        else:
+            run.register_files()
+        finally:
+            trial.set_user_attr("wall_time", round(time.perf_counter() - run.started, 3))
+
+    def _resume_hand_off(self, trial: optuna.Trial, workdir: Path) -> int:
+        """Pull the newest predecessor attempt's files into ``workdir``; returns the epoch it resumes after."""
+        # Optuna 5's live Trial has no system attrs; its frozen record does.
+        history = self.study.get_trials(deepcopy=False)[trial.number].system_attrs.get("retry_history") or []
+        for number in reversed(history):
+            if self.files.pull(number, "last.pth", workdir) is None:
+                continue
+            try:
+                epoch = int(load_checkpoint(workdir / "last.pth")["epoch"])
+            except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+                (workdir / "last.pth").rename(workdir / "last.pth.unloadable")
+                note = f"last.pth of trial {number} could not be loaded ({exc}); starting from epoch 0"
+                trial.set_user_attr("resume_note", note[:300])
+                self.console.message(f"#{trial.number} {note}")
+                return 0
+            for name in WORKING_FILES:
+                if name != "last.pth":
+                    self.files.pull(number, name, workdir)
+            local_tb = self.runs_dir / f"trial-{number}" / "tb"
+            if local_tb.is_dir():  # the curves of the earlier attempt, when it ran on this machine
+                shutil.copytree(local_tb, workdir / "tb", dirs_exist_ok=True)
+            trial.set_user_attr("resumed_from_trial", number)
+            self.console.message(f"#{trial.number} resumes trial {number} after epoch {epoch}")
+            return epoch
+        return 0
+
+    def _panes_on_host(self) -> int:
+        host = self.worker_id.rsplit(":", 1)[0]
+        others = {t.user_attrs.get("worker_id") for t in self.study.get_trials(deepcopy=False,
+                                                                              states=(TrialState.RUNNING,))}
+        return 1 + sum(1 for w in others if isinstance(w, str) and w != self.worker_id and w.startswith(host + ":"))
+
+    def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna callback once a trial is told: print it, retry a failure, apply checkpoint retention."""
+        self.current = None
+        self.console.trial_done(study, trial)
+        if trial.state == TrialState.FAIL:
+            self._requeue(trial, str(trial.user_attrs.get("reason", "error")))
+        elif trial.state in FINISHED:
+            for number in [*trial.system_attrs.get("retry_history", []), trial.number]:
+                self._drop(number, "last.pth")
+            self._retain_top_weights()
+
+    def _requeue(self, trial: FrozenTrial, reason: str) -> None:
+        number = requeue(self.study, trial, reason=reason, max_retry=self.max_retry)
+        if number is not None:
+            self.console.message(f"#{trial.number} queued for retry as #{number} ({reason.split(':')[0]}; it "
+                                 f"resumes from its last epoch)")
+        elif not reason.startswith(NEVER_RETRIED) and not any(
+                t.user_attrs.get("retry_of") == trial.number for t in self.study.get_trials(deepcopy=False)):
+            self.console.message(f"#{trial.number} dropped: {self.max_retry} attempts failed without progress")
+
+    def _abandon_current(self, reason: str) -> None:
+        """Fail the running trial (if the interrupt landed outside the objective) and queue its retry."""
+        if self.current is None:
+            return
+        number = self.current.number
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        if frozen.state == TrialState.RUNNING:
+            self.study.tell(number, state=TrialState.FAIL)  # its reason was set when it stopped, if it could be
+            frozen = self.study.get_trials(deepcopy=False)[number]
+        if frozen.state == TrialState.FAIL:
+            self.console.trial_done(self.study, frozen)
+            self._requeue(frozen, str(frozen.user_attrs.get("reason", reason)))
+        self.current = None
+
+    def _retain_top_weights(self) -> None:
+        """Keep weights only for the spec's ``keep_weights`` best feasible COMPLETE trials."""
+        keep = set()
+        ranked = sorted((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                         if t.value is not None and all(v <= 0 for v in t.constraints.values())),
+                        key=lambda t: t.value, reverse=True)
+        keep = {t.number for t in ranked[:self.spec.keep_weights]}
+        best = best_trial(self.study)
+        if best is not None and self.spec.keep_weights:
+            keep.add(best.number)
+        for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
+            if trial.number not in keep and trial.number not in self.evicted:
+                self._drop(trial.number, "best.pth")
+                self.evicted.add(trial.number)
+
+    def _drop(self, number: int, name: str) -> None:
+        self.files.remove(number, name)
+        (self.runs_dir / f"trial-{number}" / name).unlink(missing_ok=True)
+
+    # -- signals -------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            print(f"\n{signal.Signals(signum).name}: stopping the running trial and queueing its retry "
+                  f"(again: skip the summary; a third time: exit at once)", file=sys.stderr, flush=True)
+            raise Interrupted(signum)
+        if self.signals == 2:
+            print("queueing the retry, then exiting", file=sys.stderr, flush=True)
+            return
+        os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while the running trial is failed and re-queued (a few storage writes), so an
+    impatient second Ctrl-C cannot cut that short; they are delivered afterwards."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -1,0 +1,152 @@
+"""The search strategy of a study: sampler, pruner and startup trials, built from the spec.
+
+Every setting a result depends on is written in the spec (``[sampler]``, ``[pruner]``, ``[startup]``);
+what a spec leaves out takes the defaults below, which the search-quality benchmark chose (README,
+"Search quality") — never a library's implicit default, so an Optuna upgrade cannot change a study.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Callable, Mapping, Sequence
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+# name -> {setting: type}; the types are checked when the spec is read.
+SAMPLER_SETTINGS: dict[str, dict[str, type]] = {
+    "tpe": {"seed": int, "n_startup_trials": int, "multivariate": bool, "group": bool, "constant_liar": bool},
+    "gp": {"seed": int, "n_startup_trials": int},
+    "random": {"seed": int},
+}
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
+    # group: conditional params (head_hidden only with the mlp head, ...) join the joint model in their
+    # own group instead of being sampled independently; constant_liar: parallel panes spread out.
+    "tpe": {"n_startup_trials": 8, "multivariate": True, "group": True, "constant_liar": True},
+    "gp": {"n_startup_trials": 8},
+    "random": {},
+}
+PRUNER_SETTINGS: dict[str, dict[str, type]] = {
+    "asha": {"min_resource": int, "reduction_factor": int, "min_early_stopping_rate": int, "min_trials": int},
+    "hyperband": {"min_resource": int, "reduction_factor": int, "min_trials": int},
+    "median": {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "min_trials": int},
+    "none": {},
+}
+PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "asha": {"min_resource": 2, "reduction_factor": 3, "min_early_stopping_rate": 0, "min_trials": 4},
+    "hyperband": {"min_resource": 2, "reduction_factor": 3, "min_trials": 4},
+    "median": {"n_startup_trials": 0, "n_warmup_steps": 2, "interval_steps": 1, "min_trials": 4},
+    "none": {},
+}
+STARTUP_SETTINGS: dict[str, type] = {"near_baseline": int, "max_changes": int, "seed": int}
+STARTUP_DEFAULTS: dict[str, Any] = {"near_baseline": 6, "max_changes": 2, "seed": 0}
+
+
+def make_sampler(settings: Mapping[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler a spec's ``[sampler]`` table describes (``name`` plus its settings); ``seed`` overrides."""
+    values = {**SAMPLER_DEFAULTS[settings["name"]], **{k: v for k, v in settings.items() if k != "name"}}
+    if seed is not None:
+        values["seed"] = seed
+    return _SAMPLERS[settings["name"]](values)
+
+
+_SAMPLERS: dict[str, Callable[[dict[str, Any]], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda v: optuna.samplers.TPESampler(**v),
+    "gp": lambda v: optuna.samplers.GPSampler(**v),
+    "random": lambda v: optuna.samplers.RandomSampler(**v),
+}
+
+
+def make_pruner(settings: Mapping[str, Any], max_epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner a spec's ``[pruner]`` table describes, over steps = epochs, wrapped in a rung quorum."""
+    name = settings["name"]
+    values = {**PRUNER_DEFAULTS[name], **{k: v for k, v in settings.items() if k != "name"}}
+    min_trials = values.pop("min_trials", 0)
+    inner = _PRUNERS[name](values, max_epochs)
+    return RungQuorumPruner(inner, min_trials) if min_trials else inner
+
+
+_PRUNERS: dict[str, Callable[[dict[str, Any], int], optuna.pruners.BasePruner]] = {
+    "asha": lambda v, e: optuna.pruners.SuccessiveHalvingPruner(**v),
+    "hyperband": lambda v, e: optuna.pruners.HyperbandPruner(max_resource=e, **v),
+    "median": lambda v, e: optuna.pruners.MedianPruner(**v),
+    "none": lambda v, e: optuna.pruners.NopPruner(),
+}
+
+
+class RungQuorumPruner(optuna.pruners.BasePruner):
+    """No prune decision at an epoch until ``min_trials`` other trials have reported that epoch.
+
+    ASHA with ``min_resource = 1`` otherwise decides among the very few trials that reached a rung (early
+    in a study: the baseline alone), which cuts every slower-starting config. The inner pruner is always
+    consulted, so it records its rung values; only its "prune" is held back while the quorum is missing.
+    """
+
+    def __init__(self, inner: optuna.pruners.BasePruner, min_trials: int) -> None:
+        self.inner = inner
+        self.min_trials = min_trials
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or not self.inner.prune(study, trial):
+            return False
+        others = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                          TrialState.RUNNING))
+        peers = sum(1 for t in others if t.number != trial.number and step in t.intermediate_values)
+        return peers >= self.min_trials
+
+
+def startup_points(space: Sequence[Any], baseline: Mapping[str, Any], *, count: int, max_changes: int,
+                   seed: int, active: Callable[[Mapping[str, Any]], dict[str, Any]]
+                   ) -> list[tuple[dict[str, Any], list[str]]]:
+    """Points near the baseline, as the hand tuning explored: each changes 1..``max_changes`` knobs of the
+    baseline (cycling through the knobs so the points cover different ones), every other knob at its
+    baseline value. Returns (params, changed keys) per point; deterministic for ``seed``.
+
+    ``space`` holds ``search.spec.Param``s; ``active`` keeps the params that apply to a candidate (a
+    changed knob may switch a conditional one off). Knobs a change switches on are left to the sampler.
+    """
+    rng = random.Random(seed)
+    knobs = [p for p in space if p.key in baseline]
+    cycle: list[Any] = []
+    points: list[tuple[dict[str, Any], list[str]]] = []
+    for index in range(count):
+        changes = 1 + index % max(1, max_changes)
+        chosen: list[Any] = []
+        while len(chosen) < min(changes, len(knobs)):
+            if not cycle:
+                cycle = list(knobs)
+                rng.shuffle(cycle)
+            param = cycle.pop()
+            if param not in chosen:
+                chosen.append(param)
+        params = dict(baseline)
+        for param in chosen:
+            params[param.key] = _other_value(param.distribution, baseline[param.key], rng)
+        points.append((active(params), [p.key for p in chosen]))
+    return points
+
+
+def _other_value(distribution: BaseDistribution, current: Any, rng: random.Random) -> Any:
+    """A value of ``distribution`` other than ``current``: another choice, or a uniform (log-uniform) draw."""
+    if isinstance(distribution, CategoricalDistribution):
+        others = [c for c in distribution.choices if c != current]
+        return rng.choice(others) if others else current
+    assert isinstance(distribution, (FloatDistribution, IntDistribution))
+    low, high = distribution.low, distribution.high
+    for _ in range(20):
+        if distribution.log:
+            value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        else:
+            value = rng.uniform(low, high)
+        if distribution.step is not None:
+            value = round(low + round((value - low) / distribution.step) * distribution.step, 10)
+        value = min(max(value, low), high)
+        if isinstance(distribution, IntDistribution):
+            value = int(round(value))
+        else:
+            value = float(value)
+        if value != current:
+            return value
+    return current
