@@ -341,7 +341,7 @@ class Worker:
         workdir.mkdir(parents=True)
         run = TrialRun(self, trial, config, workdir, threads=choose_threads(self.threads,
                                                                             panes_on_host=self._panes_on_host()))
-        run.resumed_from_epoch = self._resume_hand_off(trial, workdir)
+        run.resumed_from_epoch = self._resume_hand_off(trial, config, workdir)
         run.first_epoch = run.resumed_from_epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
@@ -359,7 +359,7 @@ class Worker:
         finally:
             trial.set_user_attr("wall_time", round(time.perf_counter() - run.started, 3))
 
-    def _resume_hand_off(self, trial: optuna.Trial, workdir: Path) -> int:
+    def _resume_hand_off(self, trial: optuna.Trial, config: TrainConfig, workdir: Path) -> int:
         """Pull the newest predecessor attempt's files into ``workdir``; returns the epoch it resumes after."""
         # Optuna 5's live Trial has no system attrs; its frozen record does.
         history = self.study.get_trials(deepcopy=False)[trial.number].system_attrs.get("retry_history") or []
@@ -367,8 +367,11 @@ class Worker:
             if self.files.pull(number, "last.pth", workdir) is None:
                 continue
             try:
-                epoch = int(load_checkpoint(workdir / "last.pth")["epoch"])
-            except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+                checkpoint = load_checkpoint(workdir / "last.pth")
+                if TrainConfig.from_json(checkpoint["config"]) != config:
+                    raise CheckpointError("it belongs to another config")
+                epoch = int(checkpoint["epoch"])
+            except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
                 (workdir / "last.pth").rename(workdir / "last.pth.unloadable")
                 note = f"last.pth of trial {number} could not be loaded ({exc}); starting from epoch 0"
                 trial.set_user_attr("resume_note", note[:300])
