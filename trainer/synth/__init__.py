@@ -1,7 +1,9 @@
 """Built-in data sets in exactly the FAT2019 layout, so the pipeline runs and is judged without Kaggle data.
 
-``demo``: 20 labels realised by parametric tone and noise recipes (``recipes.py``). Every set is planned
-and written by ``layout.py``: same seed and scale, same bytes. ``python -m trainer.synth --out DIR``.
+``demo``: 20 labels realised by parametric tone and noise recipes (``recipes.py``). ``sampled``: 24 labels
+played from recorded samples of two SoundFonts and spoken by espeak-ng voices (``sampled.py``; Debian packages
+fluid-soundfont-gm, timgm6mb-soundfont, espeak-ng). Every set is planned and written by ``layout.py``: same seed
+and scale, same bytes. ``python -m trainer.synth --out DIR [--kind demo|sampled]``.
 """
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from pathlib import Path
 from trainer.synth import layout
 from trainer.synth.layout import COMPLETE_MARKER, BuiltinSet, MissingSoundSourceError
 from trainer.synth.recipes import DEMO, REALISED_LABELS
+from trainer.synth.sampled import SAMPLED, SAMPLED_LABELS
 
-_BUILTINS: dict[str, BuiltinSet] = {DEMO.name: DEMO}
+_BUILTINS: dict[str, BuiltinSet] = {DEMO.name: DEMO, SAMPLED.name: SAMPLED}
 BUILTIN_DATASETS: tuple[str, ...] = tuple(_BUILTINS)
 
-__all__ = ["BUILTIN_DATASETS", "COMPLETE_MARKER", "REALISED_LABELS", "MissingSoundSourceError", "builtin_labels",
+__all__ = ["BUILTIN_DATASETS", "COMPLETE_MARKER", "REALISED_LABELS", "SAMPLED_LABELS", "MissingSoundSourceError",
            "ensure_builtin", "ensure_demo_data", "generate"]
 
 
@@ -23,11 +26,6 @@ def _builtin(name: str) -> BuiltinSet:
     if name not in _BUILTINS:
         raise ValueError(f"built-in data set {name!r}: expected one of {', '.join(BUILTIN_DATASETS)}")
     return _BUILTINS[name]
-
-
-def builtin_labels(name: str) -> tuple[str, ...]:
-    """The labels the built-in set ``name`` realises, in vocabulary order."""
-    return _builtin(name).labels
 
 
 def generate(out: str | os.PathLike, *, kind: str = "demo", scale: float = 1.0, seed: int = 0,
