@@ -20,12 +20,12 @@ from trainer.loop import VAL_PREDICTIONS, NonFiniteLossError, Result, train_and_
 from trainer.metrics import lwlrap, per_class_lwlrap
 from trainer.models import build_model
 from trainer.paths import cache_root
-from trainer.synth import ensure_demo_data
+from trainer.synth import BUILTIN_DATASETS, ensure_builtin, ensure_demo_data
 
 __all__ = [
-    "AudioReadError", "CheckpointError", "ConfigError", "DataError", "FeatureBank", "LogMel", "NonFiniteLossError",
+    "AudioReadError", "BUILTIN_DATASETS", "CheckpointError", "ConfigError", "DataError", "FeatureBank", "LogMel", "NonFiniteLossError",
     "Result", "TrainConfig", "VAL_PREDICTIONS", "atomic_path", "atomic_torch_save", "atomic_write_bytes",
-    "atomic_write_text", "build_model", "cache_root", "ensure_demo_data", "feature_cache_key", "flatten",
+    "atomic_write_text", "build_model", "cache_root", "ensure_builtin", "ensure_demo_data", "feature_cache_key", "flatten",
     "load_labels", "load_state_dict", "lwlrap", "parse_set_args", "per_class_lwlrap", "predict_bank", "read_audio",
     "read_toml", "remove_stale_temp_files", "resolve_device", "train_and_evaluate",
 ]
