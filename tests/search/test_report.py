@@ -108,7 +108,7 @@ def test_report_with_zero_completed_trials(tmp_path, monkeypatch):
     text = (out / "report.md").read_text()
     assert "No trial has completed yet" in text
     assert "Failed: 1 of 1 trials (out of memory: 1)." in text
-    assert "- Optimisation history: skipped: no completed trial yet" in text
+    assert "- Optimisation history: skipped: no completed or pruned trial has a value yet" in text
     assert "- Parameter importances: skipped: importances need at least 2 completed trials" in text
     assert not list(out.glob("*.png"))
 
@@ -125,8 +125,12 @@ def test_report_with_only_pruned_trials(tmp_path):
     text = (out / "report.md").read_text()
     assert "No trial has completed yet" in text and "| PRUNED | 2 |" in text
     assert "4 epochs run over 2 trials" in text and "saved 50%" in text
-    _assert_real_png(out / "intermediate_values.png")
-    assert sorted(p.name for p in out.glob("*.png")) == ["intermediate_values.png"]
+    # pruned trials are drawn at their last value; importances need completed trials
+    assert sorted(p.name for p in out.glob("*.png")) == ["intermediate_values.png", "optimization_history.png",
+                                                         "parallel_coordinate.png", "slice.png"]
+    for png in out.glob("*.png"):
+        _assert_real_png(png)
+    assert "hollow grey points are pruned trials at their last reported value" in text
 
 
 def test_too_few_trials_for_importances_is_a_note(tmp_path):
