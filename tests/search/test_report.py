@@ -111,7 +111,7 @@ def test_report_with_zero_completed_trials(tmp_path, monkeypatch):
     text = (out / "report.md").read_text()
     assert "No best trial: no trial has completed yet." in text
     assert "Failed: 1 of 1 trials (out of memory: 1)." in text
-    assert "- Optimisation history: skipped: no completed trial yet" in text
+    assert "- Optimisation history: skipped: no completed or pruned trial has a value yet" in text
     assert "- Parameter importances: skipped: importances need at least 2 completed trials" in text
     assert not list(out.glob("*.png"))
 
@@ -128,8 +128,12 @@ def test_report_with_only_pruned_trials(tmp_path):
     text = (out / "report.md").read_text()
     assert "No best trial: no trial has completed yet." in text and "| PRUNED | 2 |" in text
     assert "reached 4 epochs" in text and "saved 50%" in text
-    _assert_real_png(out / "intermediate_values.png")
-    assert sorted(p.name for p in out.glob("*.png")) == ["intermediate_values.png"]
+    # pruned trials are drawn at their last value; importances need completed trials
+    assert sorted(p.name for p in out.glob("*.png")) == ["intermediate_values.png", "optimization_history.png",
+                                                         "parallel_coordinate.png", "slice.png"]
+    for png in out.glob("*.png"):
+        _assert_real_png(png)
+    assert "hollow grey points are pruned trials at their last reported value" in text
 
 
 def test_too_few_trials_for_importances_is_a_note(tmp_path):
@@ -165,7 +169,7 @@ def test_baseline_and_diff_without_configs():
     assert baseline_trial([other, baseline]) is baseline
     assert config_diff(baseline, other) == ({"model.depth": ("(absent)", 18), "optim.lr": (1e-3, 1e-2)},
                                             "search parameters")
-    assert edge_params(other, [baseline, other]) == []  # lr at 2/3 of the log range, depth at 1/3
+    assert edge_params(other) == []  # lr at 2/3 of the log range, depth at 1/3
     marked = create_trial(state=TrialState.FAIL, params={}, distributions={}, user_attrs={"baseline": True})
     marked.number = 5
     assert baseline_trial([baseline, marked]) is marked
@@ -179,8 +183,80 @@ def test_baseline_and_diff_without_configs():
 def test_edge_uses_log_scale_of_the_space(value, side):
     trial = create_trial(state=TrialState.COMPLETE, value=0.5, params={"optim.lr": value},
                          distributions={"optim.lr": SPACE["optim.lr"]})
-    flagged = edge_params(trial, [trial])
-    assert [f[4] for f in flagged] == ([side] if side else [])
+    flagged = edge_params(trial)
+    assert [edge.side for edge in flagged] == ([side] if side else [])
+
+
+EDGE_SPACE = {
+    "features.n_fft": CategoricalDistribution([1024, 1764, 2048]),
+    "model.activation": CategoricalDistribution(["relu", "silu", "sigmoid"]),
+    "features.crop_seconds": CategoricalDistribution(["5", "10", "15"]),  # numbers as strings: still strings
+    "data.use_noisy": CategoricalDistribution([False, True]),
+    "optim.batch_size": CategoricalDistribution([16, 32]),
+    "optim.weight_decay": CategoricalDistribution([0.0, 1e-5, 1e-4, 1e-3]),
+    "augment.time_masks": IntDistribution(0, 2),
+    "augment.mixup_alpha": FloatDistribution(0.0, 1.0, step=0.1),
+    "augment.freq_mask_bins": IntDistribution(2, 12),
+    "optim.lr": FloatDistribution(1e-4, 1e-1, log=True),
+}
+
+
+def _edge_trial(value=0.5, **params):
+    params = {key.replace("__", "."): v for key, v in params.items()}
+    return create_trial(state=TrialState.COMPLETE, value=value, params=params,
+                        distributions={key: EDGE_SPACE[key] for key in params})
+
+
+def test_edge_check_speaks_of_choices_skips_strings_and_off_values(tmp_path):
+    study = _study(tmp_path / "edge.db")
+    best = dict(features__n_fft=2048, model__activation="sigmoid", features__crop_seconds="15", data__use_noisy=True,
+                optim__batch_size=32, optim__weight_decay=1e-5, augment__time_masks=0, augment__mixup_alpha=0.1,
+                augment__freq_mask_bins=2, optim__lr=3e-3)
+    study.add_trial(_edge_trial(0.8, **best))
+    study.add_trial(_edge_trial(0.6, **{**best, "features__n_fft": 1764}))  # never sampled 1024
+    out = tmp_path / "out"
+
+    assert main(["--study", "demo", "--storage", f"sqlite:///{tmp_path / 'edge.db'}", "--out", str(out)]) == 0
+
+    checks = (out / "report.md").read_text().split("## Checks after the study")[1].split("## Plots")[0]
+    edges = [line for line in checks.splitlines() if line.startswith("- Edge of the space")]
+    assert edges == [
+        "- Edge of the space: `features.n_fft` = 2048 is the largest of the choices [1024, 1764, 2048]; "
+        "add a larger choice and search again.",
+        "- Edge of the space: `augment.mixup_alpha` = 0.1 is at the low end of [0, 1], next to 0; "
+        "search more finely between 0 and it.",
+        "- Edge of the space: `augment.freq_mask_bins` = 2 is at the low end of [2, 12]; "
+        "widen the range past it and search again.",
+    ]
+    assert "- Switched off in the best trial (0 at the bottom of its range or choices, not an edge to widen): " \
+           "`augment.time_masks`." in checks
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"model.activation": "sigmoid"}, []),  # strings are never ordered
+    ({"features.crop_seconds": "15"}, []),
+    ({"data.use_noisy": True}, []),
+    ({"optim.batch_size": 32}, []),  # two choices: every value is an end
+    ({"features.n_fft": 1024}, [("low", (1024, 1764, 2048))]),
+    ({"features.n_fft": 1764}, []),
+    ({"optim.weight_decay": 0.0}, []),  # 0 = off
+    ({"optim.weight_decay": 1e-5}, []),  # the second choice, though close to 0 in value
+    ({"optim.weight_decay": 1e-3}, [("high", (0.0, 1e-5, 1e-4, 1e-3))]),
+    ({"augment.time_masks": 0}, []),  # 0 = off
+    ({"augment.time_masks": 2}, [("high", None)]),
+    ({"augment.mixup_alpha": 0.0}, []),  # 0 = off
+])
+def test_edge_params_by_kind(params, expected):
+    flagged = edge_params(_edge_trial(**{key.replace(".", "__"): v for key, v in params.items()}))
+    assert [(edge.side, edge.choices) for edge in flagged] == expected
+
+
+def test_edge_bounds_come_from_the_space_not_the_values_seen():
+    """2048 is the largest n_fft any trial tried, but fat2019's space goes up to 3528: not an edge."""
+    wider = CategoricalDistribution([1024, 1764, 2048, 3528])
+    best = create_trial(state=TrialState.COMPLETE, value=0.8, params={"features.n_fft": 2048, "optim.lr": 0.01},
+                        distributions={"features.n_fft": wider, "optim.lr": SPACE["optim.lr"]})
+    assert edge_params(best) == []  # lr 0.01 is the largest lr seen but sits at 2/3 of [1e-4, 1e-1] (log)
 
 
 def test_redact_hides_password():
