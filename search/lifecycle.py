@@ -42,9 +42,8 @@ from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
 from search.console import Console
 from search.spec import SpecError, StudySpec, load_spec
 from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, best_trial, count_finished
-from trainer import CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig, \
-    feature_cache_key
-from trainer.checkpoint import load_checkpoint
+from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig,
+                     feature_cache_key, load_checkpoint)
 
 DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again

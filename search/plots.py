@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import figures as draw
 from search.figures import ParamScale, TrialPoint
-from trainer.atomic import atomic_path
+from trainer import atomic_path
 
 # PED-ANOVA (Optuna 5's default importance evaluator) looks at the top 10% of trials and is stable with
 # at least 5 of them, i.e. about 50 completed trials; below that the bars are a rough hint only.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from trainer.atomic import atomic_path, atomic_torch_save, atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from trainer.audio import AudioReadError, read_audio
 from trainer.batches import FeatureBank
-from trainer.checkpoint import CheckpointError, load_state_dict
+from trainer.checkpoint import CheckpointError, load_checkpoint, load_state_dict
 from trainer.config import ConfigError, TrainConfig, flatten, parse_set_args, read_toml
 from trainer.data import DataError
 from trainer.feature_cache import feature_cache_key
@@ -26,6 +26,6 @@ __all__ = [
     "AudioReadError", "BUILTIN_DATASETS", "CheckpointError", "ConfigError", "DataError", "FeatureBank", "LogMel", "NonFiniteLossError",
     "Result", "TrainConfig", "VAL_PREDICTIONS", "atomic_path", "atomic_torch_save", "atomic_write_bytes",
     "atomic_write_text", "build_model", "cache_root", "ensure_builtin", "ensure_demo_data", "feature_cache_key", "flatten",
-    "load_labels", "load_state_dict", "lwlrap", "parse_set_args", "per_class_lwlrap", "predict_bank", "read_audio",
+    "load_checkpoint", "load_labels", "load_state_dict", "lwlrap", "parse_set_args", "per_class_lwlrap", "predict_bank", "read_audio",
     "read_toml", "remove_stale_temp_files", "resolve_device", "train_and_evaluate",
 ]
