@@ -8,7 +8,6 @@ retrained validation lwlrap beside the one the trial reported, and writes the fo
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
