@@ -62,9 +62,11 @@ min_resource = 1
 reduction_factor = 3
 min_trials = 0
 """},
-    "tpe": {"epochs": 12, "sections": """[sampler]
+    # a gentle ASHA (keep the top half at epochs 3 and 6) that decides nothing before 8 other trials reached a
+    # rung, so a small study's first trials (the baseline and its neighbours) all train to the end
+    "tpe": {"epochs": 10, "sections": """[sampler]
 name = "tpe"
-n_startup_trials = 8
+n_startup_trials = 10
 multivariate = true
 group = true
 constant_liar = true
@@ -75,29 +77,13 @@ max_changes = 2
 
 [pruner]
 name = "asha"
-min_resource = 2
-reduction_factor = 3
-min_trials = 4
+min_resource = 3
+reduction_factor = 2
+min_trials = 8
 """},
-    "tpe-random-startup": {"epochs": 12, "sections": """[sampler]
-name = "tpe"
-n_startup_trials = 8
-multivariate = true
-group = true
-constant_liar = true
-
-[startup]
-near_baseline = 0
-
-[pruner]
-name = "asha"
-min_resource = 2
-reduction_factor = 3
-min_trials = 4
-"""},
-    "gp": {"epochs": 12, "sections": """[sampler]
+    "gp": {"epochs": 10, "sections": """[sampler]
 name = "gp"
-n_startup_trials = 8
+n_startup_trials = 10
 
 [startup]
 near_baseline = 6
@@ -105,15 +91,33 @@ max_changes = 2
 
 [pruner]
 name = "asha"
-min_resource = 2
-reduction_factor = 3
-min_trials = 4
+min_resource = 3
+reduction_factor = 2
+min_trials = 8
 """},
-    "random": {"epochs": 12, "sections": """[sampler]
+    "random": {"epochs": 10, "sections": """[sampler]
 name = "random"
 
 [startup]
 near_baseline = 0
+
+[pruner]
+name = "asha"
+min_resource = 3
+reduction_factor = 2
+min_trials = 8
+"""},
+    # the same as "tpe" with the first search's pruner (ASHA from epoch 2, top third, quorum 4) and 12 epochs
+    "tpe-asha3": {"epochs": 12, "sections": """[sampler]
+name = "tpe"
+n_startup_trials = 8
+multivariate = true
+group = true
+constant_liar = true
+
+[startup]
+near_baseline = 6
+max_changes = 2
 
 [pruner]
 name = "asha"
