@@ -11,7 +11,6 @@ prints the validation lwlrap beside the one each trial reported, and writes the 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -25,16 +24,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles, open_artifact_store
 from search.ensemble import EnsembleError, Selection, select_from_study
-from search.ensemble_report import describe, held_out_test
+from search.ensemble_report import TEST_LABELS, describe, held_out_or_reason
 from search.export import (ExportPlan, Member, TrainedMember, check_dataset_identity, check_reusable, measure_kernel,
-                           member_configs, retrain, retrain_config, reuse_checkpoints, write_export)
+                           member_configs, retrain, retrain_config, reuse_checkpoints, write_export, write_record)
 from search.kernel import KernelGenerationError
 from search.kernel_main import POOLINGS, pool_probabilities
 from search.spec import StudySpec, load_spec
 from search.storage import StorageError, add_study_arguments, studies_dir
 from search.study import (StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible, load_study,
                           ranked_trials, resolve_data, trial_config)
-from trainer import CheckpointError, ConfigError, DataError, TrainConfig, atomic_write_text, lwlrap
+from trainer import CheckpointError, ConfigError, DataError, TrainConfig, lwlrap
 
 TOP_N = 10
 
@@ -236,10 +235,6 @@ def _pooled_validation(trained: list[TrainedMember], selection: Selection) -> fl
     return lwlrap(selection.pool.targets, pooled)
 
 
-def write_record(out: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(out / "export.json", json.dumps(record, indent=2) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.best", description=__doc__.splitlines()[0])
     add_study_arguments(parser)
@@ -286,7 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             selection = select_from_study(study, files, data_dir, spec=spec, rounds=args.ensemble,
                                           max_kernel_s=args.max_kernel_s, pooling=args.pooling, bags=args.bags,
                                           require_weights=args.reuse_checkpoints)
-            print("\n" + "\n".join(describe(selection, held_out_test(selection, files, data_dir))))
+            if (data_dir / TEST_LABELS).is_file():
+                print(f"scoring the ensemble and the single best trial on the held-out clips of {TEST_LABELS}",
+                      file=sys.stderr)
+            print("\n" + "\n".join(describe(selection, held_out_or_reason(selection, files, data_dir))))
             if args.export:
                 export_ensemble(study, selection, data_dir, out, options, files=files)
             return 0

@@ -279,7 +279,11 @@ def select(pool: Pool, *, rounds: int, budget: Budget, pooling: str = "mean", ba
     candidates = pool.by_number()
     members = [candidates[n] for n in ranked]
     score = lwlrap(pool.targets, pool_probabilities([m.probs for m in members], pooling, list(ranked.values())))
-    single = single if single in candidates else pool.candidates[0].number
+    if single not in candidates:
+        if single is not None:
+            notes.append(f"the study's best trial {single} has no stored validation predictions here; the ensemble "
+                         f"is compared with the best candidate, trial {pool.candidates[0].number}")
+        single = pool.candidates[0].number
     return Selection(pool, ranked, score, single, candidates[single].lwlrap, steps, best_rounds,
                      budget.projected_s(members), budget, pooling, rounds, bags, notes)
 
@@ -294,11 +298,12 @@ def _greedy(pool: Pool, subset: list[Candidate], rounds: int, budget: Budget, po
     terms = {c.number: (np.log(np.clip(c.probs, _GEOMETRIC_FLOOR, 1.0)) if pooling == "geometric" else c.probs)
              for c in subset}
     by_number = pool.by_number()
+    told: set[int] = set()
     for round_ in range(1, rounds + 1):
         pick: tuple[float, Candidate] | None = None
         refused: tuple[float, Candidate, float | None] | None = None
         for candidate in subset:  # best alone first: a tie keeps the better single model
-            mean = (total + terms[candidate.number]) / (round_)
+            mean = (total + terms[candidate.number]) / round_
             score = lwlrap(pool.targets, np.exp(mean) if pooling == "geometric" else mean)
             if candidate.number not in counts and candidate.number not in chosen:
                 members = [by_number[n] for n in chosen | set(counts)] + [candidate]
@@ -308,7 +313,8 @@ def _greedy(pool: Pool, subset: list[Candidate], rounds: int, budget: Budget, po
                     continue
             if pick is None or score > pick[0]:
                 pick = (score, candidate)
-        if refused is not None and (pick is None or refused[0] > pick[0]):
+        if refused is not None and (pick is None or refused[0] > pick[0]) and refused[1].number not in told:
+            told.add(refused[1].number)  # once per bag: later rounds would repeat it
             projected = "unknown (no inference cost recorded)" if refused[2] is None else f"{refused[2]:,.0f} s"
             notes.append(f"{'bag ' + str(bag + 1) + ', ' if bag else ''}round {round_}: trial {refused[1].number} "
                          f"refused (lwlrap would be {refused[0]:.4f}) because the projected kernel time would be "

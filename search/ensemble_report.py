@@ -21,6 +21,7 @@ from search.artifacts import TrialFiles
 from search.ensemble import BAG_FRACTION, EnsembleError, Selection, select_from_study
 from search.kernel_main import pool_probabilities
 from search.spec import StudySpec
+from search.study import resolve_data
 from trainer import (CheckpointError, ConfigError, DataError, FeatureBank, TrainConfig, atomic_path, build_model,
                      load_features, load_state_dict, lwlrap, predict_bank, read_labelled_csv, resolve_device)
 
@@ -85,6 +86,16 @@ def held_out_test(selection: Selection, files: TrialFiles, data_dir: Path, *,
     return HeldOut(lwlrap(targets, ensemble), lwlrap(targets, by_number[selection.single]), len(readable))
 
 
+def held_out_or_reason(selection: Selection, files: TrialFiles, data_dir: Path, *,
+                       cache_dir: str | os.PathLike | None = None) -> HeldOut | str:
+    """``held_out_test``, with a broken test set or checkpoint as the reason instead of an error: the
+    held-out score is an addition to the selection, not a condition for it."""
+    try:
+        return held_out_test(selection, files, data_dir, cache_dir=cache_dir)
+    except (DataError, CheckpointError, ConfigError) as exc:
+        return f"could not score the test clips: {exc}"
+
+
 def describe(selection: Selection, held_out: HeldOut | str | None = None) -> list[str]:
     """Markdown lines: the greedy path, the chosen members, validation and held-out gains, kernel time, notes."""
     pool, budget = selection.pool, selection.budget
@@ -146,21 +157,19 @@ def write_curve(selection: Selection, path: Path) -> Path:
     return path
 
 
-def report_section(study: optuna.Study, files: TrialFiles, spec: StudySpec | None, data_dir: Path | None,
-                   out_dir: Path, *, rounds: int = DEFAULT_ROUNDS, cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """The report's "Ensemble selection" section (markdown lines) and its curve ``out_dir/ensemble_curve.png``;
-    a one-line note instead when the study cannot be ensembled yet."""
+def report_section(study: optuna.Study, files: TrialFiles, spec: StudySpec | None, out_dir: Path, *,
+                   data_dir: Path | None = None, rounds: int = DEFAULT_ROUNDS,
+                   cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """The study report's "Ensemble selection" section (markdown lines) and its curve
+    ``out_dir/ensemble_curve.png``; the validation labels come from ``data_dir``, else the study's data
+    location (``resolve_data``). A one-line note instead when the study cannot be ensembled (yet)."""
     lines = ["## Ensemble selection", ""]
-    if data_dir is None:
-        return lines + ["Not available: no data folder to read the validation labels from.", ""]
     try:
+        data_dir = data_dir if data_dir is not None else resolve_data(spec, None)
         selection = select_from_study(study, files, data_dir, spec=spec, rounds=rounds)
-    except (EnsembleError, ConfigError, DataError) as exc:
+    except (EnsembleError, ConfigError, DataError) as exc:  # SpecError is a ConfigError
         return lines + [f"Not available: {exc}", ""]
-    try:
-        held_out = held_out_test(selection, files, data_dir, cache_dir=cache_dir)
-    except (DataError, CheckpointError, ConfigError) as exc:
-        held_out = f"could not score the test clips: {exc}"
+    held_out = held_out_or_reason(selection, files, data_dir, cache_dir=cache_dir)
     write_curve(selection, Path(out_dir) / "ensemble_curve.png")
     return lines + describe(selection, held_out) + [
         "![Greedy ensemble selection](ensemble_curve.png)", "",

@@ -188,8 +188,13 @@ def write_export(out: Path, plan: ExportPlan, trained: list[TrainedMember]) -> d
               "members": [{k: v for k, v in m.items() if k != "train_config"} for m in members],
               "pooling": plan.pooling, "dataset_id": dataset_id,
               "kernel_sha256": hashlib.sha256(kernel_text.encode("utf-8")).hexdigest()}
-    atomic_write_text(out / "export.json", json.dumps(record, indent=2) + "\n")
+    write_record(out, record)
     return record
+
+
+def write_record(out: Path, record: dict[str, Any]) -> None:
+    """(Re)write export.json: provenance, members, measured inference."""
+    atomic_write_text(out / "export.json", json.dumps(record, indent=2) + "\n")
 
 
 def isolated_env() -> dict[str, str]:
