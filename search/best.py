@@ -25,8 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 from search.artifacts import TrialFiles, open_artifact_store
 from search.ensemble import EnsembleError, Selection, select_from_study
 from search.ensemble_report import TEST_LABELS, describe, held_out_or_reason
-from search.export import (ExportPlan, Member, TrainedMember, check_dataset_identity, check_reusable, measure_kernel,
-                           member_configs, retrain, retrain_config, reuse_checkpoints, write_export, write_record)
+from search.export import (ExportPlan, KernelRunError, Member, TrainedMember, check_dataset_identity, check_reusable,
+                           measure_kernel, member_configs, retrain, retrain_config, reuse_checkpoints, write_export,
+                           write_record)
 from search.kernel import KernelGenerationError
 from search.kernel_main import POOLINGS, pool_probabilities
 from search.spec import StudySpec, load_spec
@@ -297,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_trial(study, trial, resolve_data(spec, args.data), out, options, spec=spec, files=files,
                      seeds=args.seeds, folds=args.folds)
     except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError, StorageError,
-            CheckpointError, EnsembleError, RuntimeError) as exc:
+            CheckpointError, EnsembleError, KernelRunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

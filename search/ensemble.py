@@ -269,13 +269,14 @@ def select(pool: Pool, *, rounds: int, budget: Budget, pooling: str = "mean", ba
         steps += bag_steps
         best_rounds.append(best_round)
         chosen |= set(counts)
-        for number, count in counts.items():
-            weights[number] += count / sum(counts.values()) / bags
+        for number, count in counts.items():  # each bag's ensemble weighs the same
+            weights[number] += count / sum(counts.values())
     if not weights:
         raise EnsembleError(f"no trial fits the kernel time budget of {budget.limit_s:,.0f} s on its own "
                             f"(the smallest would take {min_projection(pool, budget)})")
     order = {n: k for k, n in enumerate(dict.fromkeys(s.trial for s in steps))}
-    ranked = dict(sorted(weights.items(), key=lambda item: (-item[1], order[item[0]])))
+    total = sum(weights.values())  # a bag that found nothing within the budget adds nothing
+    ranked = {n: w / total for n, w in sorted(weights.items(), key=lambda item: (-item[1], order[item[0]]))}
     candidates = pool.by_number()
     members = [candidates[n] for n in ranked]
     score = lwlrap(pool.targets, pool_probabilities([m.probs for m in members], pooling, list(ranked.values())))

@@ -38,6 +38,10 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{3,48}[a-z0-9]$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
+class KernelRunError(RuntimeError):
+    """The generated kernel.py failed when run; the message has its exit status and last error line."""
+
+
 @dataclass(frozen=True)
 class Member:
     """One model of an export: its config, its weight in the pooled probabilities, the trial it comes from."""
@@ -212,7 +216,7 @@ def isolated_env() -> dict[str, str]:
 def run_kernel(models_dir: Path, test_dir: Path, sample_submission: Path, out: Path, *, device: str = "auto",
                timing: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run ``models_dir/kernel.py`` as Kaggle would: a separate process where the project is not importable.
-    Raises RuntimeError with the kernel's last error line when it fails."""
+    Raises KernelRunError with the kernel's last error line when it fails."""
     command = [sys.executable, "-S", str((models_dir / "kernel.py").resolve()), "--test", str(Path(test_dir).resolve()),
                "--sample-submission", str(Path(sample_submission).resolve()), "--out", str(Path(out).resolve()),
                "--models", str(models_dir.resolve()), "--device", device, "--no-progress"]
@@ -221,7 +225,7 @@ def run_kernel(models_dir: Path, test_dir: Path, sample_submission: Path, out: P
     done = subprocess.run(command, cwd=models_dir, env=isolated_env(), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"{models_dir / 'kernel.py'} exited with {done.returncode}: {last}")
+        raise KernelRunError(f"{models_dir / 'kernel.py'} exited with {done.returncode}: {last}")
     return done
 
 

@@ -164,8 +164,17 @@ _ARCHIVE = """
 """
 
 
+def _carried(location) -> bool:
+    """Whether a path lies in a folder this kernel (or an earlier run of it) unpacked."""
+    path = Path(location or "/")
+    return any(part.startswith(_FOLDER_PREFIX) for part in path.parts)
+
+
 def _import_driver():
-    archive = base64.b64decode(_ARCHIVE)
+    try:
+        archive = base64.b64decode(_ARCHIVE)
+    except ValueError:  # a cut that leaves a partial base64 group
+        archive = b""
     if hashlib.sha256(archive).hexdigest() != _ARCHIVE_SHA256:
         raise SystemExit("error: kernel.py's module archive is damaged (edited or cut short); regenerate it")
     folder = tempfile.mkdtemp(prefix=_FOLDER_PREFIX)
@@ -175,12 +184,11 @@ def _import_driver():
         roots = {{name.split("/")[0] for name in bundle.namelist()}}
     # This kernel owns the process: the copy of an earlier run (a re-run notebook cell) and same-named
     # installed modules step aside, so only the carried files are imported.
-    ours = lambda location: any(p.name.startswith(_FOLDER_PREFIX) for p in Path(location or "/").parents)
     for name in [n for n in sys.modules if n.split(".")[0] in roots]:
-        if not ours(getattr(sys.modules[name], "__file__", None)):
+        if not _carried(getattr(sys.modules[name], "__file__", None)):
             print(f"kernel: replacing the already imported module {{name}} by the carried one", file=sys.stderr)
         del sys.modules[name]
-    sys.path[:] = [folder] + [p for p in sys.path if not Path(p).name.startswith(_FOLDER_PREFIX)]
+    sys.path[:] = [folder] + [p for p in sys.path if not _carried(p)]
     importlib.invalidate_caches()
     return importlib.import_module(_DRIVER)
 

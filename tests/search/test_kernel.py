@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from search.ensemble_report import predict_models
-from search.export import ExportPlan, Member, isolated_env, retrain, run_kernel, write_export
+from search.export import ExportPlan, KernelRunError, Member, isolated_env, retrain, run_kernel, write_export
 from search.kernel import ALLOWED_THIRD_PARTY, KernelGenerationError, bundle_files, generate_kernel
 from search.kernel_main import EXPORT_FORMAT, KernelError, find_models_dir, load_export, pool_probabilities
 from trainer import feature_cache_key
@@ -187,8 +187,17 @@ def test_kernel_errors_are_one_line(single_export, demo_data, tmp_path):
     (broken / "config.json").write_text(json.dumps(meta))
     with pytest.raises(KernelError, match=r"members\[0\] needs 'file' .* and 'weight' > 0"):
         load_export(broken)
+    text = (broken / "kernel.py").read_text()
+    start = text.index('_ARCHIVE = """\n') + len('_ARCHIVE = """\n')
+    for cut in (1000, 1001):  # a paste cut short, with or without a whole base64 group
+        (broken / "kernel.py").write_text(text[:start] + text[start + cut:])
+        damaged = subprocess.run([sys.executable, "-S", "kernel.py"], cwd=broken, env=isolated_env(),
+                                 capture_output=True, text=True)
+        assert damaged.returncode == 1 and damaged.stderr.strip() == (
+            "error: kernel.py's module archive is damaged (edited or cut short); regenerate it")
+    (broken / "kernel.py").write_text(text)
     (broken / "config.json").write_text(json.dumps({**meta, "format": "fat2019-search-export/1"}))
-    with pytest.raises(RuntimeError, match="format 'fat2019-search-export/1' is not 'fat2019-search-export/2'"):
+    with pytest.raises(KernelRunError, match="format 'fat2019-search-export/1' is not 'fat2019-search-export/2'"):
         run_kernel(broken, demo_data / "test", demo_data / "sample_submission.csv", tmp_path / "s.csv", device="cpu")
 
 
