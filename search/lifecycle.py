@@ -42,9 +42,8 @@ from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
 from search.console import Console
 from search.spec import SpecError, StudySpec, load_spec
 from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, best_trial, count_finished
-from trainer import CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig, \
-    feature_cache_key
-from trainer.checkpoint import load_checkpoint
+from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig,
+                     feature_cache_key, load_checkpoint)
 
 DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
@@ -341,7 +340,7 @@ class Worker:
         workdir.mkdir(parents=True)
         run = TrialRun(self, trial, config, workdir, threads=choose_threads(self.threads,
                                                                             panes_on_host=self._panes_on_host()))
-        run.resumed_from_epoch = self._resume_hand_off(trial, workdir)
+        run.resumed_from_epoch = self._resume_hand_off(trial, config, workdir)
         run.first_epoch = run.resumed_from_epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
@@ -359,7 +358,7 @@ class Worker:
         finally:
             trial.set_user_attr("wall_time", round(time.perf_counter() - run.started, 3))
 
-    def _resume_hand_off(self, trial: optuna.Trial, workdir: Path) -> int:
+    def _resume_hand_off(self, trial: optuna.Trial, config: TrainConfig, workdir: Path) -> int:
         """Pull the newest predecessor attempt's files into ``workdir``; returns the epoch it resumes after."""
         # Optuna 5's live Trial has no system attrs; its frozen record does.
         history = self.study.get_trials(deepcopy=False)[trial.number].system_attrs.get("retry_history") or []
@@ -367,8 +366,11 @@ class Worker:
             if self.files.pull(number, "last.pth", workdir) is None:
                 continue
             try:
-                epoch = int(load_checkpoint(workdir / "last.pth")["epoch"])
-            except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+                checkpoint = load_checkpoint(workdir / "last.pth")
+                if TrainConfig.from_json(checkpoint["config"]) != config:
+                    raise CheckpointError("it belongs to another config")
+                epoch = int(checkpoint["epoch"])
+            except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
                 (workdir / "last.pth").rename(workdir / "last.pth.unloadable")
                 note = f"last.pth of trial {number} could not be loaded ({exc}); starting from epoch 0"
                 trial.set_user_attr("resume_note", note[:300])

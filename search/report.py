@@ -14,11 +14,12 @@ import math
 import os
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles, open_artifact_store
@@ -59,7 +60,6 @@ def render_markdown(handle: StudyHandle, plots: Sequence[Plot], out_dir: Path, *
     """The text of ``report.md`` (plots linked relative to ``out_dir``)."""
     study = handle.study
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     ranked = ranked_trials(study)
     best = best_trial(study)
     lines = [f"# Study `{study.study_name}`", "",
@@ -79,7 +79,7 @@ def render_markdown(handle: StudyHandle, plots: Sequence[Plot], out_dir: Path, *
         lines += _best_section(study, best, trials, storage_arg)
     budget = handle.stored_spec().get("study.epochs")
     lines += _compute_section(trials, budget) + _time_section(trials) + _disk_section(runs_dir, files)
-    lines += _checks_section(best, complete, trials)
+    lines += _checks_section(best, trials)
     lines += ["## Plots", ""]
     for plot in plots:
         if plot.path is None:
@@ -192,48 +192,89 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def edge_params(best: FrozenTrial, complete: Sequence[FrozenTrial]) -> list[tuple[str, Any, float, float, str]]:
-    """Numeric params of ``best`` near a bound: ``(name, value, low, high, "low"|"high")``.
+@dataclass(frozen=True)
+class EdgeParam:
+    """A parameter of the best trial at an end of its search space: within ``EDGE_FRACTION`` of a range's
+    bound, or the smallest or largest of ordered numeric choices (``choices`` then lists them, sorted)."""
 
-    Bounds come from the trial's own distribution (the search space); when it has none, from the range
-    observed over completed trials.
-    """
+    name: str
+    value: Any
+    side: str  # "low" | "high"
+    low: float
+    high: float
+    choices: tuple[float, ...] | None = None
+
+
+def edge_params(best: FrozenTrial) -> list[EdgeParam]:
+    """The numeric params of ``best`` at an end of the search space, bounds taken from the trial's own
+    distributions (never from the values sampled so far). A 0 at a floor of 0 means "off" (no masks, no
+    weight decay), not a range to widen, so it is left out (see ``zero_floor_params``)."""
     flagged = []
     for name, value in best.params.items():
-        dist = best.distributions.get(name)
-        if isinstance(dist, (FloatDistribution, IntDistribution)):
-            low, high, log = dist.low, dist.high, dist.log
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            seen = [t.params[name] for t in complete if isinstance(t.params.get(name), (int, float))]
-            low, high, log = min(seen), max(seen), False
-        else:
+        space = _numeric_space(best.distributions[name])
+        if space is None or _is_zero_floor(value, space):
             continue
-        if high <= low:
-            continue
-        if log and low > 0:
-            position = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+        low, high, log, choices = space
+        if choices is not None:
+            side = "low" if value == low else "high" if value == high else None
         else:
-            position = (value - low) / (high - low)
-        if position <= EDGE_FRACTION:
-            flagged.append((name, value, low, high, "low"))
-        elif position >= 1.0 - EDGE_FRACTION:
-            flagged.append((name, value, low, high, "high"))
+            if log:
+                position = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+            else:
+                position = (value - low) / (high - low)
+            side = "low" if position <= EDGE_FRACTION else "high" if position >= 1.0 - EDGE_FRACTION else None
+        if side:
+            flagged.append(EdgeParam(name, value, side, low, high, choices))
     return flagged
 
 
-def _checks_section(best: FrozenTrial | None, complete: Sequence[FrozenTrial],
-                    trials: Sequence[FrozenTrial]) -> list[str]:
+def zero_floor_params(best: FrozenTrial) -> list[str]:
+    """The params of ``best`` that are 0 at a floor of 0 (a feature switched off)."""
+    return [name for name, value in best.params.items()
+            if (space := _numeric_space(best.distributions[name])) is not None and _is_zero_floor(value, space)]
+
+
+def _numeric_space(dist: BaseDistribution) -> tuple[float, float, bool, tuple[float, ...] | None] | None:
+    """(low, high, log, sorted choices or None) of a numeric range, or of categorical choices that are all
+    numbers; None for strings, booleans, mixed or two choices (with two, every value is an end, so the
+    check would fire on every study and say nothing) and ranges of one value."""
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        return (dist.low, dist.high, dist.log, None) if dist.high > dist.low else None
+    if isinstance(dist, CategoricalDistribution) and len(dist.choices) >= 3 and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in dist.choices):
+        ordered = tuple(sorted(dist.choices))
+        return ordered[0], ordered[-1], False, ordered
+    return None
+
+
+def _is_zero_floor(value: Any, space: tuple[float, float, bool, tuple[float, ...] | None]) -> bool:
+    return value == 0 and space[0] == 0
+
+
+def _checks_section(best: FrozenTrial | None, trials: Sequence[FrozenTrial]) -> list[str]:
     lines = ["## Checks after the study", ""]
     if best is None:
         lines.append("- Edge of the space: no completed trial to check.")
     else:
-        flagged = edge_params(best, complete)
-        for name, value, low, high, side in flagged:
-            lines.append(f"- Edge of the space: `{name}` = {_fmt(value)} is at the {side} end of "
-                         f"[{_fmt(low)}, {_fmt(high)}]; widen the range past it and search again.")
+        flagged = edge_params(best)
+        for edge in flagged:
+            if edge.choices is not None:
+                end, more = ("smallest", "smaller") if edge.side == "low" else ("largest", "larger")
+                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is the {end} of the choices "
+                             f"[{', '.join(map(_fmt, edge.choices))}]; add a {more} choice and search again.")
+            elif edge.side == "low" and edge.low == 0:
+                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is at the low end of "
+                             f"[0, {_fmt(edge.high)}], next to 0; search more finely between 0 and it.")
+            else:
+                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is at the {edge.side} end of "
+                             f"[{_fmt(edge.low)}, {_fmt(edge.high)}]; widen the range past it and search again.")
         if not flagged:
             lines.append(f"- Edge of the space: no numeric parameter of the best trial lies within "
-                         f"{EDGE_FRACTION:.0%} of a bound.")
+                         f"{EDGE_FRACTION:.0%} of a bound or at an end of its numeric choices.")
+        off = zero_floor_params(best)
+        if off:
+            lines.append(f"- Switched off in the best trial (0 at the bottom of its range or choices, not an edge "
+                         f"to widen): {', '.join(f'`{name}`' for name in off)}.")
     failed = [t for t in trials if t.state == TrialState.FAIL]
     diverged = [t for t in trials if (_reason(t) or "").startswith("diverged")]
     reasons: dict[str, int] = {}

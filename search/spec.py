@@ -15,6 +15,7 @@ the file, the key and what was expected); ``search.strategy`` builds the sampler
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from search import strategy
-from trainer import ConfigError, TrainConfig, ensure_demo_data, flatten, read_toml
+from trainer import BUILTIN_DATASETS, ConfigError, TrainConfig, ensure_builtin, flatten, read_toml
 
 DATA_ENV = "FAT2019_DATA"
 DEMO = "demo"  # the data location that means the built-in synthetic set
@@ -34,8 +35,9 @@ PER_MACHINE_KEYS = ("study.data",)  # may differ between workers of one study; n
 
 
 def builtin_data() -> dict[str, Callable[..., Path]]:
-    """Data locations that name a built-in set (generated into the cache on first use) -> its builder."""
-    return {DEMO: ensure_demo_data}
+    """Data locations that name a built-in set (generated into the cache on first use) -> its builder:
+    ``demo`` (synthetic tones) and ``sampled`` (sampled instruments and speech, see trainer.synth)."""
+    return {name: functools.partial(ensure_builtin, name) for name in BUILTIN_DATASETS}
 
 
 class SpecError(ConfigError):

@@ -76,14 +76,14 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     Creating the schema is race-free: workers started together on a fresh database retry when another
     one created a table or type first. An unreachable or unusable storage raises ``StorageError``.
     """
-    url = _with_available_driver(url)
+    given, url = url, _with_available_driver(url)
     engine_kwargs: dict[str, Any] = {}
     database = _sqlite_file(url)
     if database is not None:
         try:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"{url}: cannot create the folder of the database ({exc.strerror or exc})") from None
+            raise StorageError(f"{given}: cannot create the folder of the database ({exc.strerror or exc})") from None
         engine_kwargs["creator"] = functools.partial(_connect_sqlite, database)
     else:
         engine_kwargs["pool_pre_ping"] = True  # a server restart must not kill a long-running worker
@@ -95,7 +95,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period, heartbeat_stale_trial_callback=on_stale_trial))
 
-    storage = _retry_schema_race(create, url)
+    storage = _retry_schema_race(create, given)
     # Optuna's schema check nests two connections in one thread; only after it may writers take
     # the lock up front.
     _IMMEDIATE_ENGINES.add(storage.engine)

@@ -1,6 +1,6 @@
 """Read one trial's TensorBoard run (scalars and HParams) back with TensorBoard's own reader.
 
-The trainer writes every trial to ``studies/<study>/tb/trial-<number>/``; this module is how tests and the
+The trainer writes every trial to ``studies/<study>/runs/<uid>/trial-<number>/tb/``; this module is how tests and the
 report check what TensorBoard will show, without a private parser of the event format.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 _KEEP_ALL = {"scalars": 0, "tensors": 0}
 
 
-def trial_run_dir(studies_dir: str | os.PathLike, study_name: str, trial_number: int) -> Path:
-    """Where the trainer writes trial ``trial_number``'s events: ``<studies_dir>/<study>/tb/trial-<n>/``."""
-    return Path(studies_dir) / study_name / "tb" / f"trial-{trial_number}"
+def trial_run_dir(studies_dir: str | os.PathLike, study_name: str, study_uid: str, trial_number: int) -> Path:
+    """Where the trainer writes trial ``trial_number``'s events: ``<studies_dir>/<study>/runs/<uid>/trial-<n>/tb``."""
+    return Path(studies_dir) / study_name / "runs" / study_uid / f"trial-{trial_number}" / "tb"
 
 
 def read_tensorboard(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def load_checkpoint(path: str | Path) -> Any:
         # torch's own message advises weights_only=False, i.e. running whatever the file contains.
         raise CheckpointError(f"{path}: not a plain weights file (it needs arbitrary pickled objects); "
                               f"it will not be loaded") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # a damaged file makes torch's unpickler fail in any number of ways
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt: "
                               f"{str(exc).splitlines()[0][:120] or type(exc).__name__})") from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,6 +178,8 @@ def read_toml(path: str | Path, *, what: str, error: type[ConfigError] = ConfigE
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML ({exc})") from None
 
@@ -295,6 +298,8 @@ def _check_value(f: dataclasses.Field, ftype: Any, value: Any, key: str, source:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key}={value!r}: expected a number")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key}={value!r}: expected a finite number")
     elif base is str and not isinstance(value, str):
         raise ConfigError(f"{source}: {key}={value!r}: expected a string")
 

@@ -45,6 +45,13 @@ def read_labelled_csv(csv_path: Path, audio_dir: Path) -> ClipTable:
         raise DataError(f"{csv_path}: file not found (expected a CSV with columns fname,labels)")
     if not audio_dir.is_dir():
         raise DataError(f"{audio_dir}: folder not found (expected the .wav files listed in {csv_path.name})")
+    try:
+        return _read_labelled_rows(csv_path, audio_dir, vocab)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not UTF-8 text; FAT2019's CSVs are UTF-8 (re-save or re-download it)") from None
+
+
+def _read_labelled_rows(csv_path: Path, audio_dir: Path, vocab: dict[str, int]) -> ClipTable:
     paths: list[Path] = []
     rows: list[list[int]] = []
     seen: dict[str, int] = {}

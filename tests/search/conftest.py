@@ -1,13 +1,14 @@
 """Search-test fixtures: tiny study specs, a warm feature cache, backends, worker subprocesses."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 import pytest
@@ -81,6 +82,32 @@ def storage_url(request, tmp_path) -> Callable[[str], str]:
     return lambda name: url
 
 
+@contextlib.contextmanager
+def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database nobody has used yet: a new SQLite file, or a new PostgreSQL database (dropped after)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    url = _postgres_url()
+    if url is None:
+        pytest.skip(f"no PostgreSQL server reachable at {' or '.join(PG_URLS)} (trust auth)")
+    import sqlalchemy
+
+    from search.storage import _with_available_driver
+
+    name = unique_name("fresh").replace("-", "_")
+    admin = sqlalchemy.create_engine(_with_available_driver(url.rsplit("/", 1)[0] + "/postgres"),
+                                     isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -103,3 +130,38 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.1)
+
+
+def fake_training(curves: dict | None = None, *, error: BaseException | None = None, at_epoch: int = 1,
+                  inference_cost: float = 0.001):
+    """A stand-in for train_and_evaluate: per-epoch lwlrap chosen by the trial's lr (default 0.5 each
+    epoch); writes the files the real trainer writes, and raises ``error`` at ``at_epoch`` if given."""
+    import numpy as np
+
+    from trainer import Result
+
+    def fake(config, data_dir=None, *, on_epoch=None, workdir=None, **kwargs):
+        workdir = Path(workdir)
+        history = (curves or {}).get(config.optim.lr, [0.5] * config.optim.epochs)
+        best, best_epoch, metrics_seen = float("-inf"), 0, []
+        for epoch, value in enumerate(history, start=1):
+            if error is not None and epoch == at_epoch:
+                raise error
+            (workdir / "last.pth").write_bytes(f"state after epoch {epoch}".encode())
+            (workdir / "config.json").write_text(config.to_json())
+            if value > best:
+                best, best_epoch = value, epoch
+                (workdir / "best.pth").write_bytes(b"weights")
+                np.savez(workdir / "val_predictions.npz", probs=np.zeros((2, 80), np.float16),
+                         fnames=np.array(["a.wav", "b.wav"]), split=np.array("s"), epoch=np.array(epoch),
+                         lwlrap=np.array(value))
+            metrics = {"epoch": epoch, "lwlrap": value, "best_lwlrap": best, "train_loss": 0.1, "epoch_time": 0.01,
+                       "inference_cost": inference_cost, "model_cost": inference_cost / 2}
+            metrics_seen.append(metrics)
+            on_epoch(epoch, dict(metrics))
+        return Result(best_lwlrap=best, last_lwlrap=history[-1], best_epoch=best_epoch, epochs_run=len(history),
+                      history=metrics_seen, wall_time=0.1, epoch_time=0.01, best_path=workdir / "best.pth",
+                      last_path=workdir / "last.pth", feature_cache_key="k", inference_cost=inference_cost,
+                      feature_cost=inference_cost / 2, model_cost=inference_cost / 2, resumed_from_epoch=0,
+                      threads=1, val_predictions_path=workdir / "val_predictions.npz")
+    return fake

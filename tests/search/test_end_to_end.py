@@ -6,20 +6,26 @@ from search.report import main as report_main
 from search.tensorboard import read_tensorboard, trial_run_dir
 from tests.search.conftest import load, worker, write_spec
 from search.storage import default_storage_url
+from search.study import load_study
+
+
+def study_handle(studies, name):
+    return load_study(name, None, studies)
 
 
 def test_a_real_study_reports_and_lists(tmp_path, warm_cache, capsys):
     studies = tmp_path / "studies"
-    write_spec(studies, "e2e", epochs=3, pruner='name = "median"\nn_startup_trials = 1\nn_warmup_steps = 1')
+    write_spec(studies, "e2e", epochs=3, pruner='name = "median"\nn_startup_trials = 1\nn_warmup_steps = 1\nmin_trials = 1')
     proc = worker(studies, "e2e", "--trials", "4")
     output, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, output
 
     study = load(default_storage_url("e2e", studies), "e2e")
+    uid = study_handle(studies, "e2e").uid()
     finished = [t for t in study.trials if t.state.is_finished()]
-    assert len(finished) >= 4
+    assert len(finished) == 4
     for trial in finished:
-        board = read_tensorboard(trial_run_dir(studies, "e2e", trial.number))
+        board = read_tensorboard(trial_run_dir(studies, "e2e", uid, trial.number))
         epochs = trial.user_attrs["epochs_run"]
         assert [step for step, _ in board["scalars"]["lwlrap/val"]] == list(range(1, epochs + 1))
         assert board["metrics"]["hparam/epochs_run"] == epochs

@@ -1,7 +1,9 @@
-"""The objective (in-process) and search.run workers (subprocesses): parallel panes, kill -9, Ctrl-C, refusals."""
+"""search.run workers as processes: parallel panes, kill -9, Ctrl-C, SIGTERM, refusals, one-line errors."""
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -11,102 +13,11 @@ import torch
 from optuna.trial import TrialState
 
 import search.objective as objective_module
-from search.objective import Objective, TrialFailed, is_feasible
 from search.run import UsageError, join_study, main
 from search.spec import load_spec
 from search.storage import default_storage_url, open_storage
-from trainer import NonFiniteLossError, Result
 
-from tests.search.conftest import load, unique_name, wait_for, worker, write_spec
-
-KERNEL = "[kernel]\nbudget_s = 3600\ntest_audio_s = 25500\nsafety = 0.5\n"
-
-
-def _objective(tmp_path: Path, data: Path, **spec_args) -> tuple[Objective, optuna.Study]:
-    spec = load_spec(write_spec(tmp_path / "studies", "obj", **spec_args))
-    study = optuna.create_study(direction="maximize", pruner=spec.make_pruner(),
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial(spec.baseline_params())
-    return Objective(spec, data, trials_dir=tmp_path / "trials", tensorboard_dir=tmp_path / "tb", threads=1,
-                     worker_id="test-worker"), study
-
-
-def _fake_training(scores: dict[float, list[float]] | None = None, *, error: BaseException | None = None,
-                   inference_cost: float = 0.001):
-    """A stand-in for train_and_evaluate: per-epoch lwlrap chosen by the trial's lr."""
-    def fake(config, data_dir=None, *, on_epoch=None, workdir=None, **kwargs):
-        if error is not None:
-            raise error
-        history = (scores or {}).get(config.optim.lr, [0.5] * config.optim.epochs)
-        for epoch, value in enumerate(history, start=1):
-            on_epoch(epoch, {"lwlrap": value, "best_lwlrap": max(history[:epoch]), "train_loss": 0.1,
-                             "epoch_time": 0.01})
-        return Result(best_lwlrap=max(history), last_lwlrap=history[-1], best_epoch=history.index(max(history)) + 1,
-                      epochs_run=len(history), history=[], wall_time=0.1, epoch_time=0.01,
-                      best_path=Path(workdir) / "best.pth", last_path=Path(workdir) / "last.pth",
-                      feature_cache_key="k", inference_cost=inference_cost)
-    return fake
-
-
-# -- the objective, in-process --------------------------------------------------------------------
-def test_objective_trains_reports_each_epoch_and_records_attrs(tmp_path, warm_cache):
-    objective, study = _objective(tmp_path, warm_cache, extra=KERNEL)
-    study.optimize(objective, n_trials=1)
-    trial = study.trials[0]
-    assert trial.state == TrialState.COMPLETE
-    assert set(trial.intermediate_values) == {1, 2} and trial.value == max(trial.intermediate_values.values())
-    attrs = trial.user_attrs
-    assert attrs["epochs_run"] == 2 and attrs["worker_id"] == "test-worker" and attrs["wall_time"] > 0
-    assert Path(attrs["run_dir"]) == tmp_path / "trials" / "0" and (tmp_path / "trials" / "0" / "last.pth").exists()
-    assert any((tmp_path / "tb" / "trial-0").iterdir())
-    assert len(attrs["feature_cache_key"]) > 0 and attrs["host"]
-    assert attrs["kernel_time_s"] == pytest.approx(attrs["inference_cost"] * 25500, rel=1e-3, abs=0.1)
-    assert attrs["feasible"] is True and is_feasible(trial)
-
-
-def test_pruner_cuts_a_trial_that_lags_the_median(tmp_path, monkeypatch):
-    scores = {3e-3: [0.5, 0.6, 0.7], 1e-3: [0.5, 0.6, 0.7], 2e-3: [0.5, 0.6, 0.7], 1e-4: [0.1, 0.1, 0.1]}
-    monkeypatch.setattr(objective_module, "train_and_evaluate", _fake_training(scores))
-    objective, study = _objective(tmp_path, None, epochs=3, pruner='name = "median"\nn_startup_trials = 2\n'
-                                                                    'n_warmup_steps = 1')
-    for lr in (1e-3, 2e-3, 1e-4):
-        study.enqueue_trial({"optim.lr": lr, "model.head": "linear"})
-    study.optimize(objective, n_trials=4)
-    states = [t.state for t in study.trials]
-    assert states == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
-    assert study.trials[3].user_attrs["epochs_run"] == 1  # warm-up: cut at epoch 1, not before
-
-
-def test_nan_loss_prunes_with_reason_and_the_worker_goes_on(tmp_path, monkeypatch):
-    fakes = iter([_fake_training(error=NonFiniteLossError("loss is nan")), _fake_training()])
-    monkeypatch.setattr(objective_module, "train_and_evaluate", lambda *a, **k: next(fakes)(*a, **k))
-    objective, study = _objective(tmp_path, None)
-    study.optimize(objective, n_trials=2, catch=(TrialFailed,))
-    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE]
-    assert study.trials[0].user_attrs["reason"] == "nan"
-
-
-def test_out_of_memory_fails_with_reason_empties_cache_and_goes_on(tmp_path, monkeypatch):
-    fakes = iter([_fake_training(error=torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")),
-                  _fake_training()])
-    emptied = []
-    monkeypatch.setattr(objective_module, "train_and_evaluate", lambda *a, **k: next(fakes)(*a, **k))
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
-    objective, study = _objective(tmp_path, None)
-    study.optimize(objective, n_trials=2, catch=(TrialFailed,))
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
-    assert study.trials[0].user_attrs["reason"].startswith("out of memory: CUDA out of memory")
-    assert emptied == [True]
-
-
-def test_kernel_budget_marks_slow_trials_infeasible(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", _fake_training(inference_cost=0.5))
-    objective, study = _objective(tmp_path, None, extra=KERNEL)
-    study.optimize(objective, n_trials=1)
-    trial = study.trials[0]
-    assert trial.user_attrs["kernel_time_s"] == pytest.approx(12750.0)
-    assert trial.user_attrs["feasible"] is False and not is_feasible(trial)
-    assert trial.constraints["kernel_time"] == pytest.approx(12750.0 - 1800.0)
+from tests.search.conftest import fake_training, load, unique_name, wait_for, worker, write_spec
 
 
 # -- joining a study --------------------------------------------------------------------------------
@@ -135,24 +46,25 @@ def _epochs_of_first_trial(url: str, name: str) -> int:
     return len(trials[0].intermediate_values) if trials else -1
 
 
-def test_three_workers_share_one_study(tmp_path, warm_cache, storage_url):
+def test_three_workers_share_one_study_and_stop_at_exactly_the_total(tmp_path, warm_cache, storage_url):
     studies = tmp_path / "studies"
     name = unique_name("par")
-    write_spec(studies, name, pruner='name = "median"\nn_startup_trials = 1\nn_warmup_steps = 1')
+    write_spec(studies, name, pruner='name = "median"\nn_startup_trials = 1\nn_warmup_steps = 1\nmin_trials = 1',
+               startup="near_baseline = 2")
     url = storage_url(name)
     procs = [worker(studies, name, "--trials", "6", "--storage", url) for _ in range(3)]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
-    assert all("done: the study has 6 finished trials" in out for out in outputs)
+    assert all("done: the study has its 6 finished trials" in out for out in outputs)
     trials = load(url, name).trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert 6 <= len(finished) <= 8
+    assert len(finished) == 6  # not one more: a worker starts a trial only while finished + running < 6
     assert len({t.number for t in trials}) == len(trials)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     baseline = [t for t in trials if t.user_attrs.get("baseline")]
     assert [t.number for t in baseline] == [0]
     assert baseline[0].params == load_spec(studies / f"{name}.toml").baseline_params()
-    assert any("#0 COMPLETE" in out and "(baseline)" in out for out in outputs)
+    assert any("#0   COMPLETE" in out and "(baseline)" in out for out in outputs)
 
 
 def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache):
@@ -176,30 +88,51 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache)
     assert retry.user_attrs["resumed_from_trial"] == 0
     assert retry.user_attrs["resumed_from_epoch"] >= reported >= 2  # not from epoch 0
     assert retry.user_attrs["epochs_run"] == 12 and set(retry.intermediate_values) == set(range(1, 13))
+    assert f"#0 stopped beating (its worker died): queued for retry as #1" in output
 
 
-def test_ctrl_c_fails_the_trial_as_interrupted_queues_its_retry_and_exits_130(tmp_path, warm_cache):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_fails_the_trial_as_interrupted_queues_its_retry_and_exits(tmp_path, warm_cache, sig, code):
     studies = tmp_path / "studies"
     write_spec(studies, "intr", epochs=12)
     url = default_storage_url("intr", studies)
     proc = worker(studies, "intr", "--trials", "3")
     wait_for(lambda: _epochs_of_first_trial(url, "intr") >= 1, 60, "an epoch of trial 0")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     output = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 130, output
-    assert "interrupted after" in output
+    assert proc.returncode == code, output
+    assert "interrupted after" in output and f"{signal.Signals(sig).name}: stopping the running trial" in output
     trials = load(url, "intr").trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "interrupted"
     retry = trials[1]
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["baseline"] is True  # the study still gets its baseline
     assert retry.intermediate_values == trials[0].intermediate_values
+
+
+def test_a_double_ctrl_c_still_queues_the_retry(tmp_path, warm_cache):
+    studies = tmp_path / "studies"
+    write_spec(studies, "double", epochs=12)
+    url = default_storage_url("double", studies)
+    proc = worker(studies, "double", "--trials", "3")
+    wait_for(lambda: _epochs_of_first_trial(url, "double") >= 1, 60, "an epoch of trial 0")
+    proc.send_signal(signal.SIGINT)
+    seen = []
+    while not any("SIGINT: stopping the running trial" in line for line in seen):
+        seen.append(proc.stdout.readline())
+    proc.send_signal(signal.SIGINT)  # the impatient second press, while the first one is being handled
+    output = "".join(seen) + proc.communicate(timeout=30)[0]
+    assert proc.returncode == 130, output
+    trials = load(url, "double").trials
+    assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.WAITING
+    assert trials[1].user_attrs["retry_of"] == 0
 
 
 def test_timeout_stops_taking_new_trials(tmp_path, warm_cache, monkeypatch, capsys):
     def slow(*args, **kwargs):
         time.sleep(0.4)
-        return _fake_training()(*args, **kwargs)
+        return fake_training()(*args, **kwargs)
 
     monkeypatch.setattr(objective_module, "train_and_evaluate", slow)
     studies = tmp_path / "studies"
@@ -212,7 +145,7 @@ def test_timeout_stops_taking_new_trials(tmp_path, warm_cache, monkeypatch, caps
         signal.signal(signal.SIGINT, handler)
     assert code == 0
     output = capsys.readouterr().out
-    assert "timeout 0.6s reached" in output and "#0 COMPLETE" in output
+    assert "timeout reached" in output and "#0   COMPLETE" in output
     assert "#2 " not in output  # each trial takes 0.4 s: a third would start after the timeout
 
 
@@ -224,3 +157,25 @@ def test_a_device_torch_cannot_see_is_refused_at_start(tmp_path, capsys):
     assert main(["--study", "dev", "--studies-dir", str(tmp_path), "--trials", "1", "--device", "cuda"]) == 2
     assert "device 'cuda': torch sees no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "dev.db").exists()  # refused before it touched the study
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    write_spec(tmp_path, "errs")
+    assert main(["--study", "errs", "--studies-dir", str(tmp_path), "--trials", "1",
+                 "--storage", "postgresql://fat:secret@127.0.0.1:1/none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: postgresql://fat:***@127.0.0.1:1/none: cannot open the study storage")
+    assert "secret" not in err and len(err.strip().splitlines()) == 1
+    assert main(["--study", "errz", "--studies-dir", str(tmp_path), "--trials", "1"]) == 2
+    assert "study spec not found; did you mean 'errs'? specs in" in capsys.readouterr().err
+    (tmp_path / "latin1.toml").write_bytes('[study]\nname = "caf\xe9"\n'.encode("latin-1"))
+    assert main(["--study", "latin1", "--studies-dir", str(tmp_path), "--trials", "1"]) == 2
+    assert "latin1.toml: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_studies_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    write_spec(tmp_path, "ro")
+    (tmp_path / "ro").write_text("a file where the study's folder should go")  # like a read-only folder: EEXIST
+    assert main(["--study", "ro", "--studies-dir", str(tmp_path), "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(tmp_path / "ro") in err

@@ -10,9 +10,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.storage import RetryFailedTrial, create_or_load_study, default_storage_url, open_storage
+import pytest
 
-from tests.search.conftest import unique_name
+from search.lifecycle import requeue
+from search.storage import StorageError, create_or_load_study, default_storage_url, open_storage
+
+from tests.search.conftest import fresh_database, unique_name
 
 
 def test_default_url_is_absolute_and_creates_the_studies_dir(tmp_path, monkeypatch):
@@ -75,7 +78,8 @@ def test_many_workers_create_one_study_and_enqueue_once(storage_url):
 def test_stale_trial_is_failed_and_retried_with_a_link(storage_url):
     name = unique_name("stale")
     url = storage_url(name)
-    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1,
+                           on_stale_trial=lambda study, trial: requeue(study, trial, reason="heartbeat"))
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)
@@ -94,18 +98,37 @@ def test_stale_trial_is_failed_and_retried_with_a_link(storage_url):
     assert retry.intermediate_values == {1: 0.25}
 
 
-def test_retry_chain_keeps_the_original_and_stops_at_max_retry(tmp_path):
-    study = optuna.create_study(storage=open_storage(default_storage_url("c", tmp_path)), study_name="c")
-    retry = RetryFailedTrial(max_retry=2)
-    for _ in range(3):
-        trial = study.ask()
-        trial.suggest_float("x", 0.0, 1.0)
-        study.tell(trial, state=TrialState.FAIL)
-        retry(study, study.trials[trial.number], reason="interrupted")
-    numbers = [t.number for t in study.trials]
-    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
-    # attempts 0 (fresh), 1 (retry of 0), 2 (retry of 1); a third retry is over max_retry=2
-    assert numbers == [0, 1, 2] and waiting == []
-    assert study.trials[2].user_attrs["retry_of"] == 1
-    assert study.trials[2].system_attrs["failed_trial"] == 0
-    assert study.trials[2].system_attrs["retry_history"] == [0, 1]
+def _open_on_fresh_database(url: str, name: str, queue) -> None:
+    try:
+        storage = open_storage(url, heartbeat_interval=1)
+        create_or_load_study(storage, name, direction="maximize")
+        queue.put("ok")
+    except Exception as exc:  # reported to the test, which shows it
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_started_together_on_a_fresh_database_all_get_in(tmp_path, backend):
+    """Optuna creates its tables (and PostgreSQL enum types) when a storage opens; N workers opening a
+    fresh database at the same moment raced on CREATE TYPE and all but one crashed."""
+    with fresh_database(backend, tmp_path) as url:
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        barrier_name = unique_name("fresh")
+        workers = [context.Process(target=_open_on_fresh_database, args=(url, barrier_name, queue)) for _ in range(6)]
+        for process in workers:
+            process.start()
+        for process in workers:
+            process.join(60)
+        results = [queue.get(timeout=5) for _ in workers]
+        assert results == ["ok"] * 6, results
+        assert [p.exitcode for p in workers] == [0] * 6
+
+
+def test_an_unreachable_storage_is_one_line(tmp_path):
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql://nobody:secret@127.0.0.1:1/nowhere")
+    assert "postgresql://nobody:***@127.0.0.1:1/nowhere: cannot open the study storage" in str(info.value)
+    assert "secret" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(StorageError, match="not a database URL"):
+        open_storage("not a url")

@@ -27,8 +27,8 @@ def _write_trial(run_dir, hparam_dict, lwlraps):
 
 
 def test_reads_scalars_and_hparams_back(tmp_path):
-    run_dir = trial_run_dir(tmp_path / "studies", "demo", 3)
-    assert run_dir == tmp_path / "studies" / "demo" / "tb" / "trial-3"
+    run_dir = trial_run_dir(tmp_path / "studies", "demo", "a1b2", 3)
+    assert run_dir == tmp_path / "studies" / "demo" / "runs" / "a1b2" / "trial-3" / "tb"
     config = {"optim.lr": 0.003, "model.depth": 18, "augment.mixup": True, "loss.name": "bce"}
     _write_trial(run_dir, config, [0.21, 0.35, 0.30])
 

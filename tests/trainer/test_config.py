@@ -45,6 +45,9 @@ def test_toml_with_sections(tmp_path):
     ({"features.hop": 4000}, "features.hop=4000 must not exceed features.n_fft=1764"),
     ({"data.val_fold": 1}, "data.n_folds and data.val_fold go together"),
     ({"model": 3}, "'model' is a section"),
+    ({"optim.lr": "nan"}, "optim.lr=nan: expected a finite number"),
+    ({"model.dropout": "inf"}, "model.dropout=inf: expected a finite number"),
+    ({"optim.grad_clip": float("nan")}, "optim.grad_clip=nan: expected a finite number"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -58,6 +61,13 @@ def test_set_args_parse_to_field_types():
     assert (c.optim.epochs, c.features.fmax, c.data.use_noisy, c.model.width) == (3, None, True, 0.25)
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set_args(["optim.epochs"])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[model]\nactivation = "r\xe9lu"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(byte 23\); save the file as UTF-8"):
+        TrainConfig.from_toml(path)
 
 
 def test_toml_errors_name_the_file(tmp_path):

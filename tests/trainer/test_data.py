@@ -133,3 +133,10 @@ def test_stereo_other_rate_and_float_wavs_read(tmp_path):
     assert mono.ndim == 1 and abs(len(mono) - 44100) <= 2
     assert np.isclose(np.abs(mono).max(), 0.5, atol=0.02)  # mean of the two channels
     assert read_audio(tmp_path / "f.wav", 44100).shape == (22050,)
+
+
+def test_a_csv_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "train_curated").mkdir()
+    (tmp_path / "train_curated.csv").write_bytes("fname,labels\nx.wav,Caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"train_curated.csv: not UTF-8 text; FAT2019's CSVs are UTF-8"):
+        read_labelled_csv(tmp_path / "train_curated.csv", tmp_path / "train_curated")

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from trainer import synth
+from trainer.synth import layout
 from trainer.labels import load_labels
 
 SCALE = 0.05  # the per-split minimums dominate: 60 curated, 30 noisy, 20 test clips
@@ -60,13 +61,13 @@ def test_every_realised_label_has_curated_clips(demo):
     for _, labels in _rows(demo / "train_curated.csv")[1:]:
         for label in labels.split(","):
             counts[label] += 1
-    assert min(counts.values()) >= synth.MIN_CURATED_PER_LABEL
+    assert min(counts.values()) >= layout.MIN_CURATED_PER_LABEL
 
 
 def test_wavs_are_16bit_mono_44k_within_length_bounds(demo):
-    lo, hi = synth.CLIP_BOUNDS_S
+    lo, hi = layout.CLIP_BOUNDS_S
     wavs = sorted(demo.rglob("*.wav"))
-    assert len(wavs) == sum(synth._split_sizes(SCALE).values())
+    assert len(wavs) == sum(layout.split_sizes(SCALE, len(synth.REALISED_LABELS)).values())
     for path in wavs:
         info = sf.info(path)
         assert (info.samplerate, info.channels, info.subtype, info.format) == (44_100, 1, "PCM_16", "WAV")
@@ -84,10 +85,10 @@ def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
 
 
 def test_scale_grows_counts_linearly():
-    assert synth._split_sizes(1.0) == synth.BASE_COUNTS
-    assert synth._split_sizes(2.0) == {k: 2 * v for k, v in synth.BASE_COUNTS.items()}
-    tiny = synth._split_sizes(0.01)
-    assert tiny["curated"] == synth.MIN_CURATED_PER_LABEL * len(synth.REALISED_LABELS)
+    assert layout.split_sizes(1.0, len(synth.REALISED_LABELS)) == layout.BASE_COUNTS
+    assert layout.split_sizes(2.0, len(synth.REALISED_LABELS)) == {k: 2 * v for k, v in layout.BASE_COUNTS.items()}
+    tiny = layout.split_sizes(0.01, len(synth.REALISED_LABELS))
+    assert tiny["curated"] == layout.MIN_CURATED_PER_LABEL * len(synth.REALISED_LABELS)
 
 
 def test_generate_fills_an_empty_dir_but_refuses_a_full_one_and_bad_args(tmp_path):
@@ -105,17 +106,17 @@ def test_generate_fills_an_empty_dir_but_refuses_a_full_one_and_bad_args(tmp_pat
 
 
 def test_noisy_labels_corrupted_at_the_configured_rate():
-    noisy = synth._plan_split("noisy", 3000, seed=0)
+    noisy = layout.plan_split("noisy", 3000, 0, synth.REALISED_LABELS)
     corrupted = sum(c.written != c.labels for c in noisy) / len(noisy)
-    assert abs(corrupted - synth.NOISY_CORRUPT_P) < 0.04
+    assert abs(corrupted - layout.NOISY_CORRUPT_P) < 0.04
     wrong = [c for c in noisy if c.written != c.labels]
     assert all(set(c.written) - set(c.labels) for c in wrong), "each corruption brings in a wrong label"
-    curated = synth._plan_split("curated", 3000, seed=0)
+    curated = layout.plan_split("curated", 3000, 0, synth.REALISED_LABELS)
     assert all(c.written == c.labels for c in curated)
 
 
 def test_curated_multi_label_fraction_about_one_in_seven():
-    curated = synth._plan_split("curated", 5000, seed=3)
+    curated = layout.plan_split("curated", 5000, 3, synth.REALISED_LABELS)
     multi = sum(len(c.labels) > 1 for c in curated) / len(curated)
     assert 0.11 < multi < 0.18
     assert all(len(set(c.labels)) == len(c.labels) <= 3 for c in curated)

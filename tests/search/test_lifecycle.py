@@ -1,0 +1,295 @@
+"""The trial lifecycle in one worker process: what a trial records, how each failure ends, retries, resuming."""
+from __future__ import annotations
+
+import errno
+import io
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import search.objective as objective_module
+from search.artifacts import TrialFiles, open_artifact_store
+from search.console import Console
+from search.lifecycle import DEFAULT_MAX_RETRY, Worker, requeue
+from search.objective import Objective
+from search.run import join_study
+from search.spec import load_spec
+from search.storage import default_storage_url, open_storage
+from search.study import StudyHandle
+from trainer import DataError, NonFiniteLossError
+
+from tests.search.conftest import fake_training, write_spec
+
+KERNEL = "[kernel]\nbudget_s = 3600\ntest_audio_s = 25500\nsafety = 0.5\n"
+
+
+class Setup:
+    """A worker on a fresh SQLite study in ``tmp_path`` (its console writes into ``self.out``)."""
+
+    def __init__(self, tmp_path: Path, data: Path | None = None, **spec_args) -> None:
+        studies = tmp_path / "studies"
+        self.spec = load_spec(write_spec(studies, "life", **spec_args))
+        url = default_storage_url("life", studies)
+        self.storage = open_storage(url, heartbeat_interval=60, grace_period=120)
+        study = join_study(self.storage, self.spec, sampler=optuna.samplers.RandomSampler(seed=0))
+        self.handle = StudyHandle(study, self.storage, url)
+        self.files = TrialFiles(open_artifact_store(studies / "life" / "artifacts"), self.handle.uid())
+        self.out = io.StringIO()
+        self.data = data or tmp_path
+        self.runs = studies / "life" / "runs" / self.handle.uid()
+        self.worker = Worker(self.handle, self.spec, self.files, self.runs,
+                             Console(baseline=self.spec.baseline_params(), worker_id="test:1", stream=self.out),
+                             "test:1", self.data, threads=1)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.handle.study
+
+    def run(self, trials: int | None = None, **kwargs) -> int:
+        return self.worker.run(Objective(self.spec, self.data, self.worker, device="cpu"), trials=trials, **kwargs)
+
+
+def _states(study: optuna.Study) -> list[TrialState]:
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+# -- what a finished trial holds --------------------------------------------------------------------
+def test_a_real_trial_records_its_run_and_hands_its_files_to_the_store(tmp_path, warm_cache):
+    setup = Setup(tmp_path, warm_cache, extra=KERNEL)
+    assert setup.run(trials=1) == 0
+    trial = setup.study.trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["baseline"] is True
+    values = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+    assert values == sorted(values) and trial.value == values[-1]  # the running best: never falls
+    attrs = trial.user_attrs
+    assert attrs["epochs_run"] == 2 and attrs["threads"] == 1 and attrs["resumed_from_epoch"] == 0
+    assert Path(attrs["run_dir"]) == setup.runs / "trial-0" and any((setup.runs / "trial-0" / "tb").iterdir())
+    assert attrs["kernel_time_s"] == pytest.approx(attrs["inference_cost"] * 25500, rel=1e-3, abs=0.1)
+    assert attrs["feature_cost"] > 0 and attrs["model_cost"] > 0
+    assert trial.constraints["kernel_time"] < 0 and attrs["feasible"] is True
+    # weights and predictions stay (it is a top trial); the resume state is gone once the trial finished
+    assert setup.files.has(0, "best.pth") and setup.files.has(0, "val_predictions.npz")
+    assert not setup.files.has(0, "last.pth") and not (setup.runs / "trial-0" / "last.pth").exists()
+    registered = {m.filename for m in optuna.artifacts.get_all_artifact_meta(trial, storage=setup.storage)}
+    assert registered == {"config.json", "val_predictions.npz"}
+    assert "#0   COMPLETE" in setup.out.getvalue()
+
+
+def test_the_reported_value_is_the_running_best_and_equals_the_return(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training({3e-3: [0.4, 0.7, 0.5, 0.6]}))
+    setup = Setup(tmp_path, epochs=4)
+    setup.run(trials=1)
+    trial = setup.study.trials[0]
+    assert trial.intermediate_values == {1: 0.4, 2: 0.7, 3: 0.7, 4: 0.7} and trial.value == 0.7
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def test_no_pruning_after_the_final_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
+    setup = Setup(tmp_path, epochs=1)
+    setup.study.pruner = AlwaysPrune()
+    setup.run(trials=1)
+    assert _states(setup.study) == [TrialState.COMPLETE]  # its whole budget ran: the result is kept
+
+
+def test_a_trial_over_the_kernel_budget_stops_after_epoch_one_as_infeasible(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(inference_cost=0.5))
+    setup = Setup(tmp_path, epochs=4, extra=KERNEL)
+    setup.run(trials=1)
+    trial = setup.study.trials[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["epochs_run"] == 1
+    assert trial.user_attrs["feasible"] is False and trial.constraints["kernel_time"] == pytest.approx(12750 - 1800)
+    assert trial.user_attrs["reason"] == "over the kernel budget: projected 12,750 s > 1,800 s"
+
+
+# -- failures: recorded on the trial, the worker goes on ---------------------------------------------
+@pytest.mark.parametrize("error, state, reason", [
+    (NonFiniteLossError("training loss became nan at step 3"), TrialState.PRUNED, "diverged: training loss became nan"),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), TrialState.FAIL,
+     "out of memory: CUDA out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to "
+                  "allocate 12 GB"), TrialState.FAIL, "out of memory: [enforce fail"),
+    (MemoryError("Unable to allocate 9.1 GiB for an array"), TrialState.FAIL, "out of memory: Unable to allocate"),
+])
+def test_a_failing_trial_is_recorded_and_the_worker_goes_on(tmp_path, monkeypatch, error, state, reason):
+    fakes = iter([fake_training(error=error, at_epoch=2), fake_training()])
+    monkeypatch.setattr(objective_module, "train_and_evaluate", lambda *a, **k: next(fakes)(*a, **k))
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    setup = Setup(tmp_path, epochs=3)
+    assert setup.run(trials=1 if state == TrialState.FAIL else 2) == 0
+    first = setup.study.trials[0]
+    assert first.state == state and first.user_attrs["reason"].startswith(reason)
+    assert setup.study.trials[-1].state == TrialState.COMPLETE
+    assert emptied == ([True] if state == TrialState.FAIL else [])
+    if state == TrialState.FAIL:  # an out-of-memory attempt that made progress (epoch 1) is retried
+        assert setup.study.trials[1].user_attrs["retry_of"] == 0
+
+
+def test_an_impossible_config_fails_and_is_never_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
+    setup = Setup(tmp_path, space='"features.n_fft" = { choices = [1764, 512] }\n"features.hop" = { choices = [220, 1024] }\n')
+    setup.study.enqueue_trial({"features.n_fft": 512, "features.hop": 1024})  # each valid alone, not together
+    assert setup.run(trials=2) == 0
+    failed = [t for t in setup.study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["reason"].startswith("config: ")
+    assert "features.hop=1024 must not exceed features.n_fft=512" in failed[0].user_attrs["reason"]
+    assert not [t for t in setup.study.trials if t.user_attrs.get("retry_of") == failed[0].number]
+
+
+def test_a_bug_is_recorded_and_surfaces(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(error=ZeroDivisionError("oops")))
+    setup = Setup(tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        setup.run(trials=1)
+    assert setup.study.trials[0].user_attrs["reason"] == "error: ZeroDivisionError: oops"
+
+
+@pytest.mark.parametrize("error, expected", [
+    (DataError("train_curated: 30 of 100 clips are unreadable"), "error: data: train_curated: 30 of 100"),
+    (OSError(errno.ENOSPC, "No space left on device", "/studies/life/runs/x/trial-0/last.pth"),
+     "error: disk full: no space left for /studies/life/runs/x/trial-0/last.pth"),
+])
+def test_problems_every_trial_would_hit_stop_the_worker_with_one_line(tmp_path, monkeypatch, capsys, error, expected):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(error=error))
+    setup = Setup(tmp_path)
+    assert setup.run(trials=3) == 2
+    failed, retry = setup.study.trials[:2]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["baseline"] is True
+    # queued again, so once the data or the disk is fixed the study gets its baseline after all
+    assert retry.state == TrialState.WAITING and retry.user_attrs == {
+        "baseline": True, "retry_of": 0, "retry_reason": failed.user_attrs["reason"]}
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(expected)
+
+
+def test_a_data_folder_that_disappears_stops_the_worker(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
+    data = tmp_path / "data"
+    data.mkdir()
+    setup = Setup(tmp_path, data)
+    data.rmdir()
+    assert setup.run(trials=2) == 2
+    assert f"error: data: the data folder {data} is gone" in capsys.readouterr().err
+
+
+def test_a_changed_spec_file_stops_the_worker(tmp_path, monkeypatch, capsys):
+    def edit_then_train(*args, **kwargs):
+        setup.spec.path.write_text(setup.spec.path.read_text().replace("epochs = 2", "epochs = 3"))
+        return fake_training()(*args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "train_and_evaluate", edit_then_train)
+    setup = Setup(tmp_path)
+    assert setup.run(trials=5) == 2
+    assert len(setup.study.trials) == 1 and "changed since this worker started" in capsys.readouterr().err
+
+
+# -- retries ---------------------------------------------------------------------------------------
+def _attempt(study: optuna.Study, *, reason: str, epochs_run: int, resumed_from: int) -> optuna.trial.FrozenTrial:
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.set_user_attr("reason", reason)
+    trial.set_user_attr("epochs_run", epochs_run)
+    trial.set_user_attr("resumed_from_epoch", resumed_from)
+    study.tell(trial, state=TrialState.FAIL)
+    return study.trials[trial.number]
+
+
+def test_retries_count_only_fruitless_failures_of_the_trial_itself(tmp_path):
+    study = optuna.create_study(storage=open_storage(default_storage_url("r", tmp_path)), study_name="r")
+    first = _attempt(study, reason="out of memory: CUDA", epochs_run=0, resumed_from=0)
+    chain = [first]
+    for _ in range(DEFAULT_MAX_RETRY):
+        assert requeue(study, chain[-1], reason="out of memory", max_retry=DEFAULT_MAX_RETRY) is not None
+        chain.append(_attempt(study, reason="out of memory: CUDA", epochs_run=0, resumed_from=0))
+    # max_retry fruitless out-of-memory attempts after the first: dropped
+    assert requeue(study, chain[-1], reason="out of memory", max_retry=DEFAULT_MAX_RETRY) is None
+    assert study.trials[-1].system_attrs["retry_history"] == [c.number for c in chain[:-1]]
+
+
+def test_attempts_that_made_progress_or_were_interrupted_never_count(tmp_path):
+    study = optuna.create_study(storage=open_storage(default_storage_url("p", tmp_path)), study_name="p")
+    attempt = _attempt(study, reason="interrupted", epochs_run=0, resumed_from=0)
+    for index in range(8):  # far beyond max_retry: kill -9s, Ctrl-Cs, and attempts that trained on
+        number = requeue(study, attempt, reason="interrupted", max_retry=1)
+        assert number is not None
+        reason = ("heartbeat", "interrupted", "out of memory: CUDA", "disk full: /x")[index % 4]
+        attempt = _attempt(study, reason=reason, epochs_run=index + 1, resumed_from=index)
+    assert requeue(study, attempt, reason="interrupted", max_retry=1) is not None
+    assert requeue(study, attempt, reason="interrupted", max_retry=1) is None  # but never twice
+
+
+def test_an_unloadable_checkpoint_restarts_the_trial_from_epoch_zero_saying_so(tmp_path, warm_cache):
+    setup = Setup(tmp_path, warm_cache, epochs=2)
+    trial = setup.study.ask()  # the baseline: a first attempt that "died" and left a corrupt last.pth
+    setup.spec.suggest(trial)
+    trial.report(0.3, 1)
+    setup.study.tell(trial, state=TrialState.FAIL)
+    corrupt = tmp_path / "last.pth"
+    corrupt.write_bytes(b"PK\x03\x04 truncated")
+    setup.files.push(0, corrupt)
+    requeue(setup.study, setup.study.trials[0], reason="heartbeat")
+    assert setup.run(trials=1) == 0
+    retry = setup.study.trials[1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 0
+    assert retry.user_attrs["resume_note"].startswith("last.pth of trial 0 could not be loaded (")
+    assert "starting from epoch 0" in setup.out.getvalue()
+
+
+def test_a_checkpoint_that_finished_its_budget_completes_without_training(tmp_path, warm_cache):
+    setup = Setup(tmp_path, warm_cache, epochs=2)
+    assert setup.run(trials=1) == 0  # a real run, to have a real last.pth of a finished budget
+    done = setup.runs / "trial-0"
+    assert not (done / "last.pth").exists()
+    # replay "killed after the last epoch was saved, before the trial was told": the same run again
+    # in a scratch folder, its last.pth handed to the store under a failed attempt's number
+    from search.objective import train_and_evaluate
+
+    config = setup.spec.base_config()
+    result = train_and_evaluate(config, warm_cache, workdir=tmp_path / "scratch", threads=1, progress=False,
+                                verbose=False)
+    setup.study.enqueue_trial(setup.spec.baseline_params())
+    trial = setup.study.ask()
+    setup.spec.suggest(trial)
+    setup.study.tell(trial, state=TrialState.FAIL)
+    setup.files.push(trial.number, result.last_path)
+    requeue(setup.study, setup.study.trials[trial.number], reason="heartbeat")
+    assert setup.run(trials=2) == 0
+    retry = setup.study.trials[-1]
+    assert retry.state == TrialState.COMPLETE and retry.value == pytest.approx(result.best_lwlrap)
+    assert retry.user_attrs["resumed_from_epoch"] == 2 and retry.user_attrs["epochs_run"] == 2
+
+
+# -- folders and weights ---------------------------------------------------------------------------
+def test_two_studies_of_one_name_in_two_storages_never_share_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
+    one, two = Setup(tmp_path / "a"), Setup(tmp_path / "b")
+    assert one.handle.uid() != two.handle.uid() and one.runs.name != two.runs.name
+
+
+def test_only_the_top_trials_keep_their_weights(tmp_path, monkeypatch):
+    curves = {lr: [lr * 100] for lr in (1e-3, 2e-3, 3e-3, 4e-3, 5e-3)}
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(curves))
+    setup = Setup(tmp_path, epochs=1, study="keep_weights = 2\n")
+    for lr in (1e-3, 5e-3, 2e-3, 4e-3):
+        setup.study.enqueue_trial({"optim.lr": lr, "model.head": "linear"})
+    assert setup.run(trials=5) == 0
+    by_lr = {t.params["optim.lr"]: t.number for t in setup.study.trials}
+    kept = {lr for lr, number in by_lr.items() if setup.files.has(number, "best.pth")}
+    assert kept == {5e-3, 4e-3}
+    assert all(setup.files.has(n, "val_predictions.npz") for n in by_lr.values())  # predictions stay
+
+
+def test_trials_stops_at_exactly_the_total(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
+    setup = Setup(tmp_path)
+    assert setup.run(trials=3) == 0
+    assert len(setup.study.trials) == 3
+    assert "done: the study has its 3 finished trials" in setup.out.getvalue()
