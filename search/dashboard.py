@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import signal
 import socket
 import sys
 from socketserver import ThreadingMixIn
@@ -93,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
         return 2
     port = server.server_address[1]
+    # Ctrl-C is the normal way to stop (also when the shell that started it ignored SIGINT, e.g. nohup or a
+    # background job); SIGTERM (kill, tmux kill-session) stops it the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
     try:  # Ctrl-C is the normal way to stop, also while the banner is still printing
         if args.host not in LOCAL_HOSTS:
             print(f"WARNING: the dashboard is bound to {args.host}:{port} and has no authentication: anyone "

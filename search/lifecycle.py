@@ -38,6 +38,7 @@ import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from search import notes
 from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
 from search.console import Console
 from search.spec import SpecError, StudySpec, load_spec
@@ -296,26 +297,27 @@ class Worker:
         """The objective, with every known failure turned into the trial's state and ``reason``."""
         self.current = trial
         try:
-            return self.objective(trial)
+            value = self.objective(trial)
         except optuna.TrialPruned:
+            self._note(trial, "PRUNED")
             raise
         except NonFiniteLossError as exc:
-            trial.set_user_attr("reason", f"diverged: {exc}")
+            self._end(trial, f"diverged: {exc}", "PRUNED")
             raise optuna.TrialPruned(str(exc)) from None
         except ConfigError as exc:  # includes an impossible combination of the suggested params
-            trial.set_user_attr("reason", f"config: {exc}")
+            self._end(trial, f"config: {exc}")
             raise TrialFailed(str(exc)) from None
         except CheckpointError as exc:
-            trial.set_user_attr("reason", f"checkpoint: {exc}")
+            self._end(trial, f"checkpoint: {exc}")
             raise TrialFailed(str(exc)) from None
         except DataError as exc:
-            trial.set_user_attr("reason", f"data: {exc}")
+            self._end(trial, f"data: {exc}")
             self.stop = StopWorker(f"data: {exc}")
             raise TrialFailed(str(exc)) from None
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            trial.set_user_attr("reason", f"disk full: {exc.filename or ''}")
+            self._end(trial, f"disk full: {exc.filename or ''}")
             self.stop = StopWorker(f"disk full: no space left for {exc.filename or 'a trial file'}; free space "
                                    f"and start the worker again (the trial is queued for retry)")
             raise TrialFailed(str(exc)) from None
@@ -324,12 +326,27 @@ class Worker:
             raise
         except Exception as exc:
             if not is_out_of_memory(exc):
-                trial.set_user_attr("reason", f"error: {type(exc).__name__}: {str(exc)[:200]}")
+                self._end(trial, f"error: {type(exc).__name__}: {str(exc)[:200]}")
                 raise  # a bug: it surfaces with its traceback
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            trial.set_user_attr("reason", f"out of memory: {str(exc).splitlines()[0][:200]}")
+            self._end(trial, f"out of memory: {str(exc).splitlines()[0][:200]}")
             raise TrialFailed(str(exc)) from None
+        self._note(trial, f"COMPLETE, lwlrap {value:.4f}")
+        return value
+
+    def _end(self, trial: optuna.Trial, reason: str, state: str = "FAILED") -> None:
+        trial.set_user_attr("reason", reason)
+        self._note(trial, state)
+
+    def _note(self, trial: optuna.Trial, outcome: str) -> None:
+        """The trial's dashboard note, written while the trial can still take it."""
+        attrs = trial.user_attrs
+        try:
+            config = TrainConfig.from_json(attrs["config"]) if "config" in attrs else None
+        except ConfigError:
+            config = None
+        notes.save(trial, notes.trial_note(trial.number, outcome, config, self.spec.base_config(), attrs))
 
     @contextlib.contextmanager
     def start(self, trial: optuna.Trial, config: TrainConfig) -> Iterator[TrialRun]:
@@ -397,6 +414,7 @@ class Worker:
         """Optuna callback once a trial is told: print it, retry a failure, apply checkpoint retention."""
         self.current = None
         self.console.trial_done(study, trial)
+        notes.save(study, notes.study_note(study, spec_epochs=self.spec.epochs))
         if trial.state == TrialState.FAIL:
             self._requeue(trial, str(trial.user_attrs.get("reason", "error")))
         elif trial.state in FINISHED:

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles, open_artifact_store
+from search.checks import check_lines
 from search.console import format_duration
 from search.plots import Plot, write_plots
 from search.storage import add_study_arguments, studies_dir
@@ -31,7 +29,6 @@ from search.study import (StudyHandle, StudyNotFoundError, baseline_trial, best_
 from trainer import atomic_write_text
 
 TOP_N = 10
-EDGE_FRACTION = 0.1  # a best value within 10% of the range (log scale for log params) of a bound is "on the edge"
 _STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -192,106 +189,8 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-@dataclass(frozen=True)
-class EdgeParam:
-    """A parameter of the best trial at an end of its search space: within ``EDGE_FRACTION`` of a range's
-    bound, or the smallest or largest of ordered numeric choices (``choices`` then lists them, sorted)."""
-
-    name: str
-    value: Any
-    side: str  # "low" | "high"
-    low: float
-    high: float
-    choices: tuple[float, ...] | None = None
-
-
-def edge_params(best: FrozenTrial) -> list[EdgeParam]:
-    """The numeric params of ``best`` at an end of the search space, bounds taken from the trial's own
-    distributions (never from the values sampled so far). A 0 at a floor of 0 means "off" (no masks, no
-    weight decay), not a range to widen, so it is left out (see ``zero_floor_params``)."""
-    flagged = []
-    for name, value in best.params.items():
-        space = _numeric_space(best.distributions[name])
-        if space is None or _is_zero_floor(value, space):
-            continue
-        low, high, log, choices = space
-        if choices is not None:
-            side = "low" if value == low else "high" if value == high else None
-        else:
-            if log:
-                position = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
-            else:
-                position = (value - low) / (high - low)
-            side = "low" if position <= EDGE_FRACTION else "high" if position >= 1.0 - EDGE_FRACTION else None
-        if side:
-            flagged.append(EdgeParam(name, value, side, low, high, choices))
-    return flagged
-
-
-def zero_floor_params(best: FrozenTrial) -> list[str]:
-    """The params of ``best`` that are 0 at a floor of 0 (a feature switched off)."""
-    return [name for name, value in best.params.items()
-            if (space := _numeric_space(best.distributions[name])) is not None and _is_zero_floor(value, space)]
-
-
-def _numeric_space(dist: BaseDistribution) -> tuple[float, float, bool, tuple[float, ...] | None] | None:
-    """(low, high, log, sorted choices or None) of a numeric range, or of categorical choices that are all
-    numbers; None for strings, booleans, mixed or two choices (with two, every value is an end, so the
-    check would fire on every study and say nothing) and ranges of one value."""
-    if isinstance(dist, (FloatDistribution, IntDistribution)):
-        return (dist.low, dist.high, dist.log, None) if dist.high > dist.low else None
-    if isinstance(dist, CategoricalDistribution) and len(dist.choices) >= 3 and all(
-            isinstance(c, (int, float)) and not isinstance(c, bool) for c in dist.choices):
-        ordered = tuple(sorted(dist.choices))
-        return ordered[0], ordered[-1], False, ordered
-    return None
-
-
-def _is_zero_floor(value: Any, space: tuple[float, float, bool, tuple[float, ...] | None]) -> bool:
-    return value == 0 and space[0] == 0
-
-
 def _checks_section(best: FrozenTrial | None, trials: Sequence[FrozenTrial]) -> list[str]:
-    lines = ["## Checks after the study", ""]
-    if best is None:
-        lines.append("- Edge of the space: no completed trial to check.")
-    else:
-        flagged = edge_params(best)
-        for edge in flagged:
-            if edge.choices is not None:
-                end, more = ("smallest", "smaller") if edge.side == "low" else ("largest", "larger")
-                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is the {end} of the choices "
-                             f"[{', '.join(map(_fmt, edge.choices))}]; add a {more} choice and search again.")
-            elif edge.side == "low" and edge.low == 0:
-                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is at the low end of "
-                             f"[0, {_fmt(edge.high)}], next to 0; search more finely between 0 and it.")
-            else:
-                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is at the {edge.side} end of "
-                             f"[{_fmt(edge.low)}, {_fmt(edge.high)}]; widen the range past it and search again.")
-        if not flagged:
-            lines.append(f"- Edge of the space: no numeric parameter of the best trial lies within "
-                         f"{EDGE_FRACTION:.0%} of a bound or at an end of its numeric choices.")
-        off = zero_floor_params(best)
-        if off:
-            lines.append(f"- Switched off in the best trial (0 at the bottom of its range or choices, not an edge "
-                         f"to widen): {', '.join(f'`{name}`' for name in off)}.")
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    diverged = [t for t in trials if (_reason(t) or "").startswith("diverged")]
-    reasons: dict[str, int] = {}
-    for trial in failed:
-        reason = (_reason(trial) or "unknown").split(":")[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
-    detail = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
-    lines.append(f"- Failed: {len(failed)} of {len(trials)} trials" + (f" ({detail})." if detail else "."))
-    lines.append(f"- Diverged (NaN/inf loss): {len(diverged)} trials"
-                 + (f" ({', '.join(str(t.number) for t in diverged)})." if diverged else "."))
-    return lines + [""]
-
-
-def _reason(trial: FrozenTrial) -> str | None:
-    """Why a trial failed or was pruned early (the worker's ``reason`` attr)."""
-    reason = trial.user_attrs.get("reason")
-    return None if reason is None else str(reason)
+    return ["## Checks after the study", ""] + check_lines(best, trials) + [""]
 
 
 def _fmt(value: Any) -> str:

@@ -52,8 +52,8 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _choices("resnet", "resnet")
-    depth: int = field(default=34, metadata={"choices": (18, 34)})
+    arch: str = _choices("resnet", "resnet", "cnn")
+    depth: int = field(default=34, metadata={"choices": (18, 34)})  # resnet only
     width: float = _range(1.0, 0.0625, 4.0)  # multiplier on the 64/128/256/512 stage widths
     activation: str = _choices("relu", "relu", "prelu", "elu", "silu", "sigmoid")
     bn_position: str = _choices("before", "before", "after")  # BatchNorm before or after the activation

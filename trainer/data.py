@@ -47,7 +47,7 @@ def read_labelled_csv(csv_path: Path, audio_dir: Path) -> ClipTable:
         raise DataError(f"{audio_dir}: folder not found (expected the .wav files listed in {csv_path.name})")
     try:
         return _read_labelled_rows(csv_path, audio_dir, vocab)
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError:
         raise DataError(f"{csv_path}: not UTF-8 text; FAT2019's CSVs are UTF-8 (re-save or re-download it)") from None
 
 

@@ -77,10 +77,35 @@ class _Dashboard:
             return json.load(response)
 
     def stop(self) -> str:
+        """Ctrl-C, as a user stops it; SIGTERM is the same to the dashboard, and works where the test run
+        itself was started with SIGINT ignored (inherited by this child, so Ctrl-C would never arrive)."""
         self.process.send_signal(signal.SIGINT)
-        _, err = self.process.communicate(timeout=30)
+        try:  # a loaded machine needs a while to tear down torch and the dashboard: no second signal early
+            _, err = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            _, err = self.process.communicate(timeout=30)
         assert self.process.returncode == 0, err
         return err
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=30)
+
+
+@pytest.fixture
+def dashboards():
+    """Start dashboards through this; whatever a test leaves running is killed, pass or fail."""
+    started: list[_Dashboard] = []
+
+    def start(*args: str) -> _Dashboard:
+        started.append(_Dashboard(*args))
+        return started[-1]
+
+    yield start
+    for dashboard in started:
+        dashboard.kill()
 
 
 @pytest.fixture
@@ -89,8 +114,8 @@ def demo_db(tmp_path):
     return tmp_path / "demo.db"
 
 
-def test_prints_study_address_and_tunnel_line(demo_db):
-    dashboard = _Dashboard("--study", "demo", "--storage", f"sqlite:///{demo_db}")
+def test_prints_study_address_and_tunnel_line(demo_db, dashboards):
+    dashboard = dashboards("--study", "demo", "--storage", f"sqlite:///{demo_db}")
     try:
         port = int(dashboard.base.rsplit(":", 1)[1])
         assert dashboard.url == f"http://localhost:{port}/dashboard/studies/1"
@@ -102,8 +127,8 @@ def test_prints_study_address_and_tunnel_line(demo_db):
     assert "no authentication" not in err
 
 
-def test_binding_elsewhere_warns_about_authentication(demo_db):
-    dashboard = _Dashboard("--study", "demo", "--storage", f"sqlite:///{demo_db}", "--host", "0.0.0.0")
+def test_binding_elsewhere_warns_about_authentication(demo_db, dashboards):
+    dashboard = dashboards("--study", "demo", "--storage", f"sqlite:///{demo_db}", "--host", "0.0.0.0")
     err = dashboard.stop()
     assert "WARNING" in err and "no authentication" in err
 
@@ -114,14 +139,14 @@ def test_tunnel_line_and_url_name_the_machine():
     assert study_url("0.0.0.0", 8080, 3) == "http://localhost:8080/dashboard/studies/3"
 
 
-def test_unknown_study_is_a_one_line_error(demo_db, capsys):
+def test_unknown_study_is_a_one_line_error(demo_db, capsys, dashboards):
     assert main(["--study", "nope", "--storage", f"sqlite:///{demo_db}"]) == 2
     assert "study 'nope' not found" in capsys.readouterr().err
 
 
-def test_serves_while_workers_write_the_same_sqlite_file(demo_db):
+def test_serves_while_workers_write_the_same_sqlite_file(demo_db, dashboards):
     """Two writer processes add trials while the dashboard is polled; nobody fails, every trial shows up."""
-    dashboard = _Dashboard("--study", "demo", "--storage", f"sqlite:///{demo_db}")
+    dashboard = dashboards("--study", "demo", "--storage", f"sqlite:///{demo_db}")
     url = f"sqlite:///{demo_db}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, "6"], cwd=REPO, env=env,
@@ -150,7 +175,7 @@ def test_serves_while_workers_write_the_same_sqlite_file(demo_db):
 
 
 
-def test_serves_while_search_run_workers_train(warm_cache, tmp_path):
+def test_serves_while_search_run_workers_train(warm_cache, tmp_path, dashboards):
     """Two real ``python -m search.run`` workers train a tiny study while the dashboard serves it."""
     studies = tmp_path / "studies"
     write_spec(studies, "tiny")
@@ -160,7 +185,7 @@ def test_serves_while_search_run_workers_train(warm_cache, tmp_path):
     dashboard = None
     try:
         wait_for(lambda: first.poll() is not None or _has_study(url, "tiny"), 120, "the first worker's study")
-        dashboard = _Dashboard("--study", "tiny", "--studies-dir", str(studies))
+        dashboard = dashboards("--study", "tiny", "--studies-dir", str(studies))
         workers.append(worker(studies, "tiny", "--trials", "4"))
         polls = 0
         while any(w.poll() is None for w in workers):
@@ -203,8 +228,15 @@ def _chromium(*args: str, profile: Path) -> str:
 
 
 @pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} not installed (run .ci/install-chromium)")
-def test_browser_shows_the_study_and_its_trial_count(demo_db, tmp_path):
-    dashboard = _Dashboard("--study", "demo", "--storage", f"sqlite:///{demo_db}")
+def test_browser_shows_the_study_and_its_trial_count(demo_db, tmp_path, dashboards):
+    from search import notes
+
+    study = optuna.load_study(study_name="demo", storage=open_storage(f"sqlite:///{demo_db}"))
+    trial = study.ask({"optim.lr": FloatDistribution(1e-4, 1e-1, log=True)})
+    notes.save(trial, "### Trial 5: PRUNED\n\n- Why: pruned at epoch 2 (best lwlrap 0.0100)\n")
+    study.tell(trial, state=TrialState.PRUNED)
+    notes.save(study, notes.study_note(study, spec_epochs=2))
+    dashboard = dashboards("--study", "demo", "--storage", f"sqlite:///{demo_db}")
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "dashboard.png"
     screenshot.unlink(missing_ok=True)
@@ -212,12 +244,17 @@ def test_browser_shows_the_study_and_its_trial_count(demo_db, tmp_path):
         # --virtual-time-budget lets the JavaScript app fetch the study and render before the DOM is dumped
         dom = _chromium("--virtual-time-budget=15000", "--dump-dom", dashboard.url + "/trials",
                         profile=tmp_path / "profile-dom")
+        study_page = _chromium("--virtual-time-budget=15000", "--dump-dom", dashboard.url,
+                               profile=tmp_path / "profile-note")
         _chromium("--virtual-time-budget=15000", "--window-size=1400,1000", f"--screenshot={screenshot}",
                   dashboard.url, profile=tmp_path / "profile-shot")
     finally:
         dashboard.stop()
     assert "demo (id=1)" in dom
-    assert ">5 Trials<" in dom
+    assert ">6 Trials<" in dom
+    # the study's note, as the workers write it: best vs baseline and the next commands
+    assert "Best: trial 4, validation lwlrap 0.1000" in study_page
+    assert "python -m search.best --study demo --export" in study_page
     pixels = mpimg.imread(screenshot)
     assert pixels.shape[:2] == (1000, 1400)
     assert float(np.asarray(pixels)[..., :3].std()) > 0.05, "the screenshot is blank"

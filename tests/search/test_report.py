@@ -10,7 +10,8 @@ from matplotlib import image as mpimg
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.report import edge_params, main
+from search.checks import edge_params
+from search.report import main
 from search.storage import open_storage
 from search.study import SPEC_ATTR, baseline_trial, config_diff, redact
 

@@ -1,13 +1,9 @@
 """search.run workers as processes: parallel panes, kill -9, Ctrl-C, SIGTERM, refusals, one-line errors."""
 from __future__ import annotations
 
-import os
 import signal
-import stat
 import time
-from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -88,7 +84,7 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache)
     assert retry.user_attrs["resumed_from_trial"] == 0
     assert retry.user_attrs["resumed_from_epoch"] >= reported >= 2  # not from epoch 0
     assert retry.user_attrs["epochs_run"] == 12 and set(retry.intermediate_values) == set(range(1, 13))
-    assert f"#0 stopped beating (its worker died): queued for retry as #1" in output
+    assert "#0 stopped beating (its worker died): queued for retry as #1" in output
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

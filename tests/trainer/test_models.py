@@ -11,7 +11,7 @@ from trainer.models import (ACTIVATIONS, ARCHS, BN_POSITIONS, HEADS, RESNET_STAG
 
 TINY = dict(width=0.125, head_hidden=16)
 # Every registered (arch, depth) x activation x head x BN position: a new entry is tested the day it lands.
-ARCH_DEPTHS = [("resnet", d) for d in RESNET_STAGES]
+ARCH_DEPTHS = [("resnet", d) for d in RESNET_STAGES] + [("cnn", 34)]
 CASES = [pytest.param(ad, act, head, bn, id=f"{ad[0]}{ad[1]}-{act}-{head}-bn_{bn}")
          for ad, act, head, bn in itertools.product(ARCH_DEPTHS, ACTIVATIONS, HEADS, BN_POSITIONS)]
 
@@ -143,3 +143,12 @@ def test_output_bias_starts_at_the_label_prior(head):
     with torch.no_grad():
         p = torch.sigmoid(model(torch.randn(4, 32, 64)))
     assert 0.002 < p.mean().item() < 0.05  # ~1/80 rather than 0.5
+
+
+def test_the_cnn_keeps_time_resolution_and_costs_less_than_resnet34():
+    cnn = build_model(ModelConfig(arch="cnn", width=1.0))
+    resnet = build_model(ModelConfig())
+    assert count_parameters(cnn) < count_parameters(resnet)
+    blocks = cnn.blocks(torch.randn(1, 1, 64, 160))
+    assert blocks.shape == (1, 512, 4, 10)  # four 2x2 pools: 64 x 160 -> 4 x 10; the ResNet stem alone is 4x
+    assert build_model(ModelConfig(arch="cnn", **TINY)).eval()(torch.randn(3, 64, 100)).shape == (3, 80)

@@ -1,0 +1,368 @@
+"""Stress the service as a hostile user would, bounded in time, and count what went wrong.
+
+    python benchmarks/stress.py [--workers 4] [--trials 24] [--chaos-s 90] [--backends sqlite postgresql]
+
+For each backend (a SQLite file; a fresh PostgreSQL database), N ``search.run`` workers start at the same
+moment on one new study, with ``search.dashboard`` serving it and a client polling the dashboard's API.
+For ``--chaos-s`` seconds workers are SIGKILLed at random moments (and replaced), and so are the feature
+cache's fill processes. Then workers are started until the study has its trials. Last, a full disk: a worker
+whose trial folders sit on a small tmpfs (root only; else a simulated ENOSPC) must stop with one line, its
+trial re-queued, and a worker started after space is freed must finish it from its last epoch.
+
+Prints: trials finished vs asked, duplicates, trials left RUNNING, lock errors, worker exits other than 0
+(and the SIGKILLs it sent), unloadable checkpoints, temp files left, orphan processes, lost trained epochs,
+dashboard errors. Not a test: it takes minutes; its fast cousins are in tests/search/test_lifecycle.py,
+test_run.py and test_storage.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from search.artifacts import TrialFiles, open_artifact_store  # noqa: E402
+from search.storage import open_storage  # noqa: E402
+from search.study import load_study  # noqa: E402
+from trainer import CheckpointError, ensure_demo_data, load_checkpoint  # noqa: E402
+
+SPEC = """[study]
+data = "demo"
+data_scale = 0.1
+epochs = 4
+
+[base]
+"model.depth" = 18
+"model.width" = 0.0625
+"features.n_mels" = 32
+"features.crop_frames" = 64
+"optim.batch_size" = 16
+"optim.lr" = 3e-3
+
+[sampler]
+name = "random"
+seed = 0
+
+[startup]
+near_baseline = 2
+
+[pruner]
+name = "asha"
+min_resource = 1
+reduction_factor = 2
+min_trials = 2
+
+[space]
+"optim.lr" = { float = [1e-4, 1e-2], log = true }
+"features.n_mels" = { choices = [24, 32, 40, 48] }
+"model.head" = { choices = ["linear", "mlp"] }
+"model.head_hidden" = { int = [8, 32], when = { "model.head" = "mlp" } }
+"""
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+class Fleet:
+    """Worker processes of one study, each logging to its own file, all marked with this run's id."""
+
+    def __init__(self, studies: Path, name: str, url: str, trials: int, env: dict[str, str]) -> None:
+        self.studies, self.name, self.url, self.trials, self.env = studies, name, url, trials, env
+        self.procs: list[subprocess.Popen] = []
+        self.kills = 0
+        self.logs = studies / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    def start(self, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        log = open(self.logs / f"worker-{len(self.procs)}.log", "w", encoding="utf-8")
+        proc = subprocess.Popen([sys.executable, "-m", "search.run", "--study", self.name, "--studies-dir",
+                                 str(self.studies), "--storage", self.url, "--trials", str(self.trials),
+                                 "--threads", "1", "--heartbeat", "1", "--grace", "3", *extra],
+                                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def alive(self) -> list[subprocess.Popen]:
+        return [p for p in self.procs if p.poll() is None]
+
+    def kill_one(self, rng: random.Random) -> None:
+        alive = self.alive()
+        if alive:
+            rng.choice(alive).send_signal(signal.SIGKILL)
+            self.kills += 1
+
+    def wait(self) -> None:
+        for proc in self.procs:
+            proc.wait()
+
+    def unexpected_exits(self) -> list[int]:
+        return [p.returncode for p in self.procs if p.returncode not in (0, -signal.SIGKILL)]
+
+    def log_text(self) -> str:
+        return "".join(path.read_text(encoding="utf-8", errors="replace") for path in sorted(self.logs.glob("*.log")))
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Live processes carrying ``marker`` in their environment (workers and their fill processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"FAT2019_STRESS={marker}".encode() in environ and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def children_of(pids: set[int]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid in pids:
+                found.append(int(entry.name))
+    return found
+
+
+class DashboardPoller:
+    """``search.dashboard`` on the study, and a thread that asks its API for the study every 0.3 s."""
+
+    def __init__(self, name: str, url: str, studies: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "search.dashboard", "--study", name, "--storage", url,
+                                      "--studies-dir", str(studies), "--port", "0"], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.address = ""
+        for line in self.proc.stdout:
+            if "open: " in line:
+                self.address = line.split("open: ", 1)[1].strip()
+            if "stop: " in line:
+                break
+        base, study_id = self.address.split("/dashboard/studies/")
+        self.api = f"{base}/api/studies/{study_id}?after=0"
+        self.polls, self.errors = 0, []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                with urllib.request.urlopen(self.api, timeout=30) as response:
+                    json.load(response)
+                self.polls += 1
+            except Exception as exc:  # every failure is a finding to report
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(60)
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def audit(studies: Path, name: str, url: str, trials: int) -> dict:
+    """What the storage and the files say after the run."""
+    handle = load_study(name, url, studies)
+    all_trials = handle.study.get_trials(deepcopy=False)
+    finished = [t for t in all_trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    roots = Counter(t.system_attrs.get("failed_trial", t.number) for t in finished)
+    by_number = {t.number: t for t in all_trials}
+    lost = 0
+    for trial in all_trials:
+        before = trial.user_attrs.get("retry_of")
+        if before is None or trial.state == TrialState.WAITING:
+            continue
+        reported = max(by_number[before].intermediate_values, default=0)
+        # a retry must start after its predecessor's last reported epoch (reported = checkpoint handed over),
+        # unless that checkpoint was unloadable and the note says so
+        if int(trial.user_attrs.get("resumed_from_epoch", 0)) < reported and "resume_note" not in trial.user_attrs:
+            lost += reported - int(trial.user_attrs.get("resumed_from_epoch", 0))
+    store = open_artifact_store(studies / name / "artifacts")
+    files = TrialFiles(store, handle.uid())
+    unloadable = 0
+    checked = 0
+    for path in list((studies / name).rglob("*.pth")):
+        checked += 1
+        try:
+            load_checkpoint(path)
+        except CheckpointError:
+            unloadable += 1
+    return {"asked": trials, "finished": len(finished), "duplicates": sum(n - 1 for n in roots.values() if n > 1),
+            "running": sum(t.state == TrialState.RUNNING for t in all_trials),
+            "failed": sum(t.state == TrialState.FAIL for t in all_trials), "lost_epochs": lost,
+            "checkpoints_checked": checked, "unloadable": unloadable,
+            "stored_bytes": files.disk_bytes()}
+
+
+def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "FAT2019_STRESS": marker, "FAT2019_SEARCH_CACHE": str(root / "cache"),
+           "PYTHONUNBUFFERED": "1"}
+    studies = root / backend
+    studies.mkdir(parents=True)
+    name = f"stress-{backend}"
+    (studies / f"{name}.toml").write_text(SPEC, encoding="utf-8")
+    database = None
+    if backend == "sqlite":
+        url = f"sqlite:///{studies / (name + '.db')}"
+    else:
+        database = f"stress_{marker[:8]}"
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc",
+                        f"CREATE DATABASE {database}"], check=True)
+        url = f"{PG}/{database}"
+    rng = random.Random(args.seed)
+    fleet = Fleet(studies, name, url, args.trials, env)
+    started = time.monotonic()
+    for _ in range(args.workers):  # all at once: the schema and the study are created in a race
+        fleet.start()
+    while not (studies / (name + ".db")).exists() and backend == "sqlite" and time.monotonic() - started < 60:
+        time.sleep(0.2)
+    time.sleep(5)
+    dashboard = DashboardPoller(name, url, studies, env)
+    fill_kills = 0
+    deadline = time.monotonic() + args.chaos_s
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(1.0, 4.0))
+        workers = {p.pid for p in fleet.alive()}
+        fills = children_of(workers)
+        if fills and rng.random() < 0.4:
+            os.kill(rng.choice(fills), signal.SIGKILL)
+            fill_kills += 1
+        else:
+            fleet.kill_one(rng)
+            fleet.start()
+    fleet.wait()
+    for _ in range(10):  # then workers without chaos until the study has its trials
+        handle = load_study(name, url, studies)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in handle.study.get_trials())
+        if done >= args.trials:
+            break
+        time.sleep(4)  # the heartbeat grace, so dead workers' trials are failed and re-queued
+        for _ in range(2):
+            fleet.start()
+        fleet.wait()
+    dashboard.stop()
+    elapsed = time.monotonic() - started
+    time.sleep(1)
+    result = audit(studies, name, url, args.trials)
+    text = fleet.log_text()
+    result.update({
+        "backend": backend, "seconds": round(elapsed), "worker_kills": fleet.kills, "fill_kills": fill_kills,
+        "worker_exits_not_0": fleet.unexpected_exits(),
+        "lock_errors": text.count("database is locked"), "tracebacks": text.count("Traceback"),
+        "temp_files_left": len(list(studies.rglob(".tmp-*"))),
+        "orphans": len(marked_processes(marker)),
+        "dashboard_polls": dashboard.polls, "dashboard_errors": len(dashboard.errors),
+    })
+    if database is not None:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc",
+                        f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=False)
+    return result
+
+
+def full_disk(args: argparse.Namespace, root: Path) -> dict:
+    """Trial folders and artifacts on a 40 MB tmpfs filled to the brim while a trial trains."""
+    studies = root / "full"
+    studies.mkdir()
+    mount = root / "tmpfs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        return {"scenario": "full disk", "skipped": "tmpfs mount not permitted (not root?)"}
+    try:
+        name = "full"
+        (mount / f"{name}.toml").write_text(SPEC.replace("epochs = 4", "epochs = 12"), encoding="utf-8")
+        url = f"sqlite:///{studies / 'full.db'}"  # the study database itself stays on a disk with space
+        env = {**os.environ, "FAT2019_SEARCH_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "search.run", "--study", name, "--studies-dir", str(mount), "--storage", url,
+                   "--trials", "1", "--threads", "1", "--heartbeat", "1", "--grace", "3"]
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        filler = mount / "filler"
+        while proc.poll() is None:  # once the trial has trained two epochs, take the rest of the space
+            study = optuna.load_study(study_name=name, storage=open_storage(url))
+            if study.trials and len(study.trials[0].intermediate_values) >= 2:
+                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
+                break
+            time.sleep(0.2)
+        output = proc.communicate(timeout=300)[0]
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        first = study.trials[0]
+        last_line = output.strip().splitlines()[-1] if output.strip() else ""
+        filler.unlink(missing_ok=True)
+        again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+        return {"scenario": "full disk", "exit_code": proc.returncode, "last_line": last_line,
+                "trial_state": first.state.name, "reason": first.user_attrs.get("reason"),
+                "epochs_before": len(first.intermediate_values),
+                "retry_exit_code": again.returncode,
+                "retry_state": retry[0].state.name if retry else None,
+                "retry_resumed_from_epoch": retry[0].user_attrs.get("resumed_from_epoch") if retry else None,
+                "temp_files_left": len(list(mount.rglob(".tmp-*")))}
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--chaos-s", type=float, default=90.0)
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="fat2019-stress-"))
+    os.environ["FAT2019_SEARCH_CACHE"] = str(root / "cache")
+    ensure_demo_data(scale=0.1)
+    results = [storm(backend, args, root) for backend in args.backends]
+    disk = full_disk(args, root)
+    print(json.dumps({"storms": results, "full_disk": disk}, indent=1))
+    print()
+    print("| check | " + " | ".join(r["backend"] for r in results) + " |")
+    print("|---|" + "---|" * len(results))
+    rows = [("trials finished / asked", lambda r: f"{r['finished']} / {r['asked']}"),
+            ("workers SIGKILLed / fill processes SIGKILLed", lambda r: f"{r['worker_kills']} / {r['fill_kills']}"),
+            ("worker exits other than 0 or SIGKILL", lambda r: len(r["worker_exits_not_0"])),
+            ("tracebacks in worker output", lambda r: r["tracebacks"]),
+            ("duplicates (a trial finished twice)", lambda r: r["duplicates"]),
+            ("trials left RUNNING", lambda r: r["running"]),
+            ("lost trained epochs", lambda r: r["lost_epochs"]),
+            ("lock errors", lambda r: r["lock_errors"]),
+            ("unloadable checkpoints (of checked)", lambda r: f"{r['unloadable']} ({r['checkpoints_checked']})"),
+            ("temp files left", lambda r: r["temp_files_left"]),
+            ("orphan processes", lambda r: r["orphans"]),
+            ("dashboard polls / errors", lambda r: f"{r['dashboard_polls']} / {r['dashboard_errors']}"),
+            ("wall time", lambda r: f"{r['seconds']} s")]
+    for label, cell in rows:
+        print(f"| {label} | " + " | ".join(str(cell(r)) for r in results) + " |")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
