@@ -37,13 +37,14 @@ NOT_NEEDED = ("optuna", "optuna_dashboard", "sqlalchemy", "tensorboard", "iterst
 @pytest.fixture(scope="module")
 def trained(demo_data, session_cache, tmp_path_factory):
     """Three tiny members trained once for this module: A; B with A's log-mel but another crop, padding,
-    normalisation and head; C with other log-mel parameters (n_mels, n_fft, hop) and activation."""
+    normalisation and head; C with other log-mel parameters (n_mels, n_fft, hop), architecture and activation."""
     base = TrainConfig().with_overrides({**TINY_OVERRIDES, "optim.epochs": 3})
     configs = [base,
                base.with_overrides({"features.crop_frames": 48, "features.pad_mode": "wrap", "features.normalize": "none",
                                     "model.head": "mlp", "model.head_hidden": 16, "seed": 1}),
                base.with_overrides({"features.n_mels": 24, "features.n_fft": 1024, "features.hop": 256,
-                                    "features.crop_frames": 56, "model.activation": "silu", "seed": 2})]
+                                    "features.crop_frames": 56, "model.arch": "cnn", "model.activation": "silu",
+                                    "seed": 2})]
     members = retrain([Member(c) for c in configs], demo_data, tmp_path_factory.mktemp("runs"), cache_dir=session_cache,
                       progress=False)
     return configs, members
