@@ -1,8 +1,11 @@
-"""``python -m search.best --study NAME``: the study's top trials and best config; ``--export`` retrains it for Kaggle.
+"""``python -m search.best --study NAME``: the study's top trials and best config; ``--export`` writes it for Kaggle.
 
-Only COMPLETE trials that satisfy the study's constraints (the Kaggle kernel time budget) are chosen. The
-export retrains the chosen trial's exact config (optionally as a seed or fold ensemble), prints the
-retrained validation lwlrap beside the one the trial reported, and writes the folder described in
+Only COMPLETE trials that satisfy the study's constraints (the Kaggle kernel time budget) are chosen.
+``--ensemble K`` selects a weighted ensemble from the whole study instead (``search.ensemble``: greedy
+selection on the stored validation predictions within the kernel budget) and prints the path, the members
+and the gain over the single best trial. The export retrains each member's exact config (the single trial
+optionally as a seed or fold ensemble), or with ``--reuse-checkpoints`` takes the trials' own best.pth,
+prints the validation lwlrap beside the one each trial reported, and writes the folder described in
 ``search.export``: weights, config.json, the generated kernel.py, dataset-metadata.json, SUBMIT.md.
 """
 from __future__ import annotations
@@ -10,20 +13,28 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.export import (ExportPlan, check_dataset_identity, measure_kernel, member_configs, record_inference,
-                           retrain, write_export)
+from search.artifacts import TrialFiles, open_artifact_store
+from search.ensemble import EnsembleError, Selection, select_from_study
+from search.ensemble_report import TEST_LABELS, describe, held_out_or_reason
+from search.export import (ExportPlan, KernelRunError, Member, TrainedMember, check_dataset_identity, check_reusable,
+                           measure_kernel, member_configs, retrain, retrain_config, reuse_checkpoints, write_export,
+                           write_record)
 from search.kernel import KernelGenerationError
+from search.kernel_main import POOLINGS, pool_probabilities
 from search.spec import StudySpec, load_spec
 from search.storage import StorageError, add_study_arguments, studies_dir
 from search.study import (StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible, load_study,
                           ranked_trials, resolve_data, trial_config)
-from trainer import CheckpointError, ConfigError, DataError
+from trainer import CheckpointError, ConfigError, DataError, TrainConfig, lwlrap
 
 TOP_N = 10
 
@@ -82,55 +93,147 @@ def find_study_spec(study: str, studies: Path) -> StudySpec | None:
     return load_spec(path) if path.is_file() else None
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: Path, *,
-                 spec: StudySpec | None = None, epochs: int | None = None,
-                 seeds: int = 1, folds: int | None = None, full_curated: bool = False, pooling: str = "mean",
-                 kaggle_user: str | None = None, dataset_slug: str | None = None,
-                 threads: int | None = None) -> dict[str, Any]:
-    """Retrain ``trial``'s config into ``out`` (see the module docstring); returns export.json's record."""
-    slug = dataset_slug or _slug(f"fat2019-{study.study_name}")
-    check_dataset_identity(kaggle_user, slug)
+@dataclass(frozen=True)
+class ExportOptions:
+    """How an export gets its weights and names its Kaggle dataset (the CLI's export flags)."""
+
+    pooling: str = "mean"
+    reuse_checkpoints: bool = False  # the trials' own best.pth instead of retraining
+    epochs: int | None = None
+    full_curated: bool = False
+    threads: int | None = None  # torch threads for retraining (default: each trial's own)
+    kaggle_user: str | None = None
+    dataset_slug: str | None = None
+
+    def check(self) -> None:
+        if self.reuse_checkpoints and (self.epochs is not None or self.full_curated):
+            raise ConfigError("--reuse-checkpoints exports the trials' own weights; --epochs and --full-curated ask "
+                              "for retraining: choose one")
+
+
+def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: Path, options: ExportOptions, *,
+                 spec: StudySpec | None = None, files: TrialFiles | None = None, seeds: int = 1,
+                 folds: int | None = None) -> dict[str, Any]:
+    """Export ``trial``'s config (optionally as a seed or fold ensemble) into ``out``; returns export.json's record."""
     base = trial_config(trial, spec)
-    configs = member_configs(base, seeds=seeds, folds=folds, full_curated=full_curated, epochs=epochs)
-    print(f"exporting trial {trial.number} of study {study.study_name} (reported lwlrap {trial.value:.4f}): "
-          f"{len(configs)} model(s) on {data_dir}", file=sys.stderr)
-    # CPU results depend on the torch thread count: retrain with the trial's own to reproduce its numbers.
-    threads = threads or trial.user_attrs.get("threads")
-    results = retrain(configs, data_dir, out.parent / f"{out.name}-runs", threads=threads)
-    same_as_trial = configs[0] == base
+    if options.reuse_checkpoints and (seeds > 1 or folds is not None):
+        raise ConfigError("--reuse-checkpoints exports the trial's own weights; --seeds and --folds ask for "
+                          "retraining: choose one")
+    configs = [base] if options.reuse_checkpoints else member_configs(
+        base, seeds=seeds, folds=folds, full_curated=options.full_curated, epochs=options.epochs)
+    members = [Member(c, 1.0, trial.number, trial.value, trial.user_attrs.get("threads")) for c in configs]
+    announce = (f"exporting trial {trial.number} of study {study.study_name} (reported lwlrap {trial.value:.4f}): "
+                f"{len(configs)} model(s) on {data_dir}")
     source = {"study": study.study_name, "trial": trial.number, "trial_lwlrap": trial.value,
-              "retrained_lwlrap": results[0].best_lwlrap, "retrained_config_equals_trial": same_as_trial,
+              "retrained_config_equals_trial": configs[0] == base,
               "trial_kernel_time_s": trial.user_attrs.get("kernel_time_s"), "data": str(data_dir)}
-    plan = ExportPlan(configs=configs, pooling=pooling, kaggle_user=kaggle_user, dataset_slug=slug,
-                      title=f"FAT2019 {study.study_name} trial {trial.number}"[:50], source=source)
-    record = write_export(out, plan, results)
-    print(f"timing the generated kernel.py on test clips of {data_dir}", file=sys.stderr)
+    record, trained = _export(study, members, data_dir, out, options, files=files, source=source,
+                              title=f"FAT2019 {study.study_name} trial {trial.number}", originals=[base] * len(configs),
+                              announce=announce)
+    if not options.reuse_checkpoints:
+        record["retrained_lwlrap"] = trained[0].val_lwlrap
+        write_record(out, record)
+    return record
+
+
+def export_ensemble(study: optuna.Study, selection: Selection, data_dir: Path, out: Path, options: ExportOptions, *,
+                    files: TrialFiles | None = None) -> dict[str, Any]:
+    """Export the selected trials, each with its weight, into ``out``; returns export.json's record."""
+    chosen = selection.members
+    originals = [m.config for m in chosen]
+    configs = originals if options.reuse_checkpoints else [
+        retrain_config(c, full_curated=options.full_curated, epochs=options.epochs) for c in originals]
+    members = [Member(config, selection.weights[m.number], m.number, m.value, m.threads)
+               for config, m in zip(configs, chosen)]
+    announce = (f"exporting an ensemble of {len(members)} trial(s) of study {study.study_name} "
+                f"({', '.join(f'{m.trial} x{m.weight:.2f}' for m in members)}) on {data_dir}")
+    source = {"study": study.study_name, "data": str(data_dir), "ensemble": {
+        "rounds": selection.rounds, "bags": selection.bags, "pooling": selection.pooling,
+        "weights": {str(n): w for n, w in selection.weights.items()}, "val_lwlrap": selection.lwlrap,
+        "single_trial": selection.single, "single_val_lwlrap": selection.single_lwlrap,
+        "projected_kernel_s": selection.projected_s, "budget_s": selection.budget.limit_s,
+        "validation_split": selection.pool.split}}
+    record, _ = _export(study, members, data_dir, out, options, files=files, source=source,
+                        title=f"FAT2019 {study.study_name} ensemble", originals=originals, announce=announce,
+                        selection=selection)
+    return record
+
+
+def _export(study: optuna.Study, members: list[Member], data_dir: Path, out: Path, options: ExportOptions, *,
+            files: TrialFiles | None, source: dict[str, Any], title: str, originals: list[TrainConfig], announce: str,
+            selection: Selection | None = None) -> tuple[dict[str, Any], list[TrainedMember]]:
+    """Weights (retrained or reused), the export folder, the kernel's measured time, and what to compare.
+    Every mistake a user can make is refused before anything is trained or written."""
+    options.check()
+    slug = options.dataset_slug or _slug(f"fat2019-{study.study_name}")
+    check_dataset_identity(options.kaggle_user, slug)
+    if options.reuse_checkpoints:
+        if files is None:
+            raise ConfigError("--reuse-checkpoints needs the study's artifact store (--artifacts)")
+        check_reusable(members, files)
+    print(announce, file=sys.stderr)
+    plan = ExportPlan(members=members, pooling=options.pooling, kaggle_user=options.kaggle_user, dataset_slug=slug,
+                      title=title[:50], source={**source, "weights_from": "trial checkpoints"
+                                                if options.reuse_checkpoints else "retrained"})
+    with tempfile.TemporaryDirectory(prefix="fat2019-export-") as staging:
+        if options.reuse_checkpoints:
+            trained = reuse_checkpoints(members, files, Path(staging))
+        else:
+            trained = retrain(members, data_dir, out.parent / f"{out.name}-runs", threads=options.threads)
+        record = write_export(out, plan, trained)
+        exported = _pooled_validation(trained, selection) if selection is not None else None
+    if exported is not None:
+        record["ensemble"]["exported_val_lwlrap"] = exported
+    print(f"timing the generated kernel.py (a separate process, the project not importable) on test clips of "
+          f"{data_dir}", file=sys.stderr)
     timing = measure_kernel(out, data_dir)
     if timing is not None:
-        record_inference(out, timing)
         record["inference"] = timing
-
-    for member, config in zip(record["models"], configs):
-        note = " (validation clips were trained on: not a held-out score)" if config.data.full_curated else ""
-        print(f"  {member['file']}: validation lwlrap {member['val_lwlrap']:.4f} at epoch {member['epoch']}{note}")
-    retrained = results[0].best_lwlrap
-    if same_as_trial:
-        trial_threads = trial.user_attrs.get("threads")
-        same_threads = trial_threads is not None and trial_threads == threads
-        why = (f"equal on CPU when retrained with the trial's {trial_threads} torch thread(s), as here; GPU kernels "
-               f"are not bit-reproducible" if same_threads else
-               f"trained with {threads or 'default'} torch threads, the trial with {trial_threads or 'unknown'}: "
-               f"CPU numbers depend on the thread count")
-        print(f"retrained lwlrap {retrained:.4f} vs trial's {trial.value:.4f} (difference {retrained - trial.value:+.4f}; "
-              f"{why})")
-    else:
-        print(f"retrained lwlrap {retrained:.4f} (first model) vs trial's {trial.value:.4f}: the configs differ "
-              f"({', '.join(sorted(configs[0].diff(base)))}), so the numbers need not match")
+    write_record(out, record)
+    for entry, item, original in zip(record["members"], trained, originals):
+        note = " (validation clips were trained on: not a held-out score)" if item.member.config.data.full_curated else ""
+        origin = f"trial {item.member.trial}, " if item.member.trial is not None else ""
+        print(f"  {entry['file']}: {origin}weight {entry['weight']:.3f}, validation lwlrap {entry['val_lwlrap']:.4f} "
+              f"at epoch {entry['epoch']}{note}")
+        if item.checkpoint != "trial" and item.member.trial_lwlrap is not None:
+            print(_compare(item, original, options.threads))
+    if exported is not None:
+        print(f"exported ensemble: validation lwlrap {exported:.4f} (selection: {selection.lwlrap:.4f})")
     if timing is not None:
         print(f"kernel inference: {timing['seconds_per_clip'] * 1000:.1f} ms/clip on {timing['device']} -> "
               f"~{timing['projected_kaggle_seconds'] / 60:.1f} min for Kaggle's {timing['projected_for_clips']} clips")
     print(f"export written to {out}; next steps: {out / 'SUBMIT.md'}")
-    return record
+    return record, trained
+
+
+def _compare(item: TrainedMember, original: TrainConfig, threads: int | None) -> str:
+    """The retrained lwlrap beside the trial's, and why they may differ."""
+    member = item.member
+    if member.config != original:
+        return (f"retrained lwlrap {item.val_lwlrap:.4f} vs trial {member.trial}'s {member.trial_lwlrap:.4f}: the "
+                f"configs differ ({', '.join(sorted(member.config.diff(original)))}), so the numbers need not match")
+    used = threads or member.threads
+    why = (f"equal on CPU when retrained with the trial's {member.threads} torch thread(s), as here; GPU kernels "
+           f"are not bit-reproducible" if member.threads is not None and used == member.threads else
+           f"trained with {used or 'default'} torch threads, the trial with {member.threads or 'unknown'}: "
+           f"CPU numbers depend on the thread count")
+    return (f"retrained lwlrap {item.val_lwlrap:.4f} vs trial {member.trial}'s {member.trial_lwlrap:.4f} "
+            f"(difference {item.val_lwlrap - member.trial_lwlrap:+.4f}; {why})")
+
+
+def _pooled_validation(trained: list[TrainedMember], selection: Selection) -> float | None:
+    """Validation lwlrap of the exported members pooled with their weights, when all were validated on the
+    selection's split (not after --full-curated)."""
+    probs = []
+    for item in trained:
+        if item.val_predictions is None or not item.val_predictions.is_file():
+            return None
+        with np.load(item.val_predictions) as stored:
+            if str(stored["split"]) != selection.pool.split:
+                return None
+            probs.append(stored["probs"].astype(np.float64))
+    pooled = pool_probabilities(probs, selection.pooling, [t.member.weight for t in trained])
+    return lwlrap(selection.pool.targets, pooled)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,42 +241,84 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_study_arguments(parser)
     parser.add_argument("--data", help="FAT2019 data folder or 'demo' (default: as the study's spec says)")
     parser.add_argument("--top", type=int, default=TOP_N, help="how many trials to list")
-    parser.add_argument("--export", action="store_true", help="retrain the chosen trial and write the Kaggle folder")
+    parser.add_argument("--ensemble", type=int, metavar="K", help="greedy ensemble selection over the study's stored "
+                        "validation predictions: K rounds with replacement, within the kernel time budget")
+    parser.add_argument("--max-kernel-s", type=float, help="kernel time budget for --ensemble in seconds "
+                        "(default: the spec's [kernel] budget_s x safety)")
+    parser.add_argument("--bags", type=int, default=1, help="--ensemble: average this many selections, each over a "
+                        "random half of the trials (against overfitting the validation split)")
+    parser.add_argument("--export", action="store_true", help="write the Kaggle folder for the chosen trial or ensemble")
+    parser.add_argument("--reuse-checkpoints", action="store_true", help="export the trials' own best.pth instead of "
+                        "retraining (with --ensemble: selects only among trials whose weights are kept)")
     parser.add_argument("--out", help="export folder (default studies/<study>/export)")
     parser.add_argument("--trial", type=int, help="trial number to export (default: best feasible COMPLETE)")
     parser.add_argument("--epochs", type=int, help="retrain for this many epochs instead of the trial's")
-    ensemble = parser.add_mutually_exclusive_group()
-    ensemble.add_argument("--seeds", type=int, default=1, help="ensemble of K models with seeds seed..seed+K-1")
-    ensemble.add_argument("--folds", type=int, help="ensemble of K models, one per held-out curated fold")
+    repeats = parser.add_mutually_exclusive_group()
+    repeats.add_argument("--seeds", type=int, default=1, help="ensemble of K models with seeds seed..seed+K-1")
+    repeats.add_argument("--folds", type=int, help="ensemble of K models, one per held-out curated fold")
     parser.add_argument("--full-curated", action="store_true", help="also train on the validation clips")
-    parser.add_argument("--pooling", choices=("mean", "geometric"), default="mean",
-                        help="how the kernel averages an ensemble's probabilities")
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
+                        help="how the ensemble's probabilities are averaged (selection and kernel)")
     parser.add_argument("--threads", type=int, help="torch CPU threads for retraining (default: the trial's own, "
                                                     "so CPU numbers reproduce)")
     parser.add_argument("--kaggle-user", help="your Kaggle user name (dataset id <user>/<slug>)")
     parser.add_argument("--dataset-slug", help="Kaggle dataset slug (default fat2019-<study>)")
     args = parser.parse_args(argv)
     studies = studies_dir(args.studies_dir)
+    options = ExportOptions(args.pooling, args.reuse_checkpoints, args.epochs, args.full_curated, args.threads,
+                            args.kaggle_user, args.dataset_slug)
     try:
+        _check_flags(args)
+        options.check()
         spec = find_study_spec(args.study, studies)
         name = spec.name if spec is not None else args.study
-        study = load_study(name, args.storage, studies).study
+        handle = load_study(name, args.storage, studies)
+        study = handle.study
+        files = TrialFiles(open_artifact_store(args.artifacts or studies / name / "artifacts"), handle.uid())
         print(describe_top(study, args.top, spec))
+        out = Path(args.out) if args.out else studies / name / "export"
+        if args.ensemble is not None:
+            data_dir = resolve_data(spec, args.data)
+            selection = select_from_study(study, files, data_dir, spec=spec, rounds=args.ensemble,
+                                          max_kernel_s=args.max_kernel_s, pooling=args.pooling, bags=args.bags,
+                                          require_weights=args.reuse_checkpoints)
+            if (data_dir / TEST_LABELS).is_file():
+                print(f"scoring the ensemble and the single best trial on the held-out clips of {TEST_LABELS}",
+                      file=sys.stderr)
+            print("\n" + "\n".join(describe(selection, held_out_or_reason(selection, files, data_dir))))
+            if args.export:
+                export_ensemble(study, selection, data_dir, out, options, files=files)
+            return 0
         if not args.export:
             return 0
         trial = choose_trial(study, args.trial)
         if not is_feasible(trial):
             print(f"warning: trial {trial.number} exceeds the kernel time budget; exporting it as asked",
                   file=sys.stderr)
-        out = Path(args.out) if args.out else studies / name / "export"
-        export_trial(study, trial, resolve_data(spec, args.data), out, spec=spec, epochs=args.epochs,
-                     seeds=args.seeds, folds=args.folds, full_curated=args.full_curated, pooling=args.pooling,
-                     kaggle_user=args.kaggle_user, dataset_slug=args.dataset_slug, threads=args.threads)
+        export_trial(study, trial, resolve_data(spec, args.data), out, options, spec=spec, files=files,
+                     seeds=args.seeds, folds=args.folds)
     except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError, StorageError,
-            CheckpointError) as exc:
+            CheckpointError, EnsembleError, KernelRunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Combinations that ask for two different things: one line each."""
+    if args.ensemble is not None:
+        for flag, given in (("--trial", args.trial is not None), ("--seeds", args.seeds != 1),
+                            ("--folds", args.folds is not None)):
+            if given:
+                raise ConfigError(f"--ensemble selects its members from the whole study; {flag} exports one trial's "
+                                  f"config: choose one")
+    else:
+        for flag, given in (("--max-kernel-s", args.max_kernel_s is not None), ("--bags", args.bags != 1)):
+            if given:
+                raise ConfigError(f"{flag} applies to --ensemble K only")
+    if args.reuse_checkpoints and (args.seeds != 1 or args.folds is not None):
+        raise ConfigError("--reuse-checkpoints exports the trials' own weights; --seeds and --folds ask for "
+                          "retraining: choose one")
 
 
 def _fmt(value: Any) -> str:

@@ -1,29 +1,35 @@
-"""Retrain a chosen config (one model or an ensemble) and write the folder a user uploads as a Kaggle dataset.
+"""Write the folder a user uploads as a Kaggle dataset: the members' weights and the generated kernel.
 
-The folder holds the weights (tensors only), config.json (TrainConfig, labels, model files, pooling: all
-the kernel reads), the generated kernel.py, dataset-metadata.json for ``kaggle datasets create``,
-SUBMIT.md and export.json (where it came from, retrained vs reported lwlrap, measured inference cost).
+An export is a list of members (one model, a seed or fold ensemble of one config, or an ensemble chosen
+from a whole study), each with its exact TrainConfig and its weight in the pooled probabilities. A
+member's weights come from retraining its config (``retrain``) or from its trial's own best.pth
+(``reuse_checkpoints``). The folder holds the weights (tensors only), config.json (format
+``fat2019-search-export/2``: labels, pooling, one entry per member with file, weight, train_config and
+provenance; all the kernel reads), kernel.py, dataset-metadata.json for ``kaggle datasets create``,
+SUBMIT.md and export.json (where it came from, validation lwlrap, measured inference cost).
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import hashlib
-import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
+from search.artifacts import TrialFiles
 from search.kernel import write_kernel
 from search.kernel_main import EXPORT_FORMAT, POOLINGS
-from trainer import (ConfigError, Result, TrainConfig, atomic_torch_save, atomic_write_text, load_labels,
-                     load_state_dict, train_and_evaluate)
+from trainer import ConfigError, TrainConfig, atomic_torch_save, atomic_write_text, load_labels, load_state_dict, \
+    train_and_evaluate
 
 KAGGLE_TEST_CLIPS = 3361  # clips the FAT2019 kernel scored in the 2nd stage
 MEASURE_CLIPS = 64  # test clips the export scores with the generated kernel to time it
@@ -32,38 +38,70 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{3,48}[a-z0-9]$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
+class KernelRunError(RuntimeError):
+    """The generated kernel.py failed when run; the message has its exit status and last error line."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of an export: its config, its weight in the pooled probabilities, the trial it comes from."""
+
+    config: TrainConfig
+    weight: float = 1.0
+    trial: int | None = None
+    trial_lwlrap: float | None = None
+    threads: int | None = None  # torch threads for retraining: the trial's own, so CPU numbers reproduce
+
+
+@dataclass(frozen=True)
+class TrainedMember:
+    """A member with weights: the state_dict file and what its validation said."""
+
+    member: Member
+    weights: Path
+    checkpoint: str  # "best" / "last" epoch of a retraining, or "trial" = the trial's own best.pth
+    epoch: int
+    val_lwlrap: float
+    val_predictions: Path | None = None
+
+
 @dataclass(frozen=True)
 class ExportPlan:
-    """What to train and how to name it: one config per model, the ensemble pooling, the dataset identity."""
+    """What to export and how to name it: the members, the pooling, the dataset identity."""
 
-    configs: list[TrainConfig]
+    members: list[Member]
     pooling: str = "mean"
     kaggle_user: str | None = None
     dataset_slug: str = "fat2019-model"
     title: str = "FAT2019 audio tagging model"
-    source: dict[str, Any] = field(default_factory=dict)  # provenance for export.json (study, trial, ...)
+    source: dict[str, Any] = field(default_factory=dict)  # provenance for export.json (study, trials, ...)
 
 
 def member_configs(base: TrainConfig, *, seeds: int = 1, folds: int | None = None, full_curated: bool = False,
                    epochs: int | None = None) -> list[TrainConfig]:
-    """The configs of an export: ``seeds`` models (seed, seed+1, ...) or one per curated fold."""
+    """The configs of an export of one config: ``seeds`` models (seed, seed+1, ...) or one per curated fold."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: expected at least 1")
     if folds is not None and seeds > 1:
         raise ConfigError("--seeds and --folds both ask for an ensemble; choose one")
     if folds is not None and full_curated:
         raise ConfigError("--folds with --full-curated would train every fold model on the same clips; choose one")
-    overrides: dict[str, Any] = {}
-    if epochs is not None:
-        overrides["optim.epochs"] = epochs
-    if full_curated:
-        overrides["data.full_curated"] = True
-    base = base.with_overrides(overrides, source="export") if overrides else base
+    base = retrain_config(base, full_curated=full_curated, epochs=epochs)
     if folds is not None:
         if folds < 2:
             raise ConfigError(f"--folds {folds}: expected at least 2")
         return [base.with_overrides({"data.n_folds": folds, "data.val_fold": k}, source="--folds") for k in range(folds)]
     return [base.with_overrides({"seed": base.seed + k}, source="--seeds") for k in range(seeds)]
+
+
+def retrain_config(config: TrainConfig, *, full_curated: bool = False, epochs: int | None = None) -> TrainConfig:
+    """``config`` with the export's retraining options (``--epochs``, ``--full-curated``) applied."""
+    overrides: dict[str, Any] = {}
+    if epochs is not None:
+        overrides["optim.epochs"] = epochs
+    if full_curated:
+        overrides["data.full_curated"] = True
+    return config.with_overrides(overrides, source="export") if overrides else config
 
 
 def model_files(n_models: int) -> list[str]:
@@ -75,45 +113,75 @@ def config_digest(config: TrainConfig) -> str:
     return hashlib.blake2b(config.to_json().encode("utf-8"), digest_size=8).hexdigest()
 
 
-def retrain(configs: list[TrainConfig], data_dir: str | Path | None, runs_dir: Path, *,
+def retrain(members: list[Member], data_dir: str | Path | None, runs_dir: Path, *,
             cache_dir: str | Path | None = None, progress: bool | None = None,
-            threads: int | None = None) -> list[Result]:
-    """Train each config in ``runs_dir/<config digest>`` (an interrupted export resumes there)."""
-    results = []
-    for k, config in enumerate(configs):
-        print(f"training model {k + 1}/{len(configs)} ({config.optim.epochs} epochs, seed {config.seed}"
-              f"{f', fold {config.data.val_fold}' if config.data.val_fold is not None else ''})", file=sys.stderr)
-        results.append(train_and_evaluate(config, data_dir, workdir=runs_dir / config_digest(config),
-                                          progress=progress, cache_dir=cache_dir, threads=threads))
-    return results
+            threads: int | None = None) -> list[TrainedMember]:
+    """Train each member's config in ``runs_dir/<config digest>`` (an interrupted export resumes there) with
+    ``threads`` or the member's own. With full_curated the validation clips were trained on, so the last
+    epoch is the model, not the "best"."""
+    trained = []
+    for k, member in enumerate(members):
+        config = member.config
+        print(f"training model {k + 1}/{len(members)}{f' (trial {member.trial})' if member.trial is not None else ''}: "
+              f"{config.optim.epochs} epochs, seed {config.seed}"
+              f"{f', fold {config.data.val_fold}' if config.data.val_fold is not None else ''}", file=sys.stderr)
+        result = train_and_evaluate(config, data_dir, workdir=runs_dir / config_digest(config), progress=progress,
+                                    cache_dir=cache_dir, threads=threads or member.threads)
+        last = config.data.full_curated
+        trained.append(TrainedMember(member, result.last_path if last else result.best_path, "last" if last else "best",
+                                     result.epochs_run if last else result.best_epoch,
+                                     result.last_lwlrap if last else result.best_lwlrap,
+                                     None if last else result.val_predictions_path))
+    return trained
 
 
-def write_export(out: Path, plan: ExportPlan, results: list[Result]) -> dict[str, Any]:
+def check_reusable(members: list[Member], files: TrialFiles) -> None:
+    """Refuse (one line) members whose trial's best.pth is not in the artifact store."""
+    missing = [m.trial for m in members if m.trial is None or not files.has(m.trial, "best.pth")]
+    if missing:
+        raise ConfigError(f"--reuse-checkpoints: trial(s) {', '.join(map(str, missing))} have no stored best.pth "
+                          f"(checkpoint retention keeps weights only for the spec's keep_weights best trials); "
+                          f"export without --reuse-checkpoints to retrain them")
+
+
+def reuse_checkpoints(members: list[Member], files: TrialFiles, staging: Path) -> list[TrainedMember]:
+    """Each member's trial's own best.pth from the artifact store (the exact validated weights)."""
+    check_reusable(members, files)
+    trained = []
+    for member in members:
+        folder = staging / f"trial-{member.trial}"
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = files.pull(member.trial, "best.pth", folder)
+        predictions = files.pull(member.trial, "val_predictions.npz", folder)
+        epoch, lwlrap = -1, member.trial_lwlrap
+        if predictions is not None:  # written with best.pth: its epoch and validation score
+            with np.load(predictions) as stored:
+                epoch, lwlrap = int(stored["epoch"]), float(stored["lwlrap"])
+        trained.append(TrainedMember(member, weights, "trial", epoch, float("nan") if lwlrap is None else lwlrap,
+                                     predictions))
+    return trained
+
+
+def write_export(out: Path, plan: ExportPlan, trained: list[TrainedMember]) -> dict[str, Any]:
     """Write weights, config.json, kernel.py, dataset-metadata.json, SUBMIT.md and export.json into ``out``."""
     if plan.pooling not in POOLINGS:
         raise ConfigError(f"pooling={plan.pooling!r}: expected one of {', '.join(POOLINGS)}")
-    first = plan.configs[0]
-    for config in plan.configs[1:]:
-        if config.features != first.features or config.model != first.model:
-            raise ConfigError("an exported ensemble shares one feature and model config; members differ in "
-                              + ", ".join(sorted(k for k in config.diff(first) if k.startswith(("features.", "model.")))))
     out.mkdir(parents=True, exist_ok=True)
-    files = model_files(len(results))
+    files = model_files(len(trained))
+    total = sum(t.member.weight for t in trained)
     members = []
-    for name, config, result in zip(files, plan.configs, results):
-        # With full_curated the validation clips were trained on, so the last epoch is the model, not the "best".
-        use_last = config.data.full_curated
-        state = _load_state_dict(result.last_path if use_last else result.best_path, use_last)
+    for name, item in zip(files, trained):
+        state = {key: value.detach().clone() for key, value in load_state_dict(item.weights).items()}
         atomic_torch_save(state, out / name)
-        members.append({"file": name, "seed": config.seed, "val_fold": config.data.val_fold,
-                        "checkpoint": "last" if use_last else "best",
-                        "epoch": result.epochs_run if use_last else result.best_epoch,
-                        "val_lwlrap": result.last_lwlrap if use_last else result.best_lwlrap})
+        config = item.member.config
+        members.append({"file": name, "weight": item.member.weight / total, "train_config": config.to_dict(),
+                        "trial": item.member.trial, "seed": config.seed, "val_fold": config.data.val_fold,
+                        "checkpoint": item.checkpoint, "epoch": item.epoch, "val_lwlrap": item.val_lwlrap,
+                        "trial_lwlrap": item.member.trial_lwlrap})
     for stale in out.glob("*.pth"):
         if stale.name not in files:
             stale.unlink()
-    meta = {"format": EXPORT_FORMAT, "train_config": first.to_dict(), "labels": list(load_labels()),
-            "models": members, "pooling": plan.pooling}
+    meta = {"format": EXPORT_FORMAT, "labels": list(load_labels()), "pooling": plan.pooling, "members": members}
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
     kernel_text = write_kernel(out / "kernel.py")
     dataset_id = f"{plan.kaggle_user or PLACEHOLDER_USER}/{plan.dataset_slug}"
@@ -121,22 +189,48 @@ def write_export(out: Path, plan: ExportPlan, results: list[Result]) -> dict[str
         {"title": plan.title, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}, indent=2) + "\n")
     atomic_write_text(out / "SUBMIT.md", submit_steps(out, dataset_id, plan.kaggle_user is None))
     record = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **plan.source,
-              "models": members, "pooling": plan.pooling, "dataset_id": dataset_id,
-              "kernel_sha256": hashlib.sha256(kernel_text.encode("utf-8")).hexdigest(),
-              "configs": [c.to_dict() for c in plan.configs]}
-    atomic_write_text(out / "export.json", json.dumps(record, indent=2) + "\n")
+              "members": [{k: v for k, v in m.items() if k != "train_config"} for m in members],
+              "pooling": plan.pooling, "dataset_id": dataset_id,
+              "kernel_sha256": hashlib.sha256(kernel_text.encode("utf-8")).hexdigest()}
+    write_record(out, record)
     return record
 
 
-def record_inference(out: Path, timing: dict[str, Any]) -> None:
-    """Add the kernel's measured cost to export.json."""
-    record = json.loads((out / "export.json").read_text(encoding="utf-8"))
-    record["inference"] = timing
+def write_record(out: Path, record: dict[str, Any]) -> None:
+    """(Re)write export.json: provenance, members, measured inference."""
     atomic_write_text(out / "export.json", json.dumps(record, indent=2) + "\n")
 
 
+def isolated_env() -> dict[str, str]:
+    """Environment for ``python -S``: torch & co. import from site-packages, the project does not (no site
+    module, so no editable-install hook and no .pth file; the project folder is not on the path)."""
+    site_dirs = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+           "PYTHONPATH": os.pathsep.join(dict.fromkeys(site_dirs))}
+    for name in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "TMPDIR"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def run_kernel(models_dir: Path, test_dir: Path, sample_submission: Path, out: Path, *, device: str = "auto",
+               timing: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``models_dir/kernel.py`` as Kaggle would: a separate process where the project is not importable.
+    Raises KernelRunError with the kernel's last error line when it fails."""
+    command = [sys.executable, "-S", str((models_dir / "kernel.py").resolve()), "--test", str(Path(test_dir).resolve()),
+               "--sample-submission", str(Path(sample_submission).resolve()), "--out", str(Path(out).resolve()),
+               "--models", str(models_dir.resolve()), "--device", device, "--no-progress"]
+    if timing is not None:
+        command += ["--timing", str(Path(timing).resolve())]
+    done = subprocess.run(command, cwd=models_dir, env=isolated_env(), capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise KernelRunError(f"{models_dir / 'kernel.py'} exited with {done.returncode}: {last}")
+    return done
+
+
 def measure_kernel(out: Path, data_dir: Path, *, clips: int = MEASURE_CLIPS, device: str = "auto") -> dict[str, Any] | None:
-    """Run the generated kernel.py (in this process, from its own file) on the first ``clips`` test clips.
+    """Run the generated kernel.py (a separate process without the project) on the first ``clips`` test clips.
 
     Returns seconds per clip and the projection for Kaggle's test set, or None when ``data_dir`` has no test set.
     """
@@ -148,27 +242,17 @@ def measure_kernel(out: Path, data_dir: Path, *, clips: int = MEASURE_CLIPS, dev
     subset = [row for row in rows[1:clips + 1] if row]
     if not subset:
         return None
-    kernel = load_kernel(out / "kernel.py")
     with tempfile.TemporaryDirectory(prefix="fat2019-kernel-") as tmp:
         subset_csv = Path(tmp) / "sample_submission.csv"
         with open(subset_csv, "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([rows[0], *subset])
-        stats = kernel.run(test_dir, subset_csv, Path(tmp) / "submission.csv", out, device=device, progress=False)
+        run_kernel(out, test_dir, subset_csv, Path(tmp) / "submission.csv", device=device, timing=Path(tmp) / "t.json")
+        stats = json.loads((Path(tmp) / "t.json").read_text(encoding="utf-8"))
     per_clip = stats["seconds"] / stats["clips"]
     return {"clips": stats["clips"], "seconds": round(stats["seconds"], 3), "seconds_per_clip": per_clip,
             "seconds_per_audio_second": stats["seconds"] / max(stats["audio_seconds"], 1e-9),
             "device": stats["device"], "projected_kaggle_seconds": per_clip * KAGGLE_TEST_CLIPS,
             "projected_for_clips": KAGGLE_TEST_CLIPS}
-
-
-def load_kernel(path: Path) -> Any:
-    """Import a generated kernel.py as a module of its own (its classes are not the project's)."""
-    name = f"fat2019_kernel_{hashlib.blake2b(str(path.resolve()).encode(), digest_size=4).hexdigest()}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and get_type_hints look the module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def submit_steps(out: Path, dataset_id: str, placeholder: bool) -> str:
@@ -207,10 +291,6 @@ Try it locally first, on any folder in the FAT2019 layout:
 
     python {out}/kernel.py --test DATA/test --sample-submission DATA/sample_submission.csv --out submission.csv --models {out}
 """
-
-
-def _load_state_dict(path: Path, from_last: bool) -> dict[str, torch.Tensor]:
-    return {key: value.detach().clone() for key, value in load_state_dict(path).items()}
 
 
 def check_dataset_identity(kaggle_user: str | None, dataset_slug: str) -> None:

@@ -1,80 +1,70 @@
-"""Generate the Kaggle kernel: ONE self-contained file built from the project's own modules.
+"""Generate the Kaggle kernel: ONE self-contained file that carries the project's own files unchanged.
 
-Starting at the driver (``search.kernel_main``), every ``from trainer.x import ...`` is followed and
-that module's source is inlined verbatim, dependencies first; imports are hoisted and deduplicated,
-project imports removed. So the kernel runs the very model builder, log-mel and inference code that
-trained and validated the models (argus-freesound's build script, checked with ``ast``): generation
-fails with a clear message when two modules define the same top-level name differently, when an
-import would need a module that is not inlined, or when the result still imports the project.
+The ``trainer`` package (modules and package data such as labels.txt) and the driver
+(``search/kernel_main.py``) are packed byte for byte into a zip archive, embedded in kernel.py as base64;
+the kernel unpacks it into a private temporary folder and imports from there, ahead of anything installed
+(argus-freesound's build script shipped its ``src/`` inside the kernel the same way). So the kernel runs
+the very model builder, log-mel and inference code that trained and validated the models, nothing of the
+project is installed on Kaggle, and the project's modules need follow no rule to fit in one file: they keep
+their imports, their names and their ``__file__``. Generation refuses a carried module that imports, at
+module level, anything but the standard library and what a Kaggle notebook has (imports inside functions
+the kernel never calls, e.g. iterative-stratification or tensorboard in the trainer, are fine).
 """
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import importlib.util
+import io
 import sys
 import textwrap
-from dataclasses import dataclass, field
+import zipfile
 from pathlib import Path
 
-from trainer.atomic import atomic_write_text
+from trainer import atomic_write_text
 
 DRIVER = "search.kernel_main"
-PROJECT_PACKAGES = ("trainer", "search")
+PACKAGES = ("trainer",)
 # What a Kaggle GPU notebook offers besides the standard library (no internet, no pip install).
-ALLOWED_THIRD_PARTY = frozenset({"torch", "numpy", "librosa", "soundfile", "pandas", "tqdm"})
-# Standard-library modules that older Pythons lack; the kernel guards them (only TOML loading needs tomllib).
-_GUARDED_IMPORTS = {
-    "import tomllib": "try:\n    import tomllib\nexcept ImportError:  # Python < 3.11: only TrainConfig.from_toml needs it\n"
-                      "    tomllib = None",
-}
+ALLOWED_THIRD_PARTY = frozenset({"torch", "numpy", "librosa", "soundfile", "tqdm"})
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same files give the same kernel, byte for byte
 
 
 class KernelGenerationError(RuntimeError):
-    """The project's modules cannot be inlined into one kernel file; the message names module and name."""
+    """The project's files cannot be carried into the kernel; the message names the file and why."""
 
 
-@dataclass
-class _Module:
-    name: str
-    path: Path
-    source: str
-    tree: ast.Module
-    deps: list[str] = field(default_factory=list)            # project modules it imports, in order
-    needs: dict[str, list[str]] = field(default_factory=dict)  # project module -> names imported from it
-    external: list[ast.stmt] = field(default_factory=list)    # hoisted import statements
-    dropped_lines: set[int] = field(default_factory=set)      # 1-based lines removed from the body
+def bundle_files(driver: str = DRIVER, packages: tuple[str, ...] = PACKAGES) -> dict[str, bytes]:
+    """Archive path -> content of every carried file: all files of ``packages`` (no caches) and the driver
+    with its parent packages' ``__init__.py``."""
+    files: dict[str, Path] = {}
+    for package in packages:
+        folder = _package_folder(package)
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
+                files[f"{package}/{path.relative_to(folder).as_posix()}"] = path
+    parts = driver.split(".")
+    for depth in range(1, len(parts)):
+        files.setdefault("/".join(parts[:depth]) + "/__init__.py", _package_folder(".".join(parts[:depth])) / "__init__.py")
+    spec = importlib.util.find_spec(driver)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        raise KernelGenerationError(f"{driver}: no Python source found for the kernel's driver")
+    files["/".join(parts) + ".py"] = Path(spec.origin)
+    return {name: path.read_bytes() for name, path in sorted(files.items())}
 
 
-def generate_kernel(driver: str = DRIVER, packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
-    """The kernel's source text: header, hoisted imports, inlined modules, the driver, a __main__ call.
-
-    Imports from ``packages`` are inlined; everything else must be the stdlib or ALLOWED_THIRD_PARTY.
-    """
-    modules = _collect(driver, packages)
-    _check_project_names(modules)
-    imports = _hoisted_imports(modules)
-    _check_unique_definitions(modules, imports)
-    digest = hashlib.blake2b("".join(m.source for m in modules).encode("utf-8"), digest_size=8).hexdigest()
-    listing = textwrap.fill(", ".join(_relative(m) for m in modules) + f" (source digest {digest}).", 100)
-    parts = [
-        "#!/usr/bin/env python\n",
-        '"""FAT2019 inference kernel, generated by search/kernel.py from the project\'s own modules:\n'
-        f"{listing}\nDo not edit: regenerate with python -m search.best --export.\n\n"
-        "Run: python kernel.py [--test DIR] [--sample-submission CSV] [--out submission.csv] [--models DIR]\n"
-        "     [--device auto|cpu|cuda] [--batch-size N]   (defaults: Kaggle's competition paths)\n"
-        '"""\n',
-        "from __future__ import annotations\n\n",
-        "\n".join(imports) + "\n",
-    ]
-    for module in modules:
-        parts.append(f"\n\n# {'=' * 30} {_relative(module)} {'=' * 30}\n")
-        parts.append(_body(module))
-    parts.append('\n\nif __name__ == "__main__":\n    _status = main()\n    if _status:\n'
-                 "        raise SystemExit(_status)\n")
-    text = "".join(parts)
-    check_self_contained(text, packages)
-    return text
+def generate_kernel(driver: str = DRIVER, packages: tuple[str, ...] = PACKAGES) -> str:
+    """The kernel's source text: header, the unpacking import, the archive, and a call of the driver's ``main``."""
+    files = bundle_files(driver, packages)
+    check_carried_modules(files, driver)
+    archive = _zip(files)
+    digest = hashlib.blake2b(b"".join(files.values()), digest_size=8).hexdigest()
+    listing = textwrap.fill(", ".join(files) + f" (content digest {digest}).", 100)
+    encoded = base64.b64encode(archive).decode("ascii")
+    lines = "\n".join(encoded[i:i + 100] for i in range(0, len(encoded), 100))
+    return _TEMPLATE.format(listing=listing, driver=driver, sha256=hashlib.sha256(archive).hexdigest(),
+                            archive=lines, count=len(files))
 
 
 def write_kernel(path: str | Path, driver: str = DRIVER) -> str:
@@ -84,217 +74,127 @@ def write_kernel(path: str | Path, driver: str = DRIVER) -> str:
     return text
 
 
-def check_self_contained(text: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> None:
-    """Fail unless ``text`` compiles, imports nothing of the project and only allowed third-party packages."""
-    try:
-        tree = ast.parse(text)
-        compile(tree, "kernel.py", "exec")
-    except SyntaxError as exc:
-        raise KernelGenerationError(f"generated kernel does not compile: line {exc.lineno}: {exc.msg}") from None
-    for node in ast.walk(tree):
-        for root in _imported_roots(node):
-            if root in packages:
-                raise KernelGenerationError(f"generated kernel line {node.lineno} still imports the project "
-                                            f"({ast.unparse(node)})")
-            if not _allowed(root):
-                raise KernelGenerationError(f"generated kernel line {node.lineno} imports {root!r}, which a Kaggle "
-                                            f"notebook may lack; allowed: stdlib + {sorted(ALLOWED_THIRD_PARTY)}")
-    _duplicates([("kernel.py", tree)], {})
-
-
-# -- collecting modules -----------------------------------------------------------------------------
-def _collect(driver: str, packages: tuple[str, ...]) -> list[_Module]:
-    """The driver and every project module it needs, dependencies first (post-order DFS)."""
-    order: list[_Module] = []
-    state: dict[str, str] = {}
-
-    def visit(name: str, chain: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            raise KernelGenerationError(f"import cycle between project modules: {' -> '.join(chain + [name])}")
-        state[name] = "visiting"
-        module = _load(name, packages)
-        for dep in module.deps:
-            visit(dep, chain + [name])
-        state[name] = "done"
-        order.append(module)
-
-    visit(driver, [])
-    return order
-
-
-def _load(name: str, packages: tuple[str, ...]) -> _Module:
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        raise KernelGenerationError(f"{name}: no Python source found to inline")
-    path = Path(spec.origin)
-    source = path.read_text(encoding="utf-8")
-    tree = ast.parse(source, filename=str(path))
-    module = _Module(name, path, source, tree)
-    body = tree.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-            and isinstance(body[0].value.value, str):
-        module.dropped_lines.update(range(body[0].lineno, body[0].end_lineno + 1))
-    top_level = set()
-    for node in body:
-        if isinstance(node, ast.If) and _is_main_guard(node.test):
-            raise KernelGenerationError(f"{path}:{node.lineno}: an 'if __name__ == \"__main__\"' block cannot be "
-                                        f"inlined into the kernel (it would run there); move it out of {name}")
-        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+def check_carried_modules(files: dict[str, bytes], driver: str) -> None:
+    """Every carried module compiles and imports at module level only the stdlib, ALLOWED_THIRD_PARTY and
+    carried packages; the driver defines ``main``."""
+    carried = {name.split("/")[0] for name in files}
+    for name, content in files.items():
+        if not name.endswith(".py"):
             continue
-        top_level.add(id(node))
-        module.dropped_lines.update(range(node.lineno, node.end_lineno + 1))
-        target = _resolve_from(node, name) if isinstance(node, ast.ImportFrom) else None
-        if isinstance(node, ast.ImportFrom) and target == "__future__":
-            continue
-        if target is not None and target.split(".")[0] in packages:
-            for alias in node.names:
-                if alias.asname is not None or alias.name == "*":
-                    raise KernelGenerationError(f"{path}:{node.lineno}: '{ast.unparse(node)}': the kernel inlines "
-                                                f"{target}, so import its names plainly (no 'as', no '*')")
-            if target not in module.needs:
-                module.deps.append(target)
-            module.needs.setdefault(target, []).extend(alias.name for alias in node.names)
-            continue
-        if any(root in packages for root in _imported_roots(node)):
-            raise KernelGenerationError(f"{path}:{node.lineno}: '{ast.unparse(node)}': write 'from <module> import "
-                                        f"<names>' so the kernel can inline the module")
-        module.external.append(node)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top_level:
-            target = _resolve_from(node, name) if isinstance(node, ast.ImportFrom) else None
-            roots = [target.split(".")[0]] if target else _imported_roots(node)
-            if any(root in packages for root in roots):
-                raise KernelGenerationError(f"{path}:{node.lineno}: '{ast.unparse(node)}' inside a function: "
-                                            f"the kernel cannot inline a module imported lazily")
-    return module
+        try:
+            tree = ast.parse(content, filename=name)
+        except SyntaxError as exc:
+            raise KernelGenerationError(f"{name}:{exc.lineno}: does not compile: {exc.msg}") from None
+        for node in _module_level(tree):
+            for root in _imported_roots(node):
+                if root not in carried and root not in ALLOWED_THIRD_PARTY and root not in sys.stdlib_module_names \
+                        and root != "__future__":
+                    raise KernelGenerationError(
+                        f"{name}:{node.lineno}: imports {root!r} at module level, which a Kaggle notebook may lack; "
+                        f"allowed: stdlib + {', '.join(sorted(ALLOWED_THIRD_PARTY))} (import it inside the function "
+                        f"that needs it if the kernel never calls that function)")
+    driver_file = driver.replace(".", "/") + ".py"
+    if not any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in ast.parse(files[driver_file]).body):
+        raise KernelGenerationError(f"{driver_file}: the kernel's driver must define main(argv=None, script=None)")
 
 
-def _resolve_from(node: ast.ImportFrom, importer: str) -> str:
-    if not node.level:
-        return node.module or ""
-    package = importer.rsplit(".", node.level)[0]
-    return f"{package}.{node.module}" if node.module else package
+def _package_folder(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise KernelGenerationError(f"{package}: not an importable package, so it cannot be carried into the kernel")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def _imported_roots(node: ast.AST) -> list[str]:
+def _module_level(tree: ast.Module):
+    """Import statements that run when the module is imported (not those inside function bodies)."""
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            pending.extend(ast.iter_child_nodes(node))
+
+
+def _imported_roots(node: ast.Import | ast.ImportFrom) -> list[str]:
     if isinstance(node, ast.Import):
         return [alias.name.split(".")[0] for alias in node.names]
-    if isinstance(node, ast.ImportFrom) and not node.level and node.module:
-        return [node.module.split(".")[0]]
-    return []
+    return [node.module.split(".")[0]] if node.module and not node.level else []
 
 
-def _is_main_guard(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
-            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, content, compresslevel=9)
+    return buffer.getvalue()
 
 
-def _allowed(root: str) -> bool:
-    return root in sys.stdlib_module_names or root in ALLOWED_THIRD_PARTY or root == "__future__"
+# The generated file. Kept to the standard library: it must run before anything of the project exists.
+_TEMPLATE = '''\
+#!/usr/bin/env python
+"""FAT2019 inference kernel, generated by search/kernel.py. It carries the project's own files unchanged in
+the archive below, unpacks them into a private temporary folder and imports them from there ({count} files):
+{listing}
+Do not edit: regenerate with python -m search.best --export.
+
+Run: python kernel.py [--test DIR] [--sample-submission CSV] [--out submission.csv] [--models DIR]
+     [--device auto|cpu|cuda] [--batch-size N]   (defaults: Kaggle's competition paths)
+or paste the whole file into a notebook cell. Needs torch, numpy, librosa, soundfile and tqdm.
+"""
+import atexit
+import base64
+import hashlib
+import importlib
+import io
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+_DRIVER = "{driver}"
+_FOLDER_PREFIX = "fat2019-kernel-modules-"
+_ARCHIVE_SHA256 = "{sha256}"
+_ARCHIVE = """
+{archive}
+"""
 
 
-def _relative(module: _Module) -> str:
-    return "/".join(module.name.split(".")) + ".py"
+def _carried(location) -> bool:
+    """Whether a path lies in a folder this kernel (or an earlier run of it) unpacked."""
+    path = Path(location or "/")
+    return any(part.startswith(_FOLDER_PREFIX) for part in path.parts)
 
 
-# -- checks -----------------------------------------------------------------------------------------
-def _check_project_names(modules: list[_Module]) -> None:
-    """Every name imported from a project module must be defined at that module's top level."""
-    defined = {m.name: _top_level_names(m.tree) for m in modules}
-    for module in modules:
-        for target, names in module.needs.items():
-            for name in names:
-                if name not in defined[target]:
-                    raise KernelGenerationError(f"{module.path}: imports {name!r} from {target}, which does not "
-                                                f"define it at top level (the kernel inlines only definitions)")
+def _import_driver():
+    try:
+        archive = base64.b64decode(_ARCHIVE)
+    except ValueError:  # a cut that leaves a partial base64 group
+        archive = b""
+    if hashlib.sha256(archive).hexdigest() != _ARCHIVE_SHA256:
+        raise SystemExit("error: kernel.py's module archive is damaged (edited or cut short); regenerate it")
+    folder = tempfile.mkdtemp(prefix=_FOLDER_PREFIX)
+    atexit.register(shutil.rmtree, folder, True)
+    with zipfile.ZipFile(io.BytesIO(archive)) as bundle:
+        bundle.extractall(folder)
+        roots = {{name.split("/")[0] for name in bundle.namelist()}}
+    # This kernel owns the process: the copy of an earlier run (a re-run notebook cell) and same-named
+    # installed modules step aside, so only the carried files are imported.
+    for name in [n for n in sys.modules if n.split(".")[0] in roots]:
+        if not _carried(getattr(sys.modules[name], "__file__", None)):
+            print(f"kernel: replacing the already imported module {{name}} by the carried one", file=sys.stderr)
+        del sys.modules[name]
+    sys.path[:] = [folder] + [p for p in sys.path if not _carried(p)]
+    importlib.invalidate_caches()
+    return importlib.import_module(_DRIVER)
 
 
-def _hoisted_imports(modules: list[_Module]) -> list[str]:
-    """Deduplicated external import lines, stdlib first; one binding per name or a clear error."""
-    bindings: dict[str, tuple[str, str]] = {}  # bound name -> (what it refers to, where)
-    lines: list[tuple[bool, bool, str, str]] = []  # (third-party, guarded, module, text): sort key + line
-    from_names: dict[str, list[str]] = {}  # "from m import a, b" merged per module
-    for module in modules:
-        for node in module.external:
-            for alias in node.names:
-                if isinstance(node, ast.Import):
-                    bound = alias.asname or alias.name.split(".")[0]
-                    refers = alias.name if alias.asname else alias.name.split(".")[0]
-                else:
-                    bound, refers = alias.asname or alias.name, f"{node.module}.{alias.name}"
-                previous = bindings.setdefault(bound, (refers, module.name))
-                if previous[0] != refers:
-                    raise KernelGenerationError(f"name {bound!r} is imported as {previous[0]} in {previous[1]} but "
-                                                f"as {refers} in {module.name}; the kernel shares one namespace")
-            root = _imported_roots(node)[0]
-            if not _allowed(root):
-                raise KernelGenerationError(f"{module.path}:{node.lineno}: imports {root!r}, which a Kaggle notebook "
-                                            f"may lack; allowed: stdlib + {sorted(ALLOWED_THIRD_PARTY)}")
-            if isinstance(node, ast.ImportFrom) and all(alias.asname is None for alias in node.names):
-                merged = from_names.setdefault(node.module, [])
-                merged.extend(alias.name for alias in node.names if alias.name not in merged)
-            else:
-                text = ast.unparse(node)
-                lines.append((root not in sys.stdlib_module_names, text.startswith("try"), root,
-                              _GUARDED_IMPORTS.get(text, text)))
-    for name, names in from_names.items():
-        root = name.split(".")[0]
-        lines.append((root not in sys.stdlib_module_names, False, root + "~",
-                      f"from {name} import {', '.join(sorted(names))}"))
-    return list(dict.fromkeys(text for *_, text in sorted(lines)))
-
-
-def _check_unique_definitions(modules: list[_Module], imports: list[str]) -> None:
-    hoisted = {bound: ("(hoisted imports)", "import") for text in imports
-               for bound in _top_level_names(ast.parse(text))}
-    _duplicates([(m.name, m.tree) for m in modules], hoisted)
-
-
-def _duplicates(trees: list[tuple[str, ast.Module]], seen: dict[str, tuple[str, str]]) -> None:
-    """Fail when one top-level name is defined twice with different code (one would shadow the other)."""
-    seen = dict(seen)
-    for where, tree in trees:
-        for node in tree.body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                continue
-            code = ast.dump(node)
-            for name in _defined_names(node):
-                if name in seen and seen[name][1] != code:
-                    raise KernelGenerationError(f"top-level name {name!r} is defined in both {seen[name][0]} and "
-                                                f"{where} with different code; one would silently shadow the other "
-                                                f"in the kernel: rename one of them")
-                seen[name] = (where, code)
-
-
-def _top_level_names(tree: ast.Module) -> set[str]:
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update(alias.asname or alias.name.split(".")[0] for alias in node.names)
-        names.update(_defined_names(node))
-    return names
-
-
-def _defined_names(node: ast.stmt) -> list[str]:
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return [node.name]
-    if isinstance(node, ast.Assign):
-        return [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
-    if isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
-        return [node.target.id]
-    if isinstance(node, ast.Try):  # e.g. a guarded import
-        return [n for stmt in node.body for n in _defined_names(stmt)] + \
-               [alias.asname or alias.name for stmt in node.body if isinstance(stmt, (ast.Import, ast.ImportFrom))
-                for alias in stmt.names]
-    return []
-
-
-def _body(module: _Module) -> str:
-    lines = module.source.splitlines()
-    kept = [line for number, line in enumerate(lines, start=1) if number not in module.dropped_lines]
-    text = "\n".join(kept).strip("\n") + "\n"
-    while "\n\n\n\n" in text:
-        text = text.replace("\n\n\n\n", "\n\n\n")
-    return text
+if __name__ == "__main__":
+    _status = _import_driver().main(script=globals().get("__file__"))  # no __file__ in a notebook cell
+    if _status:
+        raise SystemExit(_status)
+'''

@@ -1,8 +1,10 @@
-"""The Kaggle kernel's driver: find the exported models, score every test clip, write submission.csv.
+"""The Kaggle kernel's driver: load the exported members, score every test clip, write submission.csv.
 
-This is the only kernel-specific code. ``search.kernel`` inlines it after the trainer modules it
-imports (audio reading, log-mel, FeatureBank, the model builder, predict_bank), so the kernel runs
-exactly the code that trained and validated the models. Run here, it imports them from ``trainer``.
+This is the only kernel-specific code. ``search.kernel`` carries it, with the ``trainer`` package it
+imports, inside the generated kernel.py, so the kernel runs exactly the code that trained and validated
+the models. Members of an ensemble may differ in feature parameters, model and head: each distinct
+log-mel setting is computed once per clip, every member runs on the clips' features, and the members'
+probabilities are pooled with their weights (arithmetic or geometric mean).
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import csv
 import glob
 import io
 import json
-import math
 import sys
 import time
 import warnings
@@ -21,16 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from trainer.audio import AudioReadError, read_audio
-from trainer.batches import FeatureBank
-from trainer.features import LogMel
-from trainer.atomic import atomic_write_text
-from trainer.config import ConfigError, TrainConfig
-from trainer.inference import predict_bank, resolve_device
-from trainer.models import build_model
+from trainer import (AudioReadError, CheckpointError, ConfigError, FeatureBank, LogMel, TrainConfig,
+                     atomic_write_text, build_model, feature_cache_key, load_state_dict, predict_bank, read_audio,
+                     resolve_device)
 
-EXPORT_FORMAT = "fat2019-search-export/1"  # marks our config.json among other attached datasets
+EXPORT_FORMAT = "fat2019-search-export/2"  # marks our config.json among other attached datasets
 COMPETITION_INPUT = "../input/freesound-audio-tagging-2019"
 CLIPS_PER_BANK = 128  # clips whose log-mels are packed into one FeatureBank
 POOLINGS = ("mean", "geometric")
@@ -42,12 +40,20 @@ class KernelError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ExportInfo:
-    """What an export's config.json describes: one TrainConfig, the label order, the model files, pooling."""
+class ExportMember:
+    """One exported model: its weights file, its weight in the pooled probabilities, its exact config."""
 
+    file: str
+    weight: float
     config: TrainConfig
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What an export's config.json describes: the label order, the members and how they are pooled."""
+
     labels: list[str]
-    model_files: list[str]
+    members: list[ExportMember]
     pooling: str
 
 
@@ -58,14 +64,28 @@ def load_export(models_dir: Path) -> ExportInfo:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KernelError(f"{path}: not found (pass --models DIR, the folder with config.json and the .pth files)") from None
-    if meta.get("format") != EXPORT_FORMAT:
-        raise KernelError(f"{path}: format {meta.get('format')!r} is not {EXPORT_FORMAT!r}")
+    except ValueError as exc:
+        raise KernelError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise KernelError(f"{path}: format {found!r} is not {EXPORT_FORMAT!r} (re-export with this project's "
+                          f"python -m search.best --export)")
     pooling = meta.get("pooling", "mean")
     if pooling not in POOLINGS:
         raise KernelError(f"{path}: pooling={pooling!r}; expected one of {', '.join(POOLINGS)}")
-    files = [m["file"] for m in meta["models"]]
-    return ExportInfo(TrainConfig.from_dict(meta["train_config"], source=str(path)), list(meta["labels"]),
-                      files, pooling)
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise KernelError(f"{path}: 'labels' must be the list of label names in the models' output order")
+    members = []
+    for k, entry in enumerate(meta.get("members") or []):
+        weight = entry.get("weight") if isinstance(entry, dict) else None
+        if not isinstance(weight, (int, float)) or not weight > 0 or not isinstance(entry.get("file"), str):
+            raise KernelError(f"{path}: members[{k}] needs 'file' (a .pth name) and 'weight' > 0; got {entry!r:.120}")
+        config = TrainConfig.from_dict(entry.get("train_config") or {}, source=f"{path} members[{k}].train_config")
+        members.append(ExportMember(entry["file"], float(weight), config))
+    if not members:
+        raise KernelError(f"{path}: 'members' lists no model")
+    return ExportInfo(list(labels), members, pooling)
 
 
 def find_models_dir(explicit: str | None, script: str | None) -> Path:
@@ -91,47 +111,44 @@ def find_models_dir(explicit: str | None, script: str | None) -> Path:
 
 
 def load_models(info: ExportInfo, models_dir: Path, device: torch.device) -> list[torch.nn.Module]:
-    """Build each network from the exported config and load its weights (tensors only)."""
+    """Build each member's network from its config and load its weights (tensors only)."""
     models = []
-    for name in info.model_files:
-        model = build_model(info.config.model, n_labels=len(info.labels))
-        model.load_state_dict(torch.load(models_dir / name, map_location="cpu", weights_only=True))
+    for member in info.members:
+        model = build_model(member.config.model, n_labels=len(info.labels))
+        model.load_state_dict(load_state_dict(models_dir / member.file))
         models.append(model.to(device).eval())
     return models
 
 
-def pool_probabilities(per_model: list[np.ndarray], pooling: str) -> np.ndarray:
-    """Average the models' (N, labels) probabilities: arithmetic or geometric mean."""
-    stack = np.stack(per_model)
+def pool_probabilities(per_model: list[np.ndarray], pooling: str, weights: list[float] | None = None) -> np.ndarray:
+    """Weighted average of the members' (N, labels) probabilities: arithmetic or geometric mean.
+    ``weights`` (default: equal) are normalised to sum to 1."""
+    stack = np.stack(per_model).astype(np.float64)
+    w = np.full(len(per_model), 1.0) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = (w / w.sum())[:, None, None]
     if pooling == "geometric":
-        return np.exp(np.log(np.clip(stack, _GEOMETRIC_FLOOR, 1.0)).mean(axis=0))
-    return stack.mean(axis=0)
+        return np.exp((w * np.log(np.clip(stack, _GEOMETRIC_FLOOR, 1.0))).sum(axis=0))
+    return (w * stack).sum(axis=0)
 
 
-def log_mels(paths: list[Path], log_mel: LogMel, device: torch.device, threads: int = 4
-             ) -> tuple[list[np.ndarray | str], float]:
-    """float16 log-mel per clip, as the training cache stores it, or the reason it could not be read;
-    and the seconds of audio read."""
-    sample_rate = log_mel.cfg.sample_rate
+def feature_groups(info: ExportInfo) -> dict[str, list[int]]:
+    """Members by log-mel setting (the feature cache's key): each setting is computed once per clip."""
+    groups: dict[str, list[int]] = {}
+    for k, member in enumerate(info.members):
+        groups.setdefault(feature_cache_key(member.config.features), []).append(k)
+    return groups
 
-    def read(path: Path) -> np.ndarray | str:
+
+def read_waves(paths: list[Path], sample_rates: list[int], threads: int = 4) -> list[dict[int, np.ndarray] | str]:
+    """Each clip decoded at every needed sample rate, or the reason it could not be read."""
+    def read(path: Path) -> dict[int, np.ndarray] | str:
         try:
-            return read_audio(path, sample_rate)
+            return {rate: read_audio(path, rate) for rate in sample_rates}
         except AudioReadError as exc:
             return exc.reason
 
-    out: list[np.ndarray | str] = []
-    seconds = 0.0
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # decoding overlaps the log-mel
-        for wave in pool.map(read, paths):
-            if isinstance(wave, str):
-                out.append(wave)
-                continue
-            seconds += len(wave) / sample_rate
-            with torch.no_grad():
-                spec = log_mel(torch.from_numpy(wave).to(device))
-            out.append(spec.cpu().numpy().astype(np.float16))
-    return out, seconds
+        return list(pool.map(read, paths))
 
 
 def predict_files(models: list[torch.nn.Module], info: ExportInfo, paths: list[Path], *,
@@ -139,23 +156,39 @@ def predict_files(models: list[torch.nn.Module], info: ExportInfo, paths: list[P
                   ) -> tuple[np.ndarray, dict[int, str], float]:
     """Pooled probabilities (N, labels) for every path (NaN rows for unreadable clips), the reasons those
     clips failed, and the seconds of audio scored."""
-    features = info.config.features
-    log_mel = LogMel(features).to(device)
+    groups = feature_groups(info)
+    features = {key: info.members[ks[0]].config.features for key, ks in groups.items()}
+    log_mels = {key: LogMel(cfg).to(device) for key, cfg in features.items()}
+    rates = sorted({cfg.sample_rate for cfg in features.values()})
     probs = np.full((len(paths), len(info.labels)), np.nan)
     failed: dict[int, str] = {}
     audio_seconds = 0.0
-    bar = _progress(len(paths), progress)
+    bar = tqdm(total=len(paths), unit="clip", desc="test clips", file=sys.stdout, disable=not progress)
     for begin in range(0, len(paths), CLIPS_PER_BANK):
-        chunk, seconds = log_mels(paths[begin:begin + CLIPS_PER_BANK], log_mel, device)
-        audio_seconds += seconds
-        readable = [i for i, item in enumerate(chunk) if not isinstance(item, str)]
-        failed.update({begin + i: item for i, item in enumerate(chunk) if isinstance(item, str)})
+        waves = read_waves(paths[begin:begin + CLIPS_PER_BANK], rates)
+        readable = [i for i, item in enumerate(waves) if not isinstance(item, str)]
+        failed.update({begin + i: item for i, item in enumerate(waves) if isinstance(item, str)})
+        audio_seconds += sum(len(waves[i][rates[0]]) / rates[0] for i in readable)
         if readable:
-            bank = FeatureBank.from_arrays([chunk[i] for i in readable], normalize=features.normalize, device=device)
-            per_model = [predict_bank(model, bank, n_frames=features.crop_frames, pad_mode=features.pad_mode,
-                                      batch_size=batch_size) for model in models]
-            probs[[begin + i for i in readable]] = pool_probabilities(per_model, info.pooling)
-        bar(len(chunk))
+            per_member: list[np.ndarray | None] = [None] * len(info.members)
+            for key, members in groups.items():
+                cfg = features[key]
+                with torch.no_grad():  # float16, as the training cache stores log-mels
+                    arrays = [log_mels[key](torch.from_numpy(waves[i][cfg.sample_rate]).to(device)).cpu().numpy()
+                              .astype(np.float16) for i in readable]
+                banks: dict[str, FeatureBank] = {}
+                for k in members:
+                    member_features = info.members[k].config.features
+                    if member_features.normalize not in banks:
+                        banks[member_features.normalize] = FeatureBank.from_arrays(
+                            arrays, normalize=member_features.normalize, device=device)
+                    per_member[k] = predict_bank(models[k], banks[member_features.normalize],
+                                                 n_frames=member_features.crop_frames,
+                                                 pad_mode=member_features.pad_mode, batch_size=batch_size)
+            probs[[begin + i for i in readable]] = pool_probabilities(
+                per_member, info.pooling, [m.weight for m in info.members])
+        bar.update(len(waves))
+    bar.close()
     return probs, failed, audio_seconds
 
 
@@ -202,7 +235,8 @@ def run(test_dir: Path, sample_submission: Path, out: Path, models_dir: Path, *,
     columns = label_order(header, info.labels, sample_submission)
     models = load_models(info, models_dir, dev)
     paths = [test_dir / fname for fname in fnames]
-    probs, failed, audio_seconds = predict_files(models, info, paths, device=dev, batch_size=batch_size, progress=progress)
+    probs, failed, audio_seconds = predict_files(models, info, paths, device=dev, batch_size=batch_size,
+                                                 progress=progress)
     for i in np.flatnonzero(~np.isfinite(probs).all(axis=1)):
         failed.setdefault(int(i), "the models gave a non-finite score")
     if failed:
@@ -216,40 +250,18 @@ def run(test_dir: Path, sample_submission: Path, out: Path, models_dir: Path, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     write_submission(out, header, fnames, scores)
     seconds = time.perf_counter() - started
+    settings = len(feature_groups(info))
     stats = {"clips": len(fnames), "unreadable": len(failed), "seconds": seconds,
-             "clips_per_second": len(fnames) / max(seconds, 1e-9),
-             "audio_seconds": audio_seconds, "device": str(dev), "models": len(models)}
+             "clips_per_second": len(fnames) / max(seconds, 1e-9), "audio_seconds": audio_seconds,
+             "device": str(dev), "members": len(models), "feature_settings": settings}
     print(f"wrote {out}: {len(fnames)} clips x {len(columns)} labels in {seconds:.1f}s "
-          f"({stats['clips_per_second']:.1f} clips/s on {dev}, {len(models)} model(s), {len(failed)} unreadable)",
-          flush=True)
+          f"({stats['clips_per_second']:.1f} clips/s on {dev}; {len(models)} member(s), {settings} feature "
+          f"setting(s), {info.pooling} pooling; {len(failed)} unreadable)", flush=True)
     return stats
 
 
-def _progress(total: int, enabled: bool):
-    """A callable advancing a tqdm bar when tqdm is importable, else printing every ~10%."""
-    if not enabled:
-        return lambda n: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        done, step = [0, 0], max(1, math.ceil(total / 10))
-
-        def advance(n: int) -> None:
-            done[0] += n
-            if done[0] // step > done[1] or done[0] >= total:
-                done[1] = done[0] // step
-                print(f"scored {done[0]}/{total} clips", flush=True)
-        return advance
-    bar = tqdm(total=total, unit="clip", desc="test clips", file=sys.stdout)
-
-    def advance(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-    return advance
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, script: str | None = None) -> int:
+    """Command line of kernel.py; ``script`` is the kernel file's path (None when pasted into a notebook)."""
     parser = argparse.ArgumentParser(description="Score FAT2019 test clips with exported models; write submission.csv")
     parser.add_argument("--test", default=f"{COMPETITION_INPUT}/test", help="folder of test .wav files")
     parser.add_argument("--sample-submission", default=f"{COMPETITION_INPUT}/sample_submission.csv")
@@ -258,14 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--timing", help="also write the run's timings (seconds, clips/s, audio seconds) as JSON here")
     # parse_known_args: inside a notebook argv holds Jupyter's own arguments.
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    script = globals().get("__file__")  # absent when pasted into a notebook cell
     try:
         models_dir = find_models_dir(args.models, script)
-        run(Path(args.test), Path(args.sample_submission), Path(args.out), models_dir, device=args.device,
-            batch_size=args.batch_size, progress=not args.no_progress)
-    except (KernelError, ConfigError) as exc:
+        stats = run(Path(args.test), Path(args.sample_submission), Path(args.out), models_dir, device=args.device,
+                    batch_size=args.batch_size, progress=not args.no_progress)
+    except (KernelError, ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.timing:
+        atomic_write_text(args.timing, json.dumps(stats, indent=2) + "\n")
     return 0

@@ -11,8 +11,8 @@ from trainer.audio import AudioReadError, read_audio
 from trainer.batches import FeatureBank
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_state_dict
 from trainer.config import ConfigError, TrainConfig, flatten, parse_set_args, read_toml
-from trainer.data import DataError
-from trainer.feature_cache import feature_cache_key
+from trainer.data import DataError, read_labelled_csv, read_test_fnames
+from trainer.feature_cache import feature_cache_key, load_features
 from trainer.features import LogMel
 from trainer.inference import predict_bank, resolve_device
 from trainer.labels import load_labels
@@ -20,12 +20,14 @@ from trainer.loop import VAL_PREDICTIONS, NonFiniteLossError, Result, train_and_
 from trainer.metrics import lwlrap, per_class_lwlrap
 from trainer.models import build_model
 from trainer.paths import cache_root
+from trainer.prepare import split_identity
 from trainer.synth import BUILTIN_DATASETS, ensure_builtin, ensure_demo_data
 
 __all__ = [
     "AudioReadError", "BUILTIN_DATASETS", "CheckpointError", "ConfigError", "DataError", "FeatureBank", "LogMel", "NonFiniteLossError",
     "Result", "TrainConfig", "VAL_PREDICTIONS", "atomic_path", "atomic_torch_save", "atomic_write_bytes",
-    "atomic_write_text", "build_model", "cache_root", "ensure_builtin", "ensure_demo_data", "feature_cache_key", "flatten",
-    "load_checkpoint", "load_labels", "load_state_dict", "lwlrap", "parse_set_args", "per_class_lwlrap", "predict_bank", "read_audio",
-    "read_toml", "remove_stale_temp_files", "resolve_device", "train_and_evaluate",
+    "atomic_write_text", "build_model", "cache_root", "ensure_builtin", "ensure_demo_data", "feature_cache_key",
+    "flatten", "load_checkpoint", "load_features", "load_labels", "load_state_dict", "lwlrap", "parse_set_args",
+    "per_class_lwlrap", "predict_bank", "read_audio", "read_labelled_csv", "read_test_fnames", "read_toml",
+    "remove_stale_temp_files", "resolve_device", "split_identity", "train_and_evaluate",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -172,6 +171,8 @@ class TrainConfig:
 
 def read_toml(path: str | Path, *, what: str, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
     """Parse a TOML file a user wrote; a missing file or bad syntax is one ``error`` line naming the file."""
+    import tomllib  # here, not at the top: the Kaggle kernel imports this module and may run on Python < 3.11
+
     path = Path(path)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ SPEC = """
 [study]
 name = "demo"
 data = "demo"
-demo_scale = 0.05
+data_scale = 0.05
 epochs = 2
 
 [base]
@@ -90,8 +90,9 @@ def test_export_retrains_the_best_feasible_trial(studies, tmp_path, capsys):
     state = torch.load(out / "best.pth", weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     meta = json.loads((out / "config.json").read_text())
-    assert [m["file"] for m in meta["models"]] == ["best.pth"] and meta["pooling"] == "mean"
-    assert TrainConfig.from_dict(meta["train_config"]) == TrainConfig().with_overrides(TINY_OVERRIDES)
+    assert meta["format"] == "fat2019-search-export/2" and meta["pooling"] == "mean"
+    assert [(m["file"], m["weight"], m["trial"]) for m in meta["members"]] == [("best.pth", 1.0, 0)]
+    assert TrainConfig.from_dict(meta["members"][0]["train_config"]) == TrainConfig().with_overrides(TINY_OVERRIDES)
     assert len(meta["labels"]) == 80
     dataset = json.loads((out / "dataset-metadata.json").read_text())
     assert dataset["id"] == "someone/fat2019-demo" and 6 <= len(dataset["title"]) <= 50 and dataset["licenses"]
@@ -107,8 +108,10 @@ def test_export_of_a_seed_ensemble_with_full_curated(studies, tmp_path, capsys):
     printed = capsys.readouterr().out
     meta = json.loads((out / "config.json").read_text())
     assert meta["pooling"] == "geometric"
-    assert [(m["file"], m["seed"], m["checkpoint"]) for m in meta["models"]] == [
-        ("model-0.pth", 0, "last"), ("model-1.pth", 1, "last")]
+    assert [(m["file"], m["seed"], m["checkpoint"], m["weight"]) for m in meta["members"]] == [
+        ("model-0.pth", 0, "last", 0.5), ("model-1.pth", 1, "last", 0.5)]
+    configs = [TrainConfig.from_dict(m["train_config"]) for m in meta["members"]]
+    assert [(c.seed, c.optim.epochs, c.data.full_curated) for c in configs] == [(0, 1, True), (1, 1, True)]
     assert sorted(p.name for p in out.glob("*.pth")) == ["model-0.pth", "model-1.pth"]
     assert "not a held-out score" in printed and "the configs differ" in printed
     dataset = json.loads((out / "dataset-metadata.json").read_text())
@@ -149,3 +152,20 @@ def test_cli_errors_are_one_line(studies, tmp_path, capsys):
                  "--dataset-slug", "Bad Slug"])
     assert code == 2
     assert "--dataset-slug 'Bad Slug'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--export", "--reuse-checkpoints", "--epochs", "3"], "--reuse-checkpoints exports the trials' own weights; "
+                                                          "--epochs and --full-curated ask for retraining"),
+    (["--export", "--reuse-checkpoints", "--seeds", "2"], "--seeds and --folds ask for retraining"),
+    (["--export", "--reuse-checkpoints", "--trial", "0"], "--reuse-checkpoints: trial(s) 0 have no stored best.pth"),
+    (["--ensemble", "3", "--trial", "0"], "--ensemble selects its members from the whole study; --trial exports"),
+    (["--ensemble", "3", "--folds", "3"], "--folds exports one trial's config"),
+    (["--bags", "2"], "--bags applies to --ensemble K only"),
+    (["--max-kernel-s", "100"], "--max-kernel-s applies to --ensemble K only"),
+])
+def test_conflicting_export_flags_are_refused_in_one_line(studies, tmp_path, capsys, flags, message):
+    assert main(["--study", "demo", "--studies-dir", str(studies), "--out", str(tmp_path / "x"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "x").exists()

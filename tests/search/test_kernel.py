@@ -1,59 +1,61 @@
-"""The generated kernel: self-contained, equal to in-project inference, robust to unreadable clips, ensembles."""
+"""The generated kernel: self-contained, equal to in-project inference, robust to unreadable clips, ensembles
+of members with different feature settings, and pasted into a notebook cell."""
 from __future__ import annotations
 
-import ast
+import base64
 import csv
-import os
+import dataclasses
+import io
+import json
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from search.export import ExportPlan, load_kernel, member_configs, retrain, write_export
-from search.kernel import ALLOWED_THIRD_PARTY, KernelGenerationError, generate_kernel
-from search.kernel_main import EXPORT_FORMAT, KernelError, find_models_dir, pool_probabilities
-from trainer.batches import FeatureBank
+from search.ensemble_report import predict_models
+from search.export import ExportPlan, KernelRunError, Member, isolated_env, retrain, run_kernel, write_export
+from search.kernel import ALLOWED_THIRD_PARTY, KernelGenerationError, bundle_files, generate_kernel
+from search.kernel_main import EXPORT_FORMAT, KernelError, find_models_dir, load_export, pool_probabilities
+from trainer import feature_cache_key
 from trainer.config import TrainConfig
 from trainer.data import read_labelled_csv, read_test_fnames
-from trainer.feature_cache import load_features
-from trainer.inference import predict_bank
 from trainer.metrics import lwlrap
-from trainer.models import build_model
 
 from tests.conftest import TINY_OVERRIDES
+
+# What the project needs but a Kaggle notebook may lack, and tomllib (Python >= 3.11 only): made
+# unimportable in the kernel's process, so a kernel that imports any of them fails the test.
+NOT_NEEDED = ("optuna", "optuna_dashboard", "sqlalchemy", "tensorboard", "iterstrat", "matplotlib", "pandas", "tomllib")
 
 
 @pytest.fixture(scope="module")
 def trained(demo_data, session_cache, tmp_path_factory):
-    """Two tiny models (seeds 0 and 1) of one config, trained once for this module."""
+    """Three tiny members trained once for this module: A; B with A's log-mel but another crop, padding,
+    normalisation and head; C with other log-mel parameters (n_mels, n_fft, hop), architecture and activation."""
     base = TrainConfig().with_overrides({**TINY_OVERRIDES, "optim.epochs": 3})
-    configs = member_configs(base, seeds=2)
-    results = retrain(configs, demo_data, tmp_path_factory.mktemp("runs"), cache_dir=session_cache, progress=False)
-    return configs, results
+    configs = [base,
+               base.with_overrides({"features.crop_frames": 48, "features.pad_mode": "wrap", "features.normalize": "none",
+                                    "model.head": "mlp", "model.head_hidden": 16, "seed": 1}),
+               base.with_overrides({"features.n_mels": 24, "features.n_fft": 1024, "features.hop": 256,
+                                    "features.crop_frames": 56, "model.arch": "cnn", "model.activation": "silu",
+                                    "seed": 2})]
+    members = retrain([Member(c) for c in configs], demo_data, tmp_path_factory.mktemp("runs"), cache_dir=session_cache,
+                      progress=False)
+    return configs, members
 
 
 @pytest.fixture(scope="module")
 def single_export(trained, tmp_path_factory) -> Path:
-    configs, results = trained
+    configs, members = trained
     out = tmp_path_factory.mktemp("export")
-    write_export(out, ExportPlan(configs=configs[:1]), results[:1])
+    write_export(out, ExportPlan(members=[Member(configs[0])]), members[:1])
     return out
-
-
-def in_project_scores(config: TrainConfig, weights: Path, paths: list[Path], cache_dir: Path) -> np.ndarray:
-    """What the project itself predicts: cached log-mels -> FeatureBank -> predict_bank."""
-    features = load_features(paths, config.features, cache_dir=cache_dir, progress=False)
-    bank = FeatureBank.from_arrays(features.arrays, normalize=config.features.normalize)
-    model = build_model(config.model)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    return predict_bank(model, bank, n_frames=config.features.crop_frames, pad_mode=config.features.pad_mode)
 
 
 def read_submission(path: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -62,27 +64,24 @@ def read_submission(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return rows[0], [r[0] for r in rows[1:]], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
 
 
-def isolated_env() -> dict[str, str]:
-    """An environment where torch & co. import but the project does not (no site, so no editable-install hook)."""
-    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-            "PYTHONPATH": os.pathsep.join(paths)}
+def kernel_args(demo_data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--test", str(demo_data / "test"), "--sample-submission", str(demo_data / "sample_submission.csv"),
+            "--out", str(out), "--device", "cpu", "--no-progress", *extra]
 
 
-def test_generated_kernel_imports_only_allowed_modules():
+def test_generated_kernel_is_one_deterministic_file_carrying_the_project_unchanged():
     text = generate_kernel()
-    assert text == generate_kernel()  # deterministic: re-exporting the same code gives the same file
-    tree = ast.parse(text)
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            roots.add(node.module.split(".")[0])
-    assert not roots & {"trainer", "search"}
-    assert roots - sys.stdlib_module_names - {"__future__"} <= ALLOWED_THIRD_PARTY
-    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    assert {"LogMel", "FeatureBank", "predict_bank", "build_model", "read_audio", "TrainConfig", "main"} <= defined
+    assert text == generate_kernel()  # re-exporting the same code gives the same file
+    compile(text, "kernel.py", "exec")
+    archive = base64.b64decode(re.search(r'_ARCHIVE = """\n(.*?)\n"""', text, re.S).group(1))
+    with zipfile.ZipFile(io.BytesIO(archive)) as bundle:
+        carried = {name: bundle.read(name) for name in bundle.namelist()}
+    assert carried == bundle_files()
+    root = Path(__file__).resolve().parents[2]
+    for name in ("trainer/models.py", "trainer/features.py", "trainer/labels.txt", "search/kernel_main.py"):
+        assert carried[name] == (root / name).read_bytes()  # byte for byte what was validated
+    assert not [n for n in carried if n.startswith("search/") and n not in ("search/__init__.py", "search/kernel_main.py")]
+    assert ALLOWED_THIRD_PARTY == {"torch", "numpy", "librosa", "soundfile", "tqdm"}
 
 
 def test_kernel_runs_without_the_project_and_matches_in_project_inference(single_export, demo_data, session_cache,
@@ -92,11 +91,13 @@ def test_kernel_runs_without_the_project_and_matches_in_project_inference(single
                            capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'trainer'" in probe.stderr
     out = tmp_path / "submission.csv"
-    run = subprocess.run([sys.executable, "-S", "kernel.py", "--test", str(demo_data / "test"),
-                          "--sample-submission", str(demo_data / "sample_submission.csv"), "--out", str(out),
-                          "--device", "cpu", "--batch-size", "7", "--no-progress"], cwd=single_export, env=env, capture_output=True, text=True, timeout=120)
+    # Run as `python kernel.py ...`, with the packages a Kaggle notebook lacks made unimportable.
+    runner = (f"import runpy, sys\nfor name in {NOT_NEEDED!r}:\n    sys.modules[name] = None\n"
+              f"sys.argv = ['kernel.py'] + sys.argv[1:]\nrunpy.run_path('kernel.py', run_name='__main__')\n")
+    run = subprocess.run([sys.executable, "-S", "-c", runner, *kernel_args(demo_data, out, "--batch-size", "7")],
+                         cwd=single_export, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "clips/s" in run.stdout
+    assert "clips/s" in run.stdout and "1 member(s), 1 feature setting(s)" in run.stdout
 
     header, fnames, scores = read_submission(out)
     with open(demo_data / "sample_submission.csv", newline="", encoding="utf-8") as handle:
@@ -105,9 +106,9 @@ def test_kernel_runs_without_the_project_and_matches_in_project_inference(single
     assert fnames == [row[0] for row in sample[1:]]
     assert np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0
 
-    config = trained[0][0]
     paths = [demo_data / "test" / f for f in read_test_fnames(demo_data / "sample_submission.csv")]
-    expected = in_project_scores(config, single_export / "best.pth", paths, session_cache)
+    (expected,), _ = predict_models(trained[0][:1], [single_export / "best.pth"], paths, cache_dir=session_cache,
+                                    device="cpu")
     np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
 
     truth = read_labelled_csv(demo_data / "test_labels.csv", demo_data / "test")
@@ -124,10 +125,9 @@ def test_unreadable_clip_still_gets_a_row(single_export, demo_data, tmp_path):
     fnames = read_test_fnames(demo_data / "sample_submission.csv")
     (test_dir / fnames[1]).write_bytes(b"not a wav file")
     (test_dir / fnames[2]).unlink()
-    kernel = load_kernel(single_export / "kernel.py")
     out = tmp_path / "submission.csv"
-    with pytest.warns(UserWarning, match=f"{fnames[1]}.*{fnames[2]}"):
-        kernel.run(test_dir, demo_data / "sample_submission.csv", out, single_export, device="cpu", progress=False)
+    done = run_kernel(single_export, test_dir, demo_data / "sample_submission.csv", out, device="cpu")
+    assert re.search(f"2 test clip\\(s\\) could not be scored.*{fnames[1]}.*{fnames[2]}", done.stderr)
     _, written, scores = read_submission(out)
     assert written == fnames
     readable = np.ones(len(fnames), dtype=bool)
@@ -137,22 +137,69 @@ def test_unreadable_clip_still_gets_a_row(single_export, demo_data, tmp_path):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "geometric"])
-def test_ensemble_export_pools_its_models(trained, demo_data, session_cache, tmp_path, pooling):
-    configs, results = trained
+def test_members_with_different_features_run_in_one_kernel_and_match_in_project_inference(
+        trained, demo_data, session_cache, tmp_path, pooling):
+    configs, members = trained
+    assert len({feature_cache_key(c.features) for c in configs}) == 2  # A and B share a log-mel setting
+    weights = [0.5, 0.3, 0.2]
     out = tmp_path / "export"
-    write_export(out, ExportPlan(configs=configs, pooling=pooling), results)
-    assert sorted(p.name for p in out.glob("*.pth")) == ["model-0.pth", "model-1.pth"]
-    for name in ("model-0.pth", "model-1.pth"):
-        state = torch.load(out / name, weights_only=True)
-        assert state and all(isinstance(v, torch.Tensor) for v in state.values())
-    kernel = load_kernel(out / "kernel.py")
-    kernel.run(demo_data / "test", demo_data / "sample_submission.csv", tmp_path / "sub.csv", out, progress=False)
+    plan = ExportPlan(members=[Member(c, w) for c, w in zip(configs, weights)], pooling=pooling)
+    write_export(out, plan, [dataclasses.replace(m, member=p) for m, p in zip(members, plan.members)])
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model-0.pth", "model-1.pth", "model-2.pth"]
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["format"] == EXPORT_FORMAT and meta["pooling"] == pooling
+    assert [m["weight"] for m in meta["members"]] == pytest.approx(weights)
+    assert [TrainConfig.from_dict(m["train_config"]) for m in meta["members"]] == configs
+
+    done = run_kernel(out, demo_data / "test", demo_data / "sample_submission.csv", tmp_path / "sub.csv", device="cpu")
+    assert "3 member(s), 2 feature setting(s)" in done.stdout
     _, fnames, scores = read_submission(tmp_path / "sub.csv")
     paths = [demo_data / "test" / f for f in fnames]
-    per_model = [in_project_scores(c, out / n, paths, session_cache)
-                 for c, n in zip(configs, ["model-0.pth", "model-1.pth"])]
-    assert np.abs(per_model[0] - per_model[1]).max() > 1e-3  # two seeds really are two models
-    np.testing.assert_allclose(scores, pool_probabilities(per_model, pooling), atol=1e-5, rtol=0)
+    per_model, readable = predict_models(configs, [out / f"model-{k}.pth" for k in range(3)], paths,
+                                         cache_dir=session_cache, device="cpu")
+    assert readable == list(range(len(paths)))
+    assert min(np.abs(a - b).max() for a, b in [(per_model[0], per_model[1]), (per_model[0], per_model[2])]) > 1e-3
+    np.testing.assert_allclose(scores, pool_probabilities(per_model, pooling, weights), atol=1e-5, rtol=0)
+
+
+def test_kernel_pasted_into_a_notebook_cell_runs_twice_and_replaces_a_foreign_trainer(single_export, demo_data,
+                                                                                      tmp_path):
+    """A cell has no __file__ and may run again; an unrelated module called trainer must not be used."""
+    cell = ("import sys, types\nsys.modules['trainer'] = types.ModuleType('trainer')  # e.g. another package's\n"
+            "text = open(sys.argv[1]).read()\nsys.argv = ['ipykernel_launcher.py'] + sys.argv[2:]\n"
+            "for run in range(2):\n    exec(compile(text, '<cell>', 'exec'), {'__name__': '__main__'})\n")
+    elsewhere = tmp_path / "working"
+    elsewhere.mkdir()
+    out = tmp_path / "submission.csv"
+    done = subprocess.run([sys.executable, "-S", "-c", cell, str(single_export / "kernel.py"),
+                           *kernel_args(demo_data, out, "--models", str(single_export))],
+                          cwd=elsewhere, env=isolated_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("wrote ") == 2
+    assert done.stderr.count("replacing the already imported module trainer by the carried one") == 1
+    assert out.is_file() and not list(elsewhere.iterdir())
+
+
+def test_kernel_errors_are_one_line(single_export, demo_data, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(single_export, broken)
+    meta = json.loads((broken / "config.json").read_text())
+    meta["members"][0]["weight"] = 0
+    (broken / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(KernelError, match=r"members\[0\] needs 'file' .* and 'weight' > 0"):
+        load_export(broken)
+    text = (broken / "kernel.py").read_text()
+    start = text.index('_ARCHIVE = """\n') + len('_ARCHIVE = """\n')
+    for cut in (1000, 1001):  # a paste cut short, with or without a whole base64 group
+        (broken / "kernel.py").write_text(text[:start] + text[start + cut:])
+        damaged = subprocess.run([sys.executable, "-S", "kernel.py"], cwd=broken, env=isolated_env(),
+                                 capture_output=True, text=True)
+        assert damaged.returncode == 1 and damaged.stderr.strip() == (
+            "error: kernel.py's module archive is damaged (edited or cut short); regenerate it")
+    (broken / "kernel.py").write_text(text)
+    (broken / "config.json").write_text(json.dumps({**meta, "format": "fat2019-search-export/1"}))
+    with pytest.raises(KernelRunError, match="format 'fat2019-search-export/1' is not 'fat2019-search-export/2'"):
+        run_kernel(broken, demo_data / "test", demo_data / "sample_submission.csv", tmp_path / "s.csv", device="cpu")
 
 
 def test_models_are_found_among_attached_datasets(tmp_path, monkeypatch):
@@ -189,38 +236,36 @@ def _fake_package(root: Path, modules: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("modules, message", [
-    ({"a": "def _check(x):\n    return x\n", "b": "def _check(x):\n    return -x\n",
-      "driver": "from fakeproj.a import _check\nfrom fakeproj.b import _check as other\n"},
-     "import its names plainly"),
-    ({"a": "def _check(x):\n    return x\n", "b": "def _check(x):\n    return -x\ndef g():\n    return 1\n",
-      "driver": "from fakeproj.a import _check\nfrom fakeproj.b import g\n"},
-     "'_check' is defined in both fakeproj.a and fakeproj.b"),
-    ({"a": "def f():\n    from fakeproj.b import g\n    return g()\n", "b": "def g():\n    return 1\n",
-      "driver": "from fakeproj.a import f\n"},
-     "inside a function"),
-    ({"a": "import optuna\n", "driver": "from fakeproj.a import optuna\n"}, "imports 'optuna'"),
-    ({"a": "X = 1\n", "driver": "from fakeproj.a import Y\n"}, "imports 'Y' from fakeproj.a"),
-    ({"a": "X = 1\nif __name__ == '__main__':\n    print(X)\n", "driver": "from fakeproj.a import X\n"},
-     "__main__"),
-    ({"a": "import fakeproj.b\n", "b": "X = 1\n", "driver": "from fakeproj.a import fakeproj\n"},
-     "write 'from <module> import <names>'"),
+    ({"a": "import optuna\n", "driver": "from fakeproj.a import optuna\ndef main(argv=None, script=None):\n    return 0\n"},
+     "fakeproj/a.py:1: imports 'optuna' at module level"),
+    ({"a": "try:\n    import sqlalchemy\nexcept ImportError:\n    pass\n",
+      "driver": "def main(argv=None, script=None):\n    return 0\n"}, "imports 'sqlalchemy' at module level"),
+    ({"driver": "def run():\n    return 0\n"}, "must define main"),
+    ({"driver": "def main(:\n"}, "fakeproj/driver.py:1: does not compile"),
 ])
-def test_generation_refuses_what_cannot_be_inlined(fake_package, modules, message):
+def test_generation_refuses_what_cannot_run_on_kaggle(fake_package, modules, message):
     fake_package(modules)
     with pytest.raises(KernelGenerationError, match=re.escape(message)):
         generate_kernel("fakeproj.driver", packages=("fakeproj",))
 
 
-def test_generation_inlines_dependencies_first(fake_package, tmp_path):
+def test_carried_modules_keep_their_imports_names_and_files(fake_package, tmp_path):
+    """What the old inliner refused now just runs: 'import as', one name in two modules, lazy project imports,
+    package imports, a __main__ block, package data read through __file__."""
     fake_package({
-        "a": "import math\n\ndef area(r):\n    return math.pi * r * r\n",
-        "b": "from fakeproj.a import area\n\ndef main():\n    print(area(1.0))\n    return 0\n",
-        "driver": "from fakeproj.b import main\n",
+        "a": "import math as m\n\ndef check(r):\n    return m.pi * r * r\n",
+        "b": "from pathlib import Path\n\ndef check(x):\n    return -x\n\n"
+             "def data():\n    return Path(__file__).with_name('data.txt').read_text().strip()\n\n"
+             "if __name__ == '__main__':\n    raise SystemExit('must not run')\n",
+        "driver": "import fakeproj.b\nfrom fakeproj.a import check\nfrom fakeproj.b import check as negate\n\n"
+                  "def main(argv=None, script=None):\n    from fakeproj.b import data\n"
+                  "    print(check(1.0), negate(2), data(), fakeproj.b.__name__)\n    return 0\n",
     })
+    (tmp_path / "fakeproj" / "data.txt").write_text("carried\n")
     text = generate_kernel("fakeproj.driver", packages=("fakeproj",))
-    assert text.index("def area") < text.index("def main")
-    assert not [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ImportFrom) and "fakeproj" in n.module]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run = subprocess.run([sys.executable, "-S", "-c", text], capture_output=True, text=True, cwd=elsewhere)
-    assert run.returncode == 0 and run.stdout.strip() == str(3.141592653589793)
+    (elsewhere / "kernel.py").write_text(text)
+    run = subprocess.run([sys.executable, "-S", "kernel.py"], capture_output=True, text=True, cwd=elsewhere)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(3.141592653589793), "-2", "carried", "fakeproj.b"]
