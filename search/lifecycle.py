@@ -40,19 +40,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import notes
 from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
+from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
 from search.console import Console
 from search.spec import SpecError, StudySpec, load_spec
-from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, best_trial, count_finished
+from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, baseline_trial, best_trial, count_finished
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig,
                      feature_cache_key, load_checkpoint)
 
-DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
-# Reasons (prefixes of the ``reason`` attr) that say nothing about the trial itself: never counted.
-ENVIRONMENT_REASONS = ("interrupted", "heartbeat", "data", "disk full", "storage")
-NEVER_RETRIED = ("config",)  # the same params fail the same way
-
-
 class TrialFailed(Exception):
     """A trial failed for a known reason (recorded on it); the worker goes on."""
 
@@ -71,49 +66,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-# -- retry policy ------------------------------------------------------------------------------------
-def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = DEFAULT_MAX_RETRY
-            ) -> int | None:
-    """Queue a FAILED ``trial`` again as WAITING with its params and epochs; returns the new trial number,
-    or None when the trial is dropped (an impossible config, or ``max_retry`` attempts failed for a reason
-    of the trial's own without progress). Idempotent: a trial already re-queued is not queued twice."""
-    trials = study.get_trials(deepcopy=False)
-    if any(t.user_attrs.get("retry_of") == trial.number for t in trials):
-        return None
-    if reason.startswith(NEVER_RETRIED):
-        return None
-    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-    by_number = {t.number: t for t in trials}
-    fruitless = sum(1 for number in history if number in by_number and _counts_against(by_number[number]))
-    if fruitless > max_retry:
-        return None
-    user_attrs = {"retry_of": trial.number, "retry_reason": reason}
-    for kept in ("baseline", "startup"):
-        if kept in trial.user_attrs:
-            user_attrs[kept] = trial.user_attrs[kept]
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
-        system_attrs={"failed_trial": history[0], "retry_history": history}))
-    return max(t.number for t in study.get_trials(deepcopy=False))
-
-
-def _counts_against(attempt: FrozenTrial) -> bool:
-    reason = str(attempt.user_attrs.get("reason", "heartbeat"))
-    if attempt.state != TrialState.FAIL or reason.startswith(ENVIRONMENT_REASONS):
-        return False
-    return int(attempt.user_attrs.get("epochs_run", 0)) <= int(attempt.user_attrs.get("resumed_from_epoch", 0))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA or CPU allocation failure (torch reports the CPU one as a RuntimeError)."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text
-                                              or "can't allocate memory" in text)
 
 
 def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
@@ -447,14 +399,14 @@ class Worker:
 
     def _retain_top_weights(self) -> None:
         """Keep weights only for the spec's ``keep_weights`` best feasible COMPLETE trials."""
-        keep = set()
         ranked = sorted((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                          if t.value is not None and all(v <= 0 for v in t.constraints.values())),
                         key=lambda t: t.value, reverse=True)
         keep = {t.number for t in ranked[:self.spec.keep_weights]}
         best = best_trial(self.study)
-        if best is not None and self.spec.keep_weights:
-            keep.add(best.number)
+        baseline = baseline_trial(self.study.get_trials(deepcopy=False))
+        if self.spec.keep_weights:  # the best and the baseline, the reference of every comparison, always stay
+            keep |= {t.number for t in (best, baseline) if t is not None and t.state == TrialState.COMPLETE}
         for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
             if trial.number not in keep and trial.number not in self.evicted:
                 self._drop(trial.number, "best.pth")

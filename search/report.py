@@ -22,6 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.artifacts import TrialFiles, open_artifact_store
 from search.checks import check_lines
 from search.console import format_duration
+from search.ensemble_report import report_section
+from search.spec import StudySpec, load_spec
 from search.plots import Plot, write_plots
 from search.storage import add_study_arguments, studies_dir
 from search.study import (StudyHandle, StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible,
@@ -33,7 +35,8 @@ _STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.R
 
 
 def write_report(handle: StudyHandle, out_dir: str | os.PathLike, *, storage_arg: str | None = None,
-                 runs_dir: str | os.PathLike | None = None, files: TrialFiles | None = None) -> Path:
+                 runs_dir: str | os.PathLike | None = None, files: TrialFiles | None = None,
+                 spec: StudySpec | None = None) -> Path:
     """Write the PNGs and ``report.md`` for the study into ``out_dir``; returns the path of ``report.md``.
 
     ``storage_arg`` is the ``--storage`` the user passed (repeated, password masked, in the reproduce
@@ -47,6 +50,8 @@ def write_report(handle: StudyHandle, out_dir: str | os.PathLike, *, storage_arg
     out_dir = Path(out_dir)
     plots = write_plots(study, out_dir)
     text = render_markdown(handle, plots, out_dir, storage_arg=storage_arg, runs_dir=runs_dir, files=files)
+    if files is not None:  # the ensemble a study's stored predictions support, within the kernel budget
+        text += "\n".join(report_section(handle.study, files, spec, out_dir)) + "\n"
     path = out_dir / "report.md"
     atomic_write_text(path, text)
     return path
@@ -214,8 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_folder = studies_dir(args.studies_dir) / args.study
         out_dir = Path(args.out) if args.out else study_folder / "report"
         files = TrialFiles(open_artifact_store(args.artifacts or study_folder / "artifacts"), handle.uid())
+        spec_path = Path(args.study) if args.study.endswith(".toml") else studies_dir(args.studies_dir) / f"{args.study}.toml"
+        spec = load_spec(spec_path) if spec_path.is_file() else None
         path = write_report(handle, out_dir, storage_arg=args.storage, runs_dir=study_folder / "runs" / handle.uid(),
-                            files=files)
+                            files=files, spec=spec)
     except (StudyNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -23,7 +23,8 @@ import optuna
 
 from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console, eta_line
-from search.lifecycle import DEFAULT_MAX_RETRY, Worker, requeue
+from search.failures import DEFAULT_MAX_RETRY, requeue
+from search.lifecycle import Worker
 from search.objective import Objective
 from search.spec import StudySpec, find_spec, load_spec, spec_differences
 from search.storage import StorageError, add_study_arguments, create_or_load_study, default_storage_url, open_storage

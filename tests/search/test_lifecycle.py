@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 import search.objective as objective_module
 from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console
-from search.lifecycle import DEFAULT_MAX_RETRY, Worker, requeue
+from search.failures import DEFAULT_MAX_RETRY, requeue
+from search.lifecycle import Worker
 from search.objective import Objective
 from search.run import join_study
 from search.spec import load_spec
@@ -283,7 +284,7 @@ def test_only_the_top_trials_keep_their_weights(tmp_path, monkeypatch):
     assert setup.run(trials=5) == 0
     by_lr = {t.params["optim.lr"]: t.number for t in setup.study.trials}
     kept = {lr for lr, number in by_lr.items() if setup.files.has(number, "best.pth")}
-    assert kept == {5e-3, 4e-3}
+    assert kept == {5e-3, 4e-3, 3e-3}  # the top 2, and the baseline (lr 3e-3) as the reference
     assert all(setup.files.has(n, "val_predictions.npz") for n in by_lr.values())  # predictions stay
 
 

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 import pytest
 
-from search.lifecycle import requeue
+from search.failures import requeue
 from search.storage import StorageError, create_or_load_study, default_storage_url, open_storage
 
 from tests.search.conftest import fresh_database, unique_name

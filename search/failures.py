@@ -1,0 +1,54 @@
+"""How trials fail and which failures are tried again: one policy for every failure, wherever it is seen
+(a worker's own trial, or a dead worker's trial found by the storage heartbeat)."""
+from __future__ import annotations
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
+# Reasons (prefixes of the ``reason`` attr) that say nothing about the trial itself: never counted.
+ENVIRONMENT_REASONS = ("interrupted", "heartbeat", "data", "disk full", "storage")
+NEVER_RETRIED = ("config",)  # the same params fail the same way
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = DEFAULT_MAX_RETRY
+            ) -> int | None:
+    """Queue a FAILED ``trial`` again as WAITING with its params and epochs; returns the new trial number,
+    or None when the trial is dropped (an impossible config, or ``max_retry`` attempts failed for a reason
+    of the trial's own without progress). Idempotent: a trial already re-queued is not queued twice."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.user_attrs.get("retry_of") == trial.number for t in trials):
+        return None
+    if reason.startswith(NEVER_RETRIED):
+        return None
+    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+    by_number = {t.number: t for t in trials}
+    fruitless = sum(1 for number in history if number in by_number and _counts_against(by_number[number]))
+    if fruitless > max_retry:
+        return None
+    user_attrs = {"retry_of": trial.number, "retry_reason": reason}
+    for kept in ("baseline", "startup"):
+        if kept in trial.user_attrs:
+            user_attrs[kept] = trial.user_attrs[kept]
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
+    return max(t.number for t in study.get_trials(deepcopy=False))
+
+
+def _counts_against(attempt: FrozenTrial) -> bool:
+    reason = str(attempt.user_attrs.get("reason", "heartbeat"))
+    if attempt.state != TrialState.FAIL or reason.startswith(ENVIRONMENT_REASONS):
+        return False
+    return int(attempt.user_attrs.get("epochs_run", 0)) <= int(attempt.user_attrs.get("resumed_from_epoch", 0))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA or CPU allocation failure (torch reports the CPU one as a RuntimeError)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text
+                                              or "can't allocate memory" in text)
