@@ -1,0 +1,119 @@
+"""python -m search.quickstart: what this tool is for, in a few minutes on a laptop CPU.
+
+Runs a small study of the built-in demo data (no download) with one worker, exports its best trial and its
+baseline with their own weights, runs each generated Kaggle kernel as Kaggle would (a separate process, the
+project not importable) on the demo's held-out test clips, and prints baseline vs best on validation and on
+clips the search never saw, what pruning saved, and the commands for the next steps. Run it again to continue
+the same study (``--trials`` is the study's total).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from optuna.trial import FrozenTrial, TrialState
+
+from search import run
+from search.artifacts import TrialFiles, open_artifact_store
+from search.best import ExportOptions, export_trial
+from search.console import format_duration
+from search.dashboard import tunnel_line
+from search.export import KernelRunError, run_kernel, score_submission
+from search.spec import find_spec, load_spec
+from search.storage import studies_dir
+from search.study import FINISHED, baseline_trial, best_trial, load_study, resolve_data
+
+STUDY = "quickstart"
+DEFAULT_TRIALS = 12
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m search.quickstart", description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="the study's total of finished trials")
+    parser.add_argument("--studies-dir", type=studies_dir, default=studies_dir(), help="where studies/quickstart.toml is")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the free cores)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    worker_args = ["--study", STUDY, "--studies-dir", str(args.studies_dir), "--trials", str(args.trials),
+                   "--device", "cpu", *(["--threads", str(args.threads)] if args.threads else [])]
+    print(f"1/3 searching: a {args.trials}-trial study of the demo data (one worker; a few minutes)", flush=True)
+    status = run.main(worker_args)
+    if status != 0:
+        return status
+    spec = load_spec(find_spec(STUDY, args.studies_dir))
+    handle = load_study(spec.name, None, args.studies_dir)
+    study = handle.study
+    files = TrialFiles(open_artifact_store(args.studies_dir / spec.name / "artifacts"), handle.uid())
+    data_dir = resolve_data(spec, None)
+    best, baseline = best_trial(study), baseline_trial(study.get_trials(deepcopy=False))
+    if best is None or baseline is None or baseline.state != TrialState.COMPLETE:
+        print("error: the study has no complete baseline or best trial yet; run the command again", file=sys.stderr)
+        return 2
+
+    print("2/3 exporting the best trial and the baseline (their own weights) as Kaggle kernels", flush=True)
+    scores = {}
+    for label, trial in (("baseline", baseline), ("best", best)):
+        out = args.studies_dir / spec.name / ("export" if label == "best" else "export-baseline")
+        if label == "best" or trial.number != best.number:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                export_trial(study, trial, data_dir, out, ExportOptions(reuse_checkpoints=True), spec=spec, files=files)
+        scores[label] = out
+    print("3/3 running each kernel on the demo's held-out test clips (never seen by the search)", flush=True)
+    test_scores = {}
+    for label, out in scores.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            submission = Path(tmp) / "submission.csv"
+            try:
+                run_kernel(out, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
+            except KernelRunError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            test_scores[label] = score_submission(submission, data_dir / "test_labels.csv")
+    if best.number == baseline.number:
+        test_scores["best"] = test_scores["baseline"]
+    print()
+    print(summary(study.study_name, best, baseline, test_scores, study.get_trials(deepcopy=False), spec.epochs,
+                  time.monotonic() - started, args.studies_dir))
+    return 0
+
+
+def summary(name: str, best: FrozenTrial, baseline: FrozenTrial, test: dict[str, float],
+            trials: list[FrozenTrial], epochs: int, seconds: float, studies: Path) -> str:
+    """The table and the next commands."""
+    finished = [t for t in trials if t.state in FINISHED]
+    complete = sum(t.state == TrialState.COMPLETE for t in finished)
+    trained = sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished)
+    saved = 1 - trained / (epochs * len(finished)) if finished else 0.0
+    same = best.number == baseline.number
+    rows = [("", f"baseline (#{baseline.number})", f"best (#{best.number})", "gain"),
+            ("validation lwlrap", f"{baseline.value:.4f}", f"{best.value:.4f}", f"{best.value - baseline.value:+.4f}"),
+            ("held-out test lwlrap", f"{test['baseline']:.4f}", f"{test['best']:.4f}",
+             f"{test['best'] - test['baseline']:+.4f}")]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = "\n".join("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    verdict = ("the search has not beaten its baseline yet: run again with more --trials" if same else
+               "the tuned config beats the baseline on clips it never saw" if test["best"] > test["baseline"] else
+               "better on validation, not on held-out clips: validation was noise at this size; run more --trials")
+    return f"""study {name}: {len(finished)} trials ({complete} complete, {len(finished) - complete} pruned) in {format_duration(seconds)}; \
+pruning saved {saved:.0%} of the training epochs
+
+{table}
+
+{verdict}.
+
+next:
+  python -m search.dashboard --study {name} --studies-dir {studies}   # then on your laptop: {tunnel_line(8080)}
+  python -m search.report --study {name} --studies-dir {studies}      # report.md + pictures
+  python -m search.best --study {name} --studies-dir {studies} --ensemble 8   # a budgeted ensemble of the study
+  python -m search.run --study fat2019 --trials 50 --data /data/fat2019 --device cuda   # the real data, one per pane
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
