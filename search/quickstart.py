@@ -57,16 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     print("2/3 exporting the best trial and the baseline (their own weights) as Kaggle kernels", flush=True)
-    scores = {}
-    for label, trial in (("baseline", baseline), ("best", best)):
-        out = args.studies_dir / spec.name / ("export" if label == "best" else "export-baseline")
-        if label == "best" or trial.number != best.number:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                export_trial(study, trial, data_dir, out, ExportOptions(reuse_checkpoints=True), spec=spec, files=files)
-        scores[label] = out
+    exports = {"best": (best, args.studies_dir / spec.name / "export")}
+    if baseline.number != best.number:
+        exports["baseline"] = (baseline, args.studies_dir / spec.name / "export-baseline")
+    for trial, out in exports.values():
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            export_trial(study, trial, data_dir, out, ExportOptions(reuse_checkpoints=True), spec=spec, files=files)
     print("3/3 running each kernel on the demo's held-out test clips (never seen by the search)", flush=True)
     test_scores = {}
-    for label, out in scores.items():
+    for label, (_, out) in exports.items():
         with tempfile.TemporaryDirectory() as tmp:
             submission = Path(tmp) / "submission.csv"
             try:
@@ -75,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             test_scores[label] = score_submission(submission, data_dir / "test_labels.csv")
-    if best.number == baseline.number:
-        test_scores["best"] = test_scores["baseline"]
+    test_scores.setdefault("baseline", test_scores["best"])
     print()
     print(summary(study.study_name, best, baseline, test_scores, study.get_trials(deepcopy=False), spec.epochs,
                   time.monotonic() - started, args.studies_dir))
