@@ -43,89 +43,31 @@ from trainer import TrainConfig, ensure_builtin, load_labels, lwlrap  # noqa: E4
 DEMO_SPEC = REPO / "studies" / "demo.toml"
 
 # The search strategy part of a spec ([sampler], [startup], [pruner]) and the trial budget in epochs.
+TPE = {"name": "tpe", "n_startup_trials": 10, "multivariate": True, "group": True, "constant_liar": True}
+NEAR_BASELINE = {"near_baseline": 6, "max_changes": 2}
+NO_STARTUP = {"near_baseline": 0}
+# a gentle ASHA (keep the top half at epochs 3 and 6) that decides nothing before 8 other trials reached a
+# rung, so a small study's first trials (the baseline and its neighbours) all train to the end
+GENTLE_ASHA = {"name": "asha", "min_resource": 3, "reduction_factor": 2, "min_trials": 8}
 STRATEGIES: dict[str, dict] = {
     # what the specs shipped before this benchmark: Optuna's TPE defaults (group off), 5 random startup
     # trials, ASHA deciding from epoch 1 without a quorum, 6 epochs
-    "old": {"epochs": 6, "sections": """[sampler]
-name = "tpe"
-n_startup_trials = 5
-multivariate = true
-group = false
-constant_liar = true
-
-[startup]
-near_baseline = 0
-
-[pruner]
-name = "asha"
-min_resource = 1
-reduction_factor = 3
-min_trials = 0
-"""},
-    # a gentle ASHA (keep the top half at epochs 3 and 6) that decides nothing before 8 other trials reached a
-    # rung, so a small study's first trials (the baseline and its neighbours) all train to the end
-    "tpe": {"epochs": 10, "sections": """[sampler]
-name = "tpe"
-n_startup_trials = 10
-multivariate = true
-group = true
-constant_liar = true
-
-[startup]
-near_baseline = 6
-max_changes = 2
-
-[pruner]
-name = "asha"
-min_resource = 3
-reduction_factor = 2
-min_trials = 8
-"""},
-    "gp": {"epochs": 10, "sections": """[sampler]
-name = "gp"
-n_startup_trials = 10
-
-[startup]
-near_baseline = 6
-max_changes = 2
-
-[pruner]
-name = "asha"
-min_resource = 3
-reduction_factor = 2
-min_trials = 8
-"""},
-    "random": {"epochs": 10, "sections": """[sampler]
-name = "random"
-
-[startup]
-near_baseline = 0
-
-[pruner]
-name = "asha"
-min_resource = 3
-reduction_factor = 2
-min_trials = 8
-"""},
-    # the same as "tpe" with the first search's pruner (ASHA from epoch 2, top third, quorum 4) and 12 epochs
-    "tpe-asha3": {"epochs": 12, "sections": """[sampler]
-name = "tpe"
-n_startup_trials = 8
-multivariate = true
-group = true
-constant_liar = true
-
-[startup]
-near_baseline = 6
-max_changes = 2
-
-[pruner]
-name = "asha"
-min_resource = 2
-reduction_factor = 3
-min_trials = 4
-"""},
+    "old": {"epochs": 6, "sampler": {**TPE, "n_startup_trials": 5, "group": False}, "startup": NO_STARTUP,
+            "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3, "min_trials": 0}},
+    "tpe": {"epochs": 10, "sampler": TPE, "startup": NEAR_BASELINE, "pruner": GENTLE_ASHA},
+    "gp": {"epochs": 10, "sampler": {"name": "gp", "n_startup_trials": 10}, "startup": NEAR_BASELINE,
+           "pruner": GENTLE_ASHA},
+    "random": {"epochs": 10, "sampler": {"name": "random"}, "startup": NO_STARTUP, "pruner": GENTLE_ASHA},
+    # "tpe" with the first candidate's pruner (ASHA from epoch 2, top third, quorum 4) and 12 epochs
+    "tpe-asha3": {"epochs": 12, "sampler": {**TPE, "n_startup_trials": 8}, "startup": NEAR_BASELINE,
+                  "pruner": {"name": "asha", "min_resource": 2, "reduction_factor": 3, "min_trials": 4}},
 }
+
+
+def toml_table(name: str, values: dict) -> str:
+    def value(v):
+        return ("true" if v else "false") if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else str(v)
+    return f"[{name}]\n" + "".join(f"{key} = {value(v)}\n" for key, v in values.items())
 
 
 @dataclass(frozen=True)
@@ -147,8 +89,10 @@ def spec_text(run: Run, scale: float) -> str:
     head = head.replace('data = "demo"', f'data = "{run.data}"').replace("data_scale = 1.0", f"data_scale = {scale}")
     head = "\n".join(f"epochs = {strategy['epochs']}" if line.startswith("epochs =") else line
                      for line in head.splitlines()) + "\n"
-    sections = strategy["sections"].replace("[startup]\n", f"[startup]\nseed = {run.repeat}\n")
-    return f"{head}{sections}\n{space}"
+    sections = [toml_table("sampler", strategy["sampler"]),
+                toml_table("startup", {"seed": run.repeat, **strategy["startup"]}),
+                toml_table("pruner", strategy["pruner"])]
+    return head + "\n".join(sections) + "\n" + space
 
 
 def run_study(run: Run, out: Path, trials: int, scale: float) -> Path:

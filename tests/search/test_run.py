@@ -63,12 +63,18 @@ def test_three_workers_share_one_study_and_stop_at_exactly_the_total(tmp_path, w
     assert any("#0   COMPLETE" in out and "(baseline)" in out for out in outputs)
 
 
-def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache):
+def _worker_in_a_trial(tmp_path, name: str, trials: int, epochs: int):
+    """A worker on a 12-epoch study, returned once its first trial has reported ``epochs`` epochs."""
     studies = tmp_path / "studies"
-    write_spec(studies, "kill", epochs=12)
-    url = default_storage_url("kill", studies)
-    first = worker(studies, "kill", "--trials", "1")
-    wait_for(lambda: _epochs_of_first_trial(url, "kill") >= 2, 60, "two epochs of trial 0")
+    write_spec(studies, name, epochs=12)
+    url = default_storage_url(name, studies)
+    proc = worker(studies, name, "--trials", str(trials))
+    wait_for(lambda: _epochs_of_first_trial(url, name) >= epochs, 60, f"{epochs} epoch(s) of trial 0")
+    return proc, studies, url
+
+
+def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache):
+    first, studies, url = _worker_in_a_trial(tmp_path, "kill", trials=1, epochs=2)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=10)
     reported = len(load(url, "kill").trials[0].intermediate_values)
@@ -89,11 +95,7 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache)
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_fails_the_trial_as_interrupted_queues_its_retry_and_exits(tmp_path, warm_cache, sig, code):
-    studies = tmp_path / "studies"
-    write_spec(studies, "intr", epochs=12)
-    url = default_storage_url("intr", studies)
-    proc = worker(studies, "intr", "--trials", "3")
-    wait_for(lambda: _epochs_of_first_trial(url, "intr") >= 1, 60, "an epoch of trial 0")
+    proc, _, url = _worker_in_a_trial(tmp_path, "intr", trials=3, epochs=1)
     proc.send_signal(sig)
     output = proc.communicate(timeout=30)[0]
     assert proc.returncode == code, output
@@ -108,11 +110,7 @@ def test_a_signal_fails_the_trial_as_interrupted_queues_its_retry_and_exits(tmp_
 
 
 def test_a_double_ctrl_c_still_queues_the_retry(tmp_path, warm_cache):
-    studies = tmp_path / "studies"
-    write_spec(studies, "double", epochs=12)
-    url = default_storage_url("double", studies)
-    proc = worker(studies, "double", "--trials", "3")
-    wait_for(lambda: _epochs_of_first_trial(url, "double") >= 1, 60, "an epoch of trial 0")
+    proc, _, url = _worker_in_a_trial(tmp_path, "double", trials=3, epochs=1)
     proc.send_signal(signal.SIGINT)
     seen = []
     while not any("SIGINT: stopping the running trial" in line for line in seen):
