@@ -31,6 +31,7 @@ from search.storage import (DEFAULT_MAX_RETRY, RetryFailedTrial, add_study_argum
 from trainer import DataError
 from trainer.config import ConfigError
 from trainer.inference import resolve_device
+from trainer.memory import check_fits, largest_data_config, plan_data_memory
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 _INTERRUPTED = threading.Event()  # set by the first Ctrl-C
@@ -78,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         resolve_device(args.device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
     study_dir = (args.studies_dir / spec.name).resolve()
     data_dir = _data_dir(spec, args.data)
+    _check_data_memory(spec, data_dir)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     url = args.storage or default_storage_url(spec.name, args.studies_dir)
     storage = open_storage(url, heartbeat_interval=args.heartbeat, grace_period=args.grace, max_retry=args.max_retry)
@@ -162,6 +164,21 @@ def _data_dir(spec: StudySpec, arg: str | None) -> Path | None:
         raise UsageError(f"data location {str(path)!r} has no train_curated.csv; expected the unzipped FAT2019 "
                          f"folder (from --data, $FAT2019_DATA or [study] data in {spec.path})")
     return path
+
+
+def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:
+    """Print what the largest data a trial of this study can ask for takes; refuse when this box cannot hold it.
+
+    Panes on one box share the banks of equal features (one memory-mapped copy), so one pane's plan is the
+    box's, give or take a little per pane.
+    """
+    candidates = {p.key: getattr(p.distribution, "choices", None) or (p.distribution.low, p.distribution.high)
+                  for p in spec.space}
+    plan = plan_data_memory(largest_data_config(spec.base_config(), candidates), data_dir)
+    print(f"{plan.describe()} (the largest data a trial of this study can ask for)", file=sys.stderr)
+    refusal = check_fits(plan, panes=1)
+    if refusal is not None:
+        raise UsageError(refusal)
 
 
 def _count_finished(study: optuna.Study) -> int:
