@@ -9,6 +9,8 @@ would re-read gigabytes from disk; refusing up front with what to change beats a
 from __future__ import annotations
 
 import math
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -91,15 +93,43 @@ def plan_data_memory(config: TrainConfig, data_dir: str | Path | None, *,
 
 def _frames(path: Path, cfg: FeatureConfig) -> int:
     """Log-mel frames of one clip from its header; 0 when unreadable (such clips are skipped in training)."""
-    try:
-        info = sf.info(str(path))
-    except (sf.SoundFileError, OSError, RuntimeError):
+    samples_and_rate = _wav_header(path)
+    if samples_and_rate is None:
+        try:
+            info = sf.info(str(path))
+        except (sf.SoundFileError, OSError, RuntimeError):
+            return 0
+        samples_and_rate = info.frames, info.samplerate
+    n, rate = samples_and_rate
+    if n <= 0:
         return 0
-    if info.frames <= 0:
-        return 0
-    samples = info.frames if info.samplerate == cfg.sample_rate else math.ceil(
-        info.frames * cfg.sample_rate / info.samplerate)  # librosa.resample's output length
+    samples = n if rate == cfg.sample_rate else math.ceil(n * cfg.sample_rate / rate)  # librosa.resample's length
     return frame_count(samples, cfg.hop)
+
+
+def _wav_header(path: Path) -> tuple[int, int] | None:
+    """(samples per channel, sample rate) of a plain RIFF/WAVE file from its first bytes; None for anything
+    else (then libsndfile decides). About 5x faster than soundfile.info: seconds saved over FAT2019's 25k clips."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    position, rate, block_align = 12, 0, 0
+    while position + 8 <= len(head):
+        chunk, length = head[position:position + 4], struct.unpack_from("<I", head, position + 4)[0]
+        body = position + 8
+        if chunk == b"fmt " and body + 16 <= len(head):
+            _, _, rate, _, block_align = struct.unpack_from("<HHIIH", head, body)
+        elif chunk == b"data":
+            if not rate or not block_align or body + length > size:  # streamed or cut short: ask libsndfile
+                return None
+            return length // block_align, rate
+        position = body + length + (length & 1)  # chunks are padded to even sizes
+    return None
 
 
 def check_fits(plan: DataMemory, *, panes: int, available_bytes: int | None = None) -> str | None:

@@ -49,3 +49,20 @@ def test_the_largest_data_of_a_space_takes_most_mels_smallest_hop_and_noisy_clip
     assert (config.features.n_mels, config.features.hop, config.data.use_noisy) == (128, 220, True)
     assert largest_data_config(TrainConfig(), {"features.n_mels": (32, 256)}).features.n_mels == 256
     assert largest_data_config(TrainConfig(), {"data.use_noisy": [False]}).data.use_noisy is False
+
+
+@pytest.mark.parametrize("rate, channels, subtype", [(44100, 1, "PCM_16"), (22050, 2, "PCM_24"), (48000, 1, "FLOAT")])
+def test_frames_from_the_header_match_the_cached_features(tmp_path, rate, channels, subtype):
+    import numpy as np
+    import soundfile as sf
+
+    from trainer.feature_cache import load_features
+    from trainer.memory import _frames
+
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, (int(0.73 * rate), channels)), rate, subtype=subtype)
+    cfg = TrainConfig().features
+    (array,) = load_features([path], cfg, cache_dir=tmp_path / "cache", progress=False).arrays
+    assert _frames(path, cfg) == array.shape[1]
+    (tmp_path / "junk.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert _frames(tmp_path / "junk.wav", cfg) == 0
