@@ -112,11 +112,7 @@ def place_banks(train: FeatureBank, val: FeatureBank, device: torch.device,
     if device.type == "cpu":
         return train, val, (f"train bank {byte_size(train.nbytes)} and val bank {byte_size(val.nbytes)}: "
                             f"memory-mapped from the cache, shared by every process on this box (cpu)")
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = device_bank_share * free
-    else:  # mps: memory is unified with the host's and there is no pinned path; keep the device copy
-        budget = math.inf
+    budget = device_bank_share * _free_device_bytes(device)
     placed, words = {}, []
     for name, bank in (("val", val), ("train", train)):  # the small one first: it is read every epoch whole
         if bank.nbytes <= budget:
@@ -128,6 +124,12 @@ def place_banks(train: FeatureBank, val: FeatureBank, device: torch.device,
             words.append(f"{name} bank {byte_size(bank.nbytes)} stays memory-mapped on the host: "
                          f"pinned-memory batches")
     return placed["train"], placed["val"], "; ".join(reversed(words))
+
+
+def _free_device_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return math.inf  # mps: memory is unified with the host's and there is no pinned path; keep the device copy
 
 
 def _entries(table: ClipTable, cfg: FeatureConfig, cache_dir, progress: bool, status: Status | None) -> CacheEntries:

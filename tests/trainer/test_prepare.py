@@ -64,3 +64,24 @@ def test_training_passes_status_lines_through(demo_data, tiny_config, tmp_path):
     train_and_evaluate(tiny_config.with_overrides({"optim.epochs": 1}), demo_data, workdir=tmp_path / "run",
                        threads=1, progress=False, verbose=False, status=lines.append)
     assert any("memory-mapped from the cache" in line for line in lines)
+
+
+def test_banks_that_fit_the_device_share_move_there_and_larger_ones_feed_it_from_the_host(demo_data, tiny_config,
+                                                                                        tmp_path, monkeypatch):
+    import trainer.prepare as prepare_module
+    from trainer.prepare import place_banks
+
+    data = prepare_data(tiny_config, demo_data, device=CPU, cache_dir=tmp_path, progress=False)
+    train, val = data.train_bank, data.val_bank
+    device = torch.device("meta")  # stands in for a GPU: tensors "move" there without memory
+    monkeypatch.setattr(prepare_module, "_free_device_bytes", lambda device: 2 * (train.nbytes + val.nbytes))
+    on_device, also_on_device, line = place_banks(train, val, device, 0.5)
+    assert on_device.frames.device == device and also_on_device.frames.device == device
+    assert line == f"train bank {progress.byte_size(train.nbytes)} on meta; val bank {progress.byte_size(val.nbytes)} on meta"
+
+    monkeypatch.setattr(prepare_module, "_free_device_bytes", lambda device: 2 * val.nbytes + train.nbytes)
+    fed, small, line = place_banks(train, val, device, 0.5)
+    assert fed.host_mapped and fed.frames.device == CPU and fed.device == device and fed.mean.device == device
+    assert small.frames.device == device
+    assert line.startswith(f"train bank {progress.byte_size(train.nbytes)} stays memory-mapped on the host: "
+                           f"pinned-memory batches; val bank")
