@@ -152,7 +152,7 @@ def clip_statistics(array: np.ndarray) -> np.ndarray:
     Accumulated in float64 through torch, whose half-to-double conversion is vectorised (numpy's is not):
     2.5x faster, which matters when packing a 25,000-clip bank.
     """
-    values = torch.from_numpy(array).double()
+    values = torch.from_numpy(array if array.flags.writeable else array.copy()).double()  # torch wants writable
     return np.array([values.mean().item(), max(values.std(unbiased=False).item(), 1e-5), values.min().item()],
                     dtype=np.float32)
 
