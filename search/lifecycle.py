@@ -109,6 +109,10 @@ class TrialRun:
         self.costs.append(float(metrics["inference_cost"]))
         self.worker.console.epoch(self.trial.number, epoch, self.config.optim.epochs, metrics)
 
+    def status(self, line: str) -> None:
+        """Progress of the data preparation (cache fill, bank packing, where the banks went), in the pane."""
+        self.worker.console.message(f"  #{self.trial.number} {line}")
+
     def over_kernel_budget(self, metrics: dict[str, Any]) -> bool:
         """At the attempt's first epoch: whether the measured inference cost already breaks the kernel
         budget (it does not depend on training); records the trial as infeasible if so."""

@@ -24,6 +24,7 @@ class Objective:
     worker: Worker
     device: str | None = None
     cache_dir: Path | None = None
+    device_bank_share: float = 0.5  # share of free GPU memory feature banks may take (larger ones feed from the host)
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.spec.config_for(self.spec.suggest(trial))
@@ -39,6 +40,7 @@ class Objective:
 
             result = train_and_evaluate(config, self.data_dir, on_epoch=on_epoch, workdir=run.workdir,
                                         device=self.device, threads=run.threads, progress=False, verbose=False,
-                                        cache_dir=self.cache_dir)
+                                        cache_dir=self.cache_dir, device_bank_share=self.device_bank_share,
+                                        status=run.status)
             run.finish(result)
         return result.best_lwlrap

@@ -18,6 +18,7 @@ import time
 import uuid
 import warnings
 import zlib
+from pathlib import Path
 
 import optuna
 
@@ -30,6 +31,7 @@ from search.spec import StudySpec, find_spec, load_spec, spec_differences
 from search.storage import StorageError, add_study_arguments, create_or_load_study, default_storage_url, open_storage
 from search.study import FINGERPRINT_ATTR, SPEC_ATTR, UID_ATTR, StudyHandle, redact, resolve_data
 from trainer import ConfigError, DataError, remove_stale_temp_files, resolve_device
+from trainer.memory import check_fits, largest_data_config, plan_data_memory
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 
@@ -59,6 +61,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", help="FAT2019 data folder or a built-in set (default: $FAT2019_DATA, then the "
                                        "spec's [study] data)")
     parser.add_argument("--device", help="auto|cpu|cuda|mps (default: the config's)")
+    parser.add_argument("--device-bank-share", type=float, default=0.5,
+                        help="share of the free GPU memory the feature banks may take; a larger bank stays memory-mapped "
+                             "on the host and feeds batches through pinned memory (default 0.5)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores shared by this box's "
                                                     "panes, fewer when the box is busy)")
     parser.add_argument("--seed", type=int, help="sampler seed, used as given (default: the spec's, mixed with the "
@@ -71,6 +76,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="attempts of one trial that may fail for a reason of its own (out of memory) without "
                              "progress before it is dropped; interruptions and dead workers never count")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.device_bank_share <= 1.0:
+        parser.error(f"--device-bank-share {args.device_bank_share}: expected a fraction between 0 and 1")
     for name in ("trials", "threads", "heartbeat", "grace"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -83,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.device is not None:
         resolve_device(args.device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
     data_dir = resolve_data(spec, args.data)
+    _check_data_memory(spec, data_dir)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     url = args.storage or default_storage_url(spec.name, args.studies_dir)
     max_retry = args.max_retry
@@ -105,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(baseline=spec.baseline_params(), worker_id=worker_id)
     worker = Worker(handle, spec, files, runs_dir, console, worker_id, data_dir, max_retry=max_retry,
                     threads=args.threads)
-    objective = Objective(spec, data_dir, worker, device=args.device)
+    objective = Objective(spec, data_dir, worker, device=args.device, device_bank_share=args.device_bank_share)
     panes = worker._panes_on_host()
     console.message(f"worker {worker_id} joined study {spec.name} ({redact(url)}), data {data_dir}; "
                     f"{eta_line(handle.study, args.trials, panes)}"
@@ -154,6 +162,21 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
             raise UsageError(message + " (use --force to join anyway, or another [study] name)")
         print(f"warning: {message}; joining anyway (--force)", file=sys.stderr)
     return study
+
+
+def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:
+    """Print what the largest data a trial of this study can ask for takes; refuse when this box cannot hold it.
+
+    Panes on one box share the banks of equal features (one memory-mapped copy), so one pane's plan is the
+    box's, give or take a little per pane.
+    """
+    candidates = {p.key: getattr(p.distribution, "choices", None) or (p.distribution.low, p.distribution.high)
+                  for p in spec.space}
+    plan = plan_data_memory(largest_data_config(spec.base_config(), candidates), data_dir)
+    print(f"{plan.describe()} (the largest data a trial of this study can ask for)", file=sys.stderr)
+    refusal = check_fits(plan, panes=1)
+    if refusal is not None:
+        raise UsageError(refusal)
 
 
 def _worker_seed(spec_seed: int | None, worker_id: str) -> int | None:

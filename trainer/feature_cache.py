@@ -4,11 +4,14 @@ Layout under ``cache_root(cache_dir) / "features"``::
 
     <key>/params.json            the feature parameters behind <key> (for people)
     <key>/<d[:2]>/<d>.npy        float16 (n_mels, frames) log-mel of the file whose content digest is d
+    <key>/fill.lock              held by the one process computing missing entries of <key>
+    <key>/banks/                 packed banks of whole splits (trainer/banks.py)
     digests.json                 memo: (absolute path, size, mtime_ns) -> content digest
 
 Entries are keyed by content, so a copy of a clip elsewhere reuses its entry. Every file is
-written atomically, so any number of processes may fill the cache at once; a reader only opens
-final names, and an entry that fails to load (truncated by a full disk, say) is recomputed.
+written atomically and a reader only opens final names; an entry that fails to load (truncated by
+a full disk, say) is recomputed. Processes that need missing entries of one key take turns (the
+fill lock), so panes started together compute each clip once instead of once per pane.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,13 +33,17 @@ from tqdm import tqdm
 from trainer.atomic import atomic_path, atomic_write_text
 from trainer.audio import AudioReadError, read_audio
 from trainer.config import FeatureConfig
+from trainer.data import DataError
 from trainer.features import LogMel
+from trainer.file_lock import exclusive_lock
 from trainer.paths import cache_root
+from trainer.progress import Progress, Status, duration
 
 # Bump when the feature code changes its output, so old entries stop matching.
 FEATURE_CODE_VERSION = 1
 MIN_FILES_FOR_POOL = 16  # below this a process pool costs more than it saves
 _MEMO_SIZE = 2
+INDEX_SAVE_EVERY_S = 60.0  # during a long fill, how often the digest memo is written out
 
 
 @dataclass
@@ -67,50 +75,141 @@ def load_features(paths: list[Path], cfg: FeatureConfig, *, cache_dir: str | os.
     paths = [Path(p) for p in paths]
     key = feature_cache_key(cfg)
     features_dir = cache_root(cache_dir) / "features"
-    identities = [_identity(p) for p in paths]
-    memo_key = (key, str(features_dir.absolute()), tuple(identities))
+    memo_key = (key, str(features_dir.absolute()), tuple(_identity(p) for p in paths))
     if memo_key in _memo:
         _memo.move_to_end(memo_key)
         hit = _memo[memo_key]
         return FeatureSet(list(hit.arrays), list(hit.failed))
 
-    entry_dir = features_dir / key
-    if not (entry_dir / "params.json").exists():
-        atomic_write_text(entry_dir / "params.json", json.dumps(cfg.cache_params(), indent=2, sort_keys=True))
-    digests = _DigestIndex(features_dir / "digests.json")
     arrays: list[np.ndarray | None] = [None] * len(paths)
-    failures: dict[int, str] = {}
-    todo: list[int] = []
-    bar = tqdm(total=len(paths), desc=desc or "log-mel", unit="clip",
-               disable=not progress or not sys.stderr.isatty())
-    with bar:
-        for i, identity in enumerate(identities):
-            digest = digests.get(identity)
-            array = _load_entry(_entry_path(entry_dir, digest), cfg) if digest else None
-            if array is None:
-                todo.append(i)
-            else:
-                arrays[i] = array
-                bar.update()
-        for i, (digest, reason) in zip(todo, _fill(paths, todo, cfg, entry_dir, workers)):
-            bar.update()
-            if reason is not None:
-                failures[i] = reason
-                continue
-            digests.put(identities[i], digest)
-            arrays[i] = _load_entry(_entry_path(entry_dir, digest), cfg)
-            if arrays[i] is None:
-                failures[i] = f"cache entry {_entry_path(entry_dir, digest)} could not be read back"
-    digests.save()
-
+    entries = _resolve(paths, cfg, features_dir, workers=workers, progress=progress, desc=desc, status=None,
+                       loaded=arrays)
     for array in arrays:
         if array is not None:
             array.flags.writeable = False
-    result = FeatureSet(arrays, [(paths[i], failures[i]) for i in sorted(failures)])
+    result = FeatureSet(arrays, list(entries.failed))
     _memo[memo_key] = result
     while len(_memo) > _MEMO_SIZE:
         _memo.popitem(last=False)
     return FeatureSet(list(arrays), list(result.failed))
+
+
+@dataclass
+class CacheEntries:
+    """Where the cached log-mel of each requested clip is, found or computed now, with no array loaded.
+
+    ``digests[i]`` is the content digest of ``paths[i]``, None where the file was unusable (its reason is
+    in ``failed``).
+    """
+
+    paths: list[Path]
+    cfg: FeatureConfig
+    entry_dir: Path
+    digests: list[str | None]
+    failed: list[tuple[Path, str]]
+
+    def entry_path(self, i: int) -> Path:
+        return _entry_path(self.entry_dir, self.digests[i])
+
+    def load(self, i: int) -> np.ndarray:
+        """Clip i's (n_mels, frames) float16 array; an entry found damaged or gone is computed again first."""
+        digest = self.digests[i]
+        if digest is None:
+            raise ValueError(f"{self.paths[i]} has no cache entry (it was unreadable)")
+        array = _load_entry(_entry_path(self.entry_dir, digest), self.cfg)
+        if array is None:
+            new_digest, reason = _fill_one((self.paths[i], self.cfg, self.entry_dir))
+            array = _load_entry(_entry_path(self.entry_dir, digest), self.cfg) if new_digest == digest else None
+            if array is None:
+                raise DataError(f"{self.paths[i]}: changed or became unreadable since it was hashed "
+                                f"({reason or 'different content'}); run again")
+        return array
+
+
+def cache_entries(paths: list[Path], cfg: FeatureConfig, *, cache_dir: str | os.PathLike | None = None,
+                  workers: int | None = None, progress: bool = True, desc: str = "",
+                  status: Status | None = None) -> CacheEntries:
+    """Make sure every clip of ``paths`` has a cache entry (computing the missing ones), load none of them.
+
+    A warm call only stats the files and reads the digest memo: no audio and no entry is opened. Filling
+    reports progress through ``status`` (at most one line every few seconds).
+    """
+    return _resolve([Path(p) for p in paths], cfg, cache_root(cache_dir) / "features", workers=workers,
+                    progress=progress, desc=desc, status=status, loaded=None)
+
+
+def _resolve(paths: list[Path], cfg: FeatureConfig, features_dir: Path, *, workers: int | None, progress: bool,
+             desc: str, status: Status | None, loaded: list[np.ndarray | None] | None) -> CacheEntries:
+    """Digest of every path, computing missing entries; with ``loaded``, also load (and so check) each entry."""
+    entry_dir = features_dir / feature_cache_key(cfg)
+    if not (entry_dir / "params.json").exists():
+        atomic_write_text(entry_dir / "params.json", json.dumps(cfg.cache_params(), indent=2, sort_keys=True))
+    identities = [_identity(p) for p in paths]
+    digests: list[str | None] = [None] * len(paths)
+    failures: dict[int, str] = {}
+    what = desc or "log-mel"
+    bar = tqdm(total=len(paths), desc=what, unit="clip", disable=not progress or not sys.stderr.isatty())
+    with bar:
+        todo = _known(range(len(paths)), identities, _DigestIndex(features_dir / "digests.json"), entry_dir, cfg,
+                      digests, loaded)
+        bar.update(len(paths) - len(todo))
+        if todo:
+            # One filler per feature key: panes started together would otherwise each compute every clip.
+            with exclusive_lock(entry_dir / "fill.lock", what=f"filling the {what} cache", status=status):
+                index = _DigestIndex(features_dir / "digests.json")  # what the previous holder added
+                still = _known(todo, identities, index, entry_dir, cfg, digests, loaded)
+                bar.update(len(todo) - len(still))
+                _compute(still, paths, identities, cfg, entry_dir, index, workers, digests, failures, loaded,
+                         bar, Progress(status, what, len(still)))
+    return CacheEntries(paths, cfg, entry_dir, digests, [(paths[i], failures[i]) for i in sorted(failures)])
+
+
+def _known(candidates, identities, index: "_DigestIndex", entry_dir: Path, cfg: FeatureConfig,
+           digests: list, loaded: list | None) -> list[int]:
+    """Record the digests the memo knows (and, when loading, the entries that load); return the rest."""
+    missing = []
+    for i in candidates:
+        digest = index.get(identities[i])
+        array = _load_entry(_entry_path(entry_dir, digest), cfg) if digest and loaded is not None else None
+        if digest is None or (loaded is not None and array is None):
+            missing.append(i)
+            continue
+        digests[i] = digest
+        if loaded is not None:
+            loaded[i] = array
+    return missing
+
+
+def _compute(todo: list[int], paths, identities, cfg: FeatureConfig, entry_dir: Path, index: "_DigestIndex",
+             workers: int | None, digests: list, failures: dict, loaded: list | None, bar, progress: Progress) -> None:
+    if not todo:
+        return
+    if progress.status is not None:
+        n_workers = min(max(1, workers or os.cpu_count() or 1), len(todo))
+        progress.status(f"{progress.what}: computing {len(todo):,} of {len(paths):,} clips "
+                        f"({n_workers} process{'es' if n_workers > 1 else ''})")
+    saved = time.monotonic()
+    for i, (digest, reason) in zip(todo, _fill(paths, todo, cfg, entry_dir, workers)):
+        bar.update()
+        progress.advance()
+        if reason is not None:
+            failures[i] = reason
+            continue
+        index.put(identities[i], digest)
+        if loaded is not None:
+            loaded[i] = _load_entry(_entry_path(entry_dir, digest), cfg)
+            if loaded[i] is None:
+                failures[i] = f"cache entry {_entry_path(entry_dir, digest)} could not be read back"
+                continue
+        digests[i] = digest
+        if time.monotonic() - saved > INDEX_SAVE_EVERY_S:  # a killed fill keeps what it hashed
+            index.save()
+            saved = time.monotonic()
+    index.save()
+    if progress.status is not None:
+        elapsed = progress.elapsed()
+        progress.status(f"{progress.what}: {len(todo):,} clips computed in {duration(elapsed)} "
+                        f"({len(todo) / max(elapsed, 1e-9):,.1f} clips/s)")
 
 
 # -- in-process memo: several trials in one worker load the same set once --------------------------

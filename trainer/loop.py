@@ -30,6 +30,7 @@ from trainer.losses import build_loss
 from trainer.metrics import lwlrap, per_class_lwlrap
 from trainer.models import build_model
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.prefetch import crop_batches
 from trainer.prepare import PreparedData, measure_feature_cost, prepare_data
 from trainer.run_log import RunLog
 from trainer.samplers import epoch_indices
@@ -71,11 +72,15 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
                        threads: int | None = None,
                        progress: bool | None = None,
                        verbose: bool = True,
-                       cache_dir: str | Path | None = None) -> Result:
+                       cache_dir: str | Path | None = None,
+                       device_bank_share: float = 0.5,
+                       status: Callable[[str], None] | None = None) -> Result:
     """Train ``config`` on the training split, validate on held-out curated every epoch, return lwlrap.
 
     ``workdir`` receives config.json, last.pth (every epoch) and best.pth; an existing last.pth there is
     resumed. ``progress`` None shows a batch bar only on a terminal; ``verbose`` prints one line per epoch.
+    ``status`` receives data preparation progress and where the banks went; ``device_bank_share`` is the
+    share of free GPU memory feature banks may take (larger ones are fed from the host; see prepare_data).
     """
     started = time.perf_counter()
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -86,7 +91,8 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
     show_bar = progress if progress is not None else sys.stderr.isatty()
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else (lambda line: None)
 
-    data = prepare_data(config, data_dir, device=dev, cache_dir=cache_dir, progress=progress is not False)
+    data = prepare_data(config, data_dir, device=dev, cache_dir=cache_dir, progress=progress is not False,
+                        device_bank_share=device_bank_share, status=status)
     # Measured once: the log-mel cost per second of audio does not change between epochs.
     feature_cost = measure_feature_cost(config.features, dev)
 
@@ -195,9 +201,9 @@ def _train_one_epoch(config: TrainConfig, data: PreparedData, model: torch.nn.Mo
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.optim.grad_clip if config.optim.grad_clip is not None else float("inf")
     total_loss, total_norm = 0.0, 0.0
+    batches = crop_batches(data.train_bank, order, batch_size, n_batches, config.features, generator)
     for step in tqdm(range(n_batches), desc=desc, disable=not bar, leave=False, dynamic_ncols=True):
-        clips = torch.from_numpy(order[step * batch_size:(step + 1) * batch_size])
-        x = data.train_bank.random_crops(clips, config.features.crop_frames, config.features.pad_mode, generator)
+        clips, x = next(batches)
         on_device = clips.to(data.train_targets.device)
         y, is_noisy = data.train_targets[on_device], data.train_is_noisy[on_device]
         x = spec_augment(x, config.augment, generator)
