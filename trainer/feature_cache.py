@@ -15,14 +15,18 @@ fill lock), so panes started together compute each clip once instead of once per
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from trainer.progress import Progress, Status, duration
 
 # Bump when the feature code changes its output, so old entries stop matching.
 FEATURE_CODE_VERSION = 1
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
 MIN_FILES_FOR_POOL = 16  # below this a process pool costs more than it saves
 _MEMO_SIZE = 2
 INDEX_SAVE_EVERY_S = 60.0  # during a long fill, how often the digest memo is written out
@@ -298,12 +303,34 @@ def _fill(paths: list[Path], todo: list[int], cfg: FeatureConfig, entry_dir: Pat
     # platform default); like DataLoader workers they use one torch thread each.
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
     chunk = max(1, min(32, len(jobs) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
-        yield from pool.map(_fill_one, jobs, chunksize=chunk)
+    done = 0
+    try:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(os.getpid(),))
+        try:
+            for result in pool.map(_fill_one, jobs, chunksize=chunk):
+                yield result
+                done += 1
+        finally:  # an interrupt or an error must not wait for every remaining clip: cancel what has not started
+            pool.shutdown(wait=True, cancel_futures=True)
+    except BrokenProcessPool:
+        # A fill process died (killed, out of memory): this process finishes the clips that are not done;
+        # the entries the others wrote meanwhile are found and reused, not recomputed.
+        warnings.warn(f"a feature-cache fill process died; computing the remaining {len(jobs) - done} clip(s) "
+                      f"in this process", stacklevel=2)
+        for job in jobs[done:]:
+            yield _fill_one(job)
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     torch.set_num_threads(1)
+    # Ctrl-C belongs to the parent: it cancels the fill. And a fill process must not outlive its parent
+    # (kill -9 of a worker would otherwise leave its fill processes running, writing, holding memory).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 _modules: dict[FeatureConfig, LogMel] = {}

@@ -1,5 +1,9 @@
 import multiprocessing
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +198,67 @@ def test_two_processes_filling_one_cache_agree(tmp_path):
         np.testing.assert_array_equal(outputs[1][f"arr_{i}"], array)
     leftovers = [p for p in (cache / "features").rglob("*") if p.name.startswith(".tmp-")]
     assert leftovers == [] and len(npy_files(cache)) == len(paths)
+
+
+_FILL_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import trainer.feature_cache as fc
+from trainer.config import FeatureConfig
+parent = os.getpid()
+real = fc._fill_one
+def fill_one(job):
+    if os.getpid() != parent:
+        if sys.argv[3] == "die" and job[0].name == "clip005.wav":
+            os.kill(os.getpid(), 9)  # a fill process killed mid-fill
+        if sys.argv[3] == "hang":
+            time.sleep(120)
+    return real(job)
+fc._fill_one = fill_one
+paths = sorted(Path(sys.argv[1]).glob("*.wav"))
+result = fc.load_features(paths, FeatureConfig(n_mels=32, n_fft=1024, hop=256), cache_dir=sys.argv[2],
+                          workers=2, progress=False)
+print("filled", sum(a is not None for a in result.arrays), "of", len(paths), flush=True)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def test_a_fill_process_killed_mid_fill_does_not_fail_the_fill(tmp_path):
+    write_clips(tmp_path / "wav", 24)
+    done = subprocess.run([sys.executable, "-c", _FILL_SCRIPT, str(tmp_path / "wav"), str(tmp_path / "cache"), "die"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "filled 24 of 24" in done.stdout
+    assert "a feature-cache fill process died; computing the remaining" in done.stderr
+
+
+def test_fill_processes_die_with_their_parent(tmp_path):
+    write_clips(tmp_path / "wav", 24)
+    parent = subprocess.Popen([sys.executable, "-c", _FILL_SCRIPT, str(tmp_path / "wav"), str(tmp_path / "cache"),
+                               "hang"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(_children(parent.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    fillers = _children(parent.pid)
+    assert len(fillers) >= 2
+    time.sleep(1)  # past their start-up, into the (hanging) fill
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in (Path(f"/proc/{pid}/stat").read_text().split()[2])
+              for pid in fillers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in fillers if Path(f"/proc/{pid}").exists()
+             and (Path(f"/proc/{pid}/stat").read_text().split()[2]) != "Z"]
+    assert alive == [], "fill processes outlived their parent"
