@@ -92,7 +92,7 @@ def study_note(study: optuna.Study, *, spec_epochs: int | None = None) -> str:
         elif baseline is not None and baseline.number == best.number:
             lines.append("The best is the baseline itself: the search has not beaten it yet.")
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if spec_epochs and finished:
+    if spec_epochs and finished and all("epochs_run" in t.user_attrs for t in finished):
         done = sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished)
         lines += ["", f"Pruning saved {1 - done / (spec_epochs * len(finished)):.0%} of the training epochs of the "
                       f"finished trials."]

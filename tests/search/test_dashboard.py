@@ -244,8 +244,11 @@ def test_browser_shows_the_study_and_its_trial_count(demo_db, tmp_path, dashboar
         # --virtual-time-budget lets the JavaScript app fetch the study and render before the DOM is dumped
         dom = _chromium("--virtual-time-budget=15000", "--dump-dom", dashboard.url + "/trials",
                         profile=tmp_path / "profile-dom")
-        study_page = _chromium("--virtual-time-budget=15000", "--dump-dom", dashboard.url,
-                               profile=tmp_path / "profile-note")
+        note_page = _chromium("--virtual-time-budget=15000", "--dump-dom", dashboard.url + "/note",
+                              profile=tmp_path / "profile-note")
+        _chromium("--virtual-time-budget=15000", "--window-size=1400,1000",
+                  f"--screenshot={ARTIFACTS / 'dashboard-note.png'}", dashboard.url + "/note",
+                  profile=tmp_path / "profile-note-shot")
         _chromium("--virtual-time-budget=15000", "--window-size=1400,1000", f"--screenshot={screenshot}",
                   dashboard.url, profile=tmp_path / "profile-shot")
     finally:
@@ -253,8 +256,8 @@ def test_browser_shows_the_study_and_its_trial_count(demo_db, tmp_path, dashboar
     assert "demo (id=1)" in dom
     assert ">6 Trials<" in dom
     # the study's note, as the workers write it: best vs baseline and the next commands
-    assert "Best: trial 4, validation lwlrap 0.1000" in study_page
-    assert "python -m search.best --study demo --export" in study_page
+    assert "Best: trial 4, validation lwlrap 0.1000" in note_page
+    assert "python -m search.best --study demo --export" in note_page
     pixels = mpimg.imread(screenshot)
     assert pixels.shape[:2] == (1000, 1400)
     assert float(np.asarray(pixels)[..., :3].std()) > 0.05, "the screenshot is blank"
