@@ -173,7 +173,7 @@ def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:
     candidates = {p.key: getattr(p.distribution, "choices", None) or (p.distribution.low, p.distribution.high)
                   for p in spec.space}
     plan = plan_data_memory(largest_data_config(spec.base_config(), candidates), data_dir)
-    print(f"{plan.describe()} (the largest data a trial of this study can ask for)", file=sys.stderr)
+    print(f"{plan.describe()} (the largest data a trial of this study can ask for)", flush=True)
     refusal = check_fits(plan, panes=1)
     if refusal is not None:
         raise UsageError(refusal)

@@ -176,7 +176,10 @@ def _known(candidates, identities, index: "_DigestIndex", entry_dir: Path, cfg: 
     for i in candidates:
         digest = index.get(identities[i])
         array = _load_entry(_entry_path(entry_dir, digest), cfg) if digest and loaded is not None else None
-        if digest is None or (loaded is not None and array is None):
+        # The memo maps files to content digests for every feature setting; whether this setting's entry
+        # exists is a separate question (a stat when not loading).
+        if digest is None or (loaded is not None and array is None) or \
+                (loaded is None and not _entry_path(entry_dir, digest).is_file()):
             missing.append(i)
             continue
         digests[i] = digest

@@ -14,9 +14,10 @@ def test_a_worker_prints_the_data_memory_and_refuses_when_the_box_cannot_hold_it
                                      '"data.use_noisy" = { choices = [false, true] }\n')
     monkeypatch.setattr(trainer.memory, "available_memory_bytes", lambda: 1_000_000)
     assert main(["--study", "mem", "--studies-dir", str(studies), "--trials", "1", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith("data: train bank ") and "noisy at 64 mels" in err[0]
-    assert err[0].endswith("(the largest data a trial of this study can ask for)")
-    assert len(err) == 2 and err[1].startswith("error: the data of this trial needs ")
-    assert err[1].endswith("per box and 1 MB are available; use fewer mels or data.use_noisy = false")
+    captured = capsys.readouterr()
+    out, err = captured.out.strip().splitlines(), captured.err.strip().splitlines()
+    assert out[0].startswith("data: train bank ") and "noisy at 64 mels" in out[0]
+    assert out[0].endswith("(the largest data a trial of this study can ask for)")
+    assert len(err) == 1 and err[0].startswith("error: the data of this trial needs ")
+    assert err[0].endswith("per box and 1 MB are available; use fewer mels or data.use_noisy = false")
     assert not (studies / "mem.db").exists()  # refused before it touched the study

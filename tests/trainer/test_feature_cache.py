@@ -262,3 +262,15 @@ def test_fill_processes_die_with_their_parent(tmp_path):
     alive = [pid for pid in fillers if Path(f"/proc/{pid}").exists()
              and (Path(f"/proc/{pid}/stat").read_text().split()[2]) != "Z"]
     assert alive == [], "fill processes outlived their parent"
+
+
+def test_entries_of_a_new_feature_setting_are_computed_though_the_files_were_hashed_before(tmp_path):
+    from trainer.feature_cache import cache_entries
+
+    paths = write_clips(tmp_path / "wav", 3)
+    first = cache_entries(paths, CFG, cache_dir=tmp_path / "cache", progress=False)
+    other = FeatureConfig(n_mels=24, n_fft=1024, hop=256)  # the digest memo knows these files already
+    second = cache_entries(paths, other, cache_dir=tmp_path / "cache", progress=False)
+    assert second.digests == first.digests
+    assert all(second.entry_path(i).is_file() for i in range(3))
+    assert second.load(0).shape[0] == 24
