@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from search.artifacts import TrialFiles
 from search.ensemble import BAG_FRACTION, EnsembleError, Selection, select_from_study
@@ -164,6 +165,9 @@ def report_section(study: optuna.Study, files: TrialFiles, spec: StudySpec | Non
     ``out_dir/ensemble_curve.png``; the validation labels come from ``data_dir``, else the study's data
     location (``resolve_data``). A one-line note instead when the study cannot be ensembled (yet)."""
     lines = ["## Ensemble selection", ""]
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        # before resolving the data: a built-in set would be generated just to say this
+        return lines + ["Not available: no trial has completed yet.", ""]
     try:
         data_dir = data_dir if data_dir is not None else resolve_data(spec, None)
         selection = select_from_study(study, files, data_dir, spec=spec, rounds=rounds)

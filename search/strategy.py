@@ -23,8 +23,8 @@ SAMPLER_SETTINGS: dict[str, dict[str, type]] = {
 SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
     # group: conditional params (head_hidden only with the mlp head, ...) join the joint model in their
     # own group instead of being sampled independently; constant_liar: parallel panes spread out.
-    "tpe": {"n_startup_trials": 8, "multivariate": True, "group": True, "constant_liar": True},
-    "gp": {"n_startup_trials": 8},
+    "tpe": {"n_startup_trials": 10, "multivariate": True, "group": True, "constant_liar": True},
+    "gp": {"n_startup_trials": 10},
     "random": {},
 }
 PRUNER_SETTINGS: dict[str, dict[str, type]] = {
@@ -34,7 +34,7 @@ PRUNER_SETTINGS: dict[str, dict[str, type]] = {
     "none": {},
 }
 PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "asha": {"min_resource": 2, "reduction_factor": 3, "min_early_stopping_rate": 0, "min_trials": 4},
+    "asha": {"min_resource": 3, "reduction_factor": 2, "min_early_stopping_rate": 0, "min_trials": 8},
     "hyperband": {"min_resource": 2, "reduction_factor": 3, "min_trials": 4},
     "median": {"n_startup_trials": 0, "n_warmup_steps": 2, "interval_steps": 1, "min_trials": 4},
     "none": {},

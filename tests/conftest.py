@@ -45,3 +45,11 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file below ``root`` by relative path: two trees with equal maps hold the same bytes."""
+    import hashlib
+
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

@@ -63,6 +63,7 @@ def studies(demo_data, session_cache, tmp_path_factory) -> Path:
     return studies
 
 
+@pytest.mark.slow
 def test_listing_ranks_trials_and_skips_infeasible_ones(studies, capsys):
     assert main(["--study", "demo", "--studies-dir", str(studies)]) == 0
     out = capsys.readouterr().out
@@ -74,6 +75,7 @@ def test_listing_ranks_trials_and_skips_infeasible_ones(studies, capsys):
     assert json.loads(out[out.index("{"):])["optim"]["lr"] == 3e-3  # the best config, in full
 
 
+@pytest.mark.slow
 def test_export_retrains_the_best_feasible_trial(studies, tmp_path, capsys):
     out = tmp_path / "export"
     code = main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(out),
@@ -100,6 +102,7 @@ def test_export_retrains_the_best_feasible_trial(studies, tmp_path, capsys):
     assert (out / "kernel.py").is_file()
 
 
+@pytest.mark.slow
 def test_export_of_a_seed_ensemble_with_full_curated(studies, tmp_path, capsys):
     out = tmp_path / "export"
     code = main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(out), "--seeds", "2",

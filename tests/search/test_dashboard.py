@@ -114,6 +114,7 @@ def demo_db(tmp_path):
     return tmp_path / "demo.db"
 
 
+@pytest.mark.slow
 def test_prints_study_address_and_tunnel_line(demo_db, dashboards):
     dashboard = dashboards("--study", "demo", "--storage", f"sqlite:///{demo_db}")
     try:
@@ -127,6 +128,7 @@ def test_prints_study_address_and_tunnel_line(demo_db, dashboards):
     assert "no authentication" not in err
 
 
+@pytest.mark.slow
 def test_binding_elsewhere_warns_about_authentication(demo_db, dashboards):
     dashboard = dashboards("--study", "demo", "--storage", f"sqlite:///{demo_db}", "--host", "0.0.0.0")
     err = dashboard.stop()
@@ -144,6 +146,7 @@ def test_unknown_study_is_a_one_line_error(demo_db, capsys, dashboards):
     assert "study 'nope' not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_serves_while_workers_write_the_same_sqlite_file(demo_db, dashboards):
     """Two writer processes add trials while the dashboard is polled; nobody fails, every trial shows up."""
     dashboard = dashboards("--study", "demo", "--storage", f"sqlite:///{demo_db}")
@@ -175,6 +178,7 @@ def test_serves_while_workers_write_the_same_sqlite_file(demo_db, dashboards):
 
 
 
+@pytest.mark.slow
 def test_serves_while_search_run_workers_train(warm_cache, tmp_path, dashboards):
     """Two real ``python -m search.run`` workers train a tiny study while the dashboard serves it."""
     studies = tmp_path / "studies"
@@ -227,6 +231,7 @@ def _chromium(*args: str, profile: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} not installed (run .ci/install-chromium)")
 def test_browser_shows_the_study_and_its_trial_count(demo_db, tmp_path, dashboards):
     from search import notes

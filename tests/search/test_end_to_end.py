@@ -1,3 +1,4 @@
+import pytest
 """The whole loop on a small real demo study: workers -> TensorBoard runs -> report -> best listing."""
 import matplotlib.image
 import numpy as np
@@ -13,6 +14,7 @@ def study_handle(studies, name):
     return load_study(name, None, studies)
 
 
+@pytest.mark.slow
 def test_a_real_study_reports_and_lists(tmp_path, warm_cache, capsys):
     studies = tmp_path / "studies"
     write_spec(studies, "e2e", epochs=3, pruner='name = "median"\nn_startup_trials = 1\nn_warmup_steps = 1\nmin_trials = 1')

@@ -192,6 +192,7 @@ def open_real(studies: Path):
     return handle.study, TrialFiles(open_artifact_store(studies / "ens" / "artifacts"), handle.uid()), spec
 
 
+@pytest.mark.slow
 def test_best_ensemble_exports_the_trials_own_weights_and_the_kernel_matches(real_study, demo_data, session_cache,
                                                                            tmp_path, capsys):
     out = tmp_path / "export"
@@ -220,6 +221,7 @@ def test_best_ensemble_exports_the_trials_own_weights_and_the_kernel_matches(rea
     np.testing.assert_allclose(scores, pool_probabilities(per_model, "mean", list(weights.values())), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_ensemble_export_retrains_each_member_with_its_exact_config(real_study, tmp_path, capsys):
     code = best_main(["--study", "ens", "--studies-dir", str(real_study), "--ensemble", "2", "--export",
                       "--out", str(tmp_path / "export")])
@@ -256,6 +258,7 @@ def test_report_section_shows_the_curve_and_the_held_out_gain(real_study, demo_d
         "Not available: study 'no-name-")
 
 
+@pytest.mark.slow
 def test_bench_ensemble_exports_runs_and_scores_both_kernels(real_study, demo_data, tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ensemble.py"), "--study", "ens",
                           "--studies-dir", str(real_study), "--ensemble", "3", "--reuse-checkpoints", "--device", "cpu",

@@ -84,6 +84,7 @@ def test_generated_kernel_is_one_deterministic_file_carrying_the_project_unchang
     assert ALLOWED_THIRD_PARTY == {"torch", "numpy", "librosa", "soundfile", "tqdm"}
 
 
+@pytest.mark.slow
 def test_kernel_runs_without_the_project_and_matches_in_project_inference(single_export, demo_data, session_cache,
                                                                           trained, tmp_path):
     env = isolated_env()
@@ -119,6 +120,7 @@ def test_kernel_runs_without_the_project_and_matches_in_project_inference(single
     assert score > chance + 0.05
 
 
+@pytest.mark.slow
 def test_unreadable_clip_still_gets_a_row(single_export, demo_data, tmp_path):
     test_dir = tmp_path / "test"
     shutil.copytree(demo_data / "test", test_dir)
@@ -136,6 +138,7 @@ def test_unreadable_clip_still_gets_a_row(single_export, demo_data, tmp_path):
     np.testing.assert_allclose(scores[2], scores[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["mean", "geometric"])
 def test_members_with_different_features_run_in_one_kernel_and_match_in_project_inference(
         trained, demo_data, session_cache, tmp_path, pooling):
@@ -162,6 +165,7 @@ def test_members_with_different_features_run_in_one_kernel_and_match_in_project_
     np.testing.assert_allclose(scores, pool_probabilities(per_model, pooling, weights), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_kernel_pasted_into_a_notebook_cell_runs_twice_and_replaces_a_foreign_trainer(single_export, demo_data,
                                                                                       tmp_path):
     """A cell has no __file__ and may run again; an unrelated module called trainer must not be used."""
@@ -180,6 +184,7 @@ def test_kernel_pasted_into_a_notebook_cell_runs_twice_and_replaces_a_foreign_tr
     assert out.is_file() and not list(elsewhere.iterdir())
 
 
+@pytest.mark.slow
 def test_kernel_errors_are_one_line(single_export, demo_data, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(single_export, broken)

@@ -119,6 +119,7 @@ def test_a_trial_over_the_kernel_budget_stops_after_epoch_one_as_infeasible(tmp_
                   "allocate 12 GB"), TrialState.FAIL, "out of memory: [enforce fail"),
     (MemoryError("Unable to allocate 9.1 GiB for an array"), TrialState.FAIL, "out of memory: Unable to allocate"),
 ])
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_worker_goes_on(tmp_path, monkeypatch, error, state, reason):
     fakes = iter([fake_training(error=error, at_epoch=2), fake_training()])
     monkeypatch.setattr(objective_module, "train_and_evaluate", lambda *a, **k: next(fakes)(*a, **k))
@@ -135,6 +136,7 @@ def test_a_failing_trial_is_recorded_and_the_worker_goes_on(tmp_path, monkeypatc
         assert setup.study.trials[1].user_attrs["retry_of"] == 0
 
 
+@pytest.mark.slow
 def test_an_impossible_config_fails_and_is_never_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
     setup = Setup(tmp_path, space='"features.n_fft" = { choices = [1764, 512] }\n"features.hop" = { choices = [220, 1024] }\n')
@@ -244,6 +246,7 @@ def test_an_unloadable_checkpoint_restarts_the_trial_from_epoch_zero_saying_so(t
     assert "starting from epoch 0" in setup.out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_finished_its_budget_completes_without_training(tmp_path, warm_cache):
     setup = Setup(tmp_path, warm_cache, epochs=2)
     assert setup.run(trials=1) == 0  # a real run, to have a real last.pth of a finished budget
@@ -275,6 +278,7 @@ def test_two_studies_of_one_name_in_two_storages_never_share_folders(tmp_path, m
     assert one.handle.uid() != two.handle.uid() and one.runs.name != two.runs.name
 
 
+@pytest.mark.slow
 def test_only_the_top_trials_keep_their_weights(tmp_path, monkeypatch):
     curves = {lr: [lr * 100] for lr in (1e-3, 2e-3, 3e-3, 4e-3, 5e-3)}
     monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(curves))
@@ -288,6 +292,7 @@ def test_only_the_top_trials_keep_their_weights(tmp_path, monkeypatch):
     assert all(setup.files.has(n, "val_predictions.npz") for n in by_lr.values())  # predictions stay
 
 
+@pytest.mark.slow
 def test_trials_stops_at_exactly_the_total(tmp_path, monkeypatch):
     monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
     setup = Setup(tmp_path)

@@ -1,6 +1,8 @@
 """Optuna's own CLI reads our studies: the storage is plain Optuna RDB, no private format."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -21,6 +23,7 @@ def _optuna(*args: str) -> list[dict]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_optuna_studies_and_trials_read_a_study(tmp_path):
     url = default_storage_url("fat2019", tmp_path / "studies")
     assert url == f"sqlite:///{tmp_path / 'studies' / 'fat2019.db'}"

@@ -1,6 +1,8 @@
 """python -m search.quickstart: a small study end to end, ending with baseline vs best on held-out clips."""
 from __future__ import annotations
 
+import pytest
+
 import re
 
 from search.quickstart import main
@@ -8,6 +10,7 @@ from search.quickstart import main
 from tests.search.conftest import write_spec
 
 
+@pytest.mark.slow
 def test_quickstart_searches_exports_scores_and_says_what_next(tmp_path, warm_cache, capsys):
     studies = tmp_path / "studies"
     write_spec(studies, "quickstart", epochs=2, startup="near_baseline = 2")

@@ -70,6 +70,7 @@ def _assert_real_png(path):
     assert float(pixels[..., :3].std()) > 0.01, f"{path.name} is a uniform image"
 
 
+@pytest.mark.slow
 def test_report_on_demo_study(tmp_path, capsys):
     study = _demo_study(tmp_path / "demo.db")
     best_number = study.best_trial.number

@@ -42,6 +42,7 @@ def _epochs_of_first_trial(url: str, name: str) -> int:
     return len(trials[0].intermediate_values) if trials else -1
 
 
+@pytest.mark.slow
 def test_three_workers_share_one_study_and_stop_at_exactly_the_total(tmp_path, warm_cache, storage_url):
     studies = tmp_path / "studies"
     name = unique_name("par")
@@ -73,6 +74,7 @@ def _worker_in_a_trial(tmp_path, name: str, trials: int, epochs: int):
     return proc, studies, url
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache):
     first, studies, url = _worker_in_a_trial(tmp_path, "kill", trials=1, epochs=2)
     first.send_signal(signal.SIGKILL)
@@ -93,6 +95,7 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(tmp_path, warm_cache)
     assert "#0 stopped beating (its worker died): queued for retry as #1" in output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_fails_the_trial_as_interrupted_queues_its_retry_and_exits(tmp_path, warm_cache, sig, code):
     proc, _, url = _worker_in_a_trial(tmp_path, "intr", trials=3, epochs=1)
@@ -109,6 +112,7 @@ def test_a_signal_fails_the_trial_as_interrupted_queues_its_retry_and_exits(tmp_
     assert retry.intermediate_values == trials[0].intermediate_values
 
 
+@pytest.mark.slow
 def test_a_double_ctrl_c_still_queues_the_retry(tmp_path, warm_cache):
     proc, _, url = _worker_in_a_trial(tmp_path, "double", trials=3, epochs=1)
     proc.send_signal(signal.SIGINT)

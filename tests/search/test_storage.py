@@ -55,6 +55,7 @@ def _race_to_create(url: str, name: str, queue) -> None:
     queue.put(created)
 
 
+@pytest.mark.slow
 def test_many_workers_create_one_study_and_enqueue_once(storage_url):
     name = unique_name("race")
     url = storage_url(name)
@@ -75,6 +76,7 @@ def test_many_workers_create_one_study_and_enqueue_once(storage_url):
     assert sum(t.params == {"x": 0.5} for t in trials) == 1
 
 
+@pytest.mark.slow
 def test_stale_trial_is_failed_and_retried_with_a_link(storage_url):
     name = unique_name("stale")
     url = storage_url(name)
@@ -107,6 +109,7 @@ def _open_on_fresh_database(url: str, name: str, queue) -> None:
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_workers_started_together_on_a_fresh_database_all_get_in(tmp_path, backend):
     """Optuna creates its tables (and PostgreSQL enum types) when a storage opens; N workers opening a

@@ -59,7 +59,7 @@ def test_sampler_settings_come_from_the_spec_not_library_defaults(tmp_path, monk
 
     monkeypatch.setattr(optuna.samplers, "TPESampler", Recording)
     make_sampler({"name": "tpe", "seed": 3, "group": False})
-    assert seen == {"seed": 3, "n_startup_trials": 8, "multivariate": True, "group": False, "constant_liar": True}
+    assert seen == {"seed": 3, "n_startup_trials": 10, "multivariate": True, "group": False, "constant_liar": True}
     assert isinstance(make_sampler({"name": "gp", "seed": 1}), optuna.samplers.GPSampler)
 
 

@@ -27,6 +27,7 @@ def test_stereo_is_mixed_by_mean(tmp_path):
     np.testing.assert_allclose(read_audio(tmp_path / "stereo.wav", SR), (left + right) / 2, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_other_rates_are_resampled(tmp_path):
     sf.write(tmp_path / "low.wav", tone(seconds=0.5, freq=1000.0, sr=22050), 22050, subtype="FLOAT")
     wave = read_audio(tmp_path / "low.wav", SR)

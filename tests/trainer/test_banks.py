@@ -103,6 +103,7 @@ def _build_in_child(cache, arrays, barrier, out, calls_file):
         handle.write("\n".join(statuses))
 
 
+@pytest.mark.slow
 def test_concurrent_workers_build_one_bank_once_and_never_see_a_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(file_lock, "REPORT_EVERY_S", 0.1)  # inherited by the forked workers
     arrays = clip_arrays(20)

@@ -234,6 +234,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_fill_process_killed_mid_fill_does_not_fail_the_fill(tmp_path):
     write_clips(tmp_path / "wav", 24)
     done = subprocess.run([sys.executable, "-c", _FILL_SCRIPT, str(tmp_path / "wav"), str(tmp_path / "cache"), "die"],
@@ -243,6 +244,7 @@ def test_a_fill_process_killed_mid_fill_does_not_fail_the_fill(tmp_path):
     assert "a feature-cache fill process died; computing the remaining" in done.stderr
 
 
+@pytest.mark.slow
 def test_fill_processes_die_with_their_parent(tmp_path):
     write_clips(tmp_path / "wav", 24)
     parent = subprocess.Popen([sys.executable, "-c", _FILL_SCRIPT, str(tmp_path / "wav"), str(tmp_path / "cache"),

@@ -33,6 +33,7 @@ def librosa_logmel(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     FeatureConfig(n_fft=1024, hop=256, n_mels=40, fmin=50.0, fmax=16000.0),
     FeatureConfig(power=1.0),
 ], ids=["baseline", "no_floor", "other_bank", "amplitude"])
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_logmel_matches_librosa(cfg, device):
     y = sine_plus_noise()

@@ -121,6 +121,7 @@ def small_demo_data(session_cache):
     return ensure_demo_data(scale=0.2, seed=0, cache_dir=session_cache)
 
 
+@pytest.mark.slow
 def test_cli_trains_two_demo_epochs_and_beats_chance(small_demo_data, tmp_path):
     overrides = ["model.depth=18", "model.width=0.25", "features.crop_frames=128",
                  "optim.batch_size=8", "optim.lr=2e-3", "optim.epochs=2"]
@@ -140,6 +141,7 @@ def test_cli_trains_two_demo_epochs_and_beats_chance(small_demo_data, tmp_path):
     assert best > 2 * chance, (best, chance)
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "trainer.train", "--out", str(tmp_path), "--set",
                           "model.activation=tanh"], capture_output=True, text=True, timeout=60)
@@ -148,6 +150,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
                                   "relu, prelu, elu, silu, sigmoid")
 
 
+@pytest.mark.slow
 def test_best_epoch_validation_predictions_are_kept_with_their_split(tiny_config, demo_data, tmp_path):
     result = run(tiny_config.with_overrides({"optim.epochs": 3}), demo_data, tmp_path)
     saved = np.load(result.val_predictions_path)

@@ -3,7 +3,6 @@
 Needs the Debian packages fluid-soundfont-gm, timgm6mb-soundfont and espeak-ng (.ci/install-sound-packages).
 """
 import csv
-import hashlib
 import os
 import re
 import subprocess
@@ -23,6 +22,8 @@ from trainer.synth.playing import Domain, Percussive, Spoken
 from trainer.synth.soundfont import SoundFont
 from trainer.synth.speech import PhraseBank
 
+from tests.conftest import file_hashes
+
 SCALE, SEED = 0.01, 7  # the per-label minimums dominate: 72 curated, 24 noisy, 24 test clips
 FOLDERS = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}
 
@@ -30,11 +31,6 @@ FOLDERS = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +43,15 @@ def built(cache) -> Path:
     return synth.ensure_builtin("sampled", scale=SCALE, seed=SEED, cache_dir=cache)
 
 
+@pytest.mark.slow
 def test_ensure_builtin_caches_under_its_name_and_reuses_it(built, cache, capsys):
     assert built == cache / "sampled" / f"scale-{SCALE:g}-seed-{SEED}"
     marker = (built / synth.COMPLETE_MARKER).read_text()
     assert marker.startswith(f"scale={SCALE:g} seed={SEED}\nsources: FluidR3_GM.sf2 ")
-    before = _hashes(built)
+    before = file_hashes(built)
     assert synth.ensure_builtin("sampled", scale=SCALE, seed=SEED, cache_dir=cache) == built
     assert capsys.readouterr().err == "", "a complete set is reused, not regenerated"
-    assert _hashes(built) == before
+    assert file_hashes(built) == before
 
 
 def test_layout_reads_as_fat2019_with_held_out_test_labels(built):
@@ -79,6 +76,7 @@ def test_layout_reads_as_fat2019_with_held_out_test_labels(built):
         assert sf.read(path, dtype="int16")[0].std() > 0
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_from_the_cli_in_another_process(built, tmp_path):
     out = tmp_path / "again"
     command = [sys.executable, "-m", "trainer.synth", "--kind", "sampled", "--scale", str(SCALE), "--seed", str(SEED),
@@ -86,7 +84,7 @@ def test_same_seed_same_bytes_from_the_cli_in_another_process(built, tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(out)
-    assert _hashes(out) == _hashes(built)
+    assert file_hashes(out) == file_hashes(built)
 
 
 def test_another_seed_renders_other_audio_and_names(built):
@@ -200,6 +198,7 @@ def test_missing_packages_are_named_with_the_install_command(monkeypatch, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing half-made is left behind"
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_package_in_one_line_and_exits_2(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path / "no-bin")}
     command = [sys.executable, "-m", "trainer.synth", "--kind", "sampled", "--scale", "0.01", "--out", str(tmp_path / "x")]

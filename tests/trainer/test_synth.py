@@ -1,5 +1,4 @@
 import csv
-import hashlib
 import re
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from trainer import synth
 from trainer.synth import layout
 from trainer.labels import load_labels
 
+from tests.conftest import file_hashes
+
 SCALE = 0.05  # the per-split minimums dominate: 60 curated, 30 noisy, 20 test clips
 
 
@@ -20,16 +21,12 @@ def _rows(path: Path) -> list[list[str]]:
         return list(csv.reader(handle))
 
 
-def _hashes(root: Path) -> dict[str, str]:
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     return synth.generate(tmp_path_factory.mktemp("synth") / "data", scale=SCALE, seed=7)
 
 
+@pytest.mark.slow
 def test_layout_csvs_and_submission_header(demo):
     vocab = load_labels()
     assert {p.name for p in demo.iterdir()} == {
@@ -76,12 +73,13 @@ def test_wavs_are_16bit_mono_44k_within_length_bounds(demo):
     assert audio.std() > 0
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
     again = synth.generate(tmp_path / "again", scale=SCALE, seed=7)
-    assert _hashes(again) == _hashes(demo)
+    assert file_hashes(again) == file_hashes(demo)
     other = synth.generate(tmp_path / "other", scale=SCALE, seed=8)
-    other_hashes = _hashes(other)
-    assert set(other_hashes.values()).isdisjoint(h for k, h in _hashes(demo).items() if k.endswith(".wav"))
+    other_hashes = file_hashes(other)
+    assert set(other_hashes.values()).isdisjoint(h for k, h in file_hashes(demo).items() if k.endswith(".wav"))
 
 
 def test_scale_grows_counts_linearly():
@@ -91,6 +89,7 @@ def test_scale_grows_counts_linearly():
     assert tiny["curated"] == layout.MIN_CURATED_PER_LABEL * len(synth.REALISED_LABELS)
 
 
+@pytest.mark.slow
 def test_generate_fills_an_empty_dir_but_refuses_a_full_one_and_bad_args(tmp_path):
     (tmp_path / "empty").mkdir()
     assert (synth.generate(tmp_path / "empty", scale=SCALE) / "train_curated.csv").exists()
@@ -122,6 +121,7 @@ def test_curated_multi_label_fraction_about_one_in_seven():
     assert all(len(set(c.labels)) == len(c.labels) <= 3 for c in curated)
 
 
+@pytest.mark.slow
 def test_ensure_demo_data_is_race_safe_and_generates_once(tmp_path, capsys):
     code = "import sys, trainer.synth as s; print(s.ensure_demo_data(scale=0.01, seed=1, cache_dir=sys.argv[1]))"
     command = [sys.executable, "-c", code, str(tmp_path)]
@@ -132,13 +132,14 @@ def test_ensure_demo_data_is_race_safe_and_generates_once(tmp_path, capsys):
     assert {out.strip() for out, _ in results} == {str(expected)}
     assert all("generating demo data set (scale 0.01)" in err for _, err in results)
     assert [p.name for p in (tmp_path / "demo").iterdir()] == [expected.name], "losers discard their copies"
-    before = _hashes(expected)
+    before = file_hashes(expected)
 
     assert synth.ensure_demo_data(scale=0.01, seed=1, cache_dir=tmp_path) == expected
     assert capsys.readouterr().err == "", "a complete set is reused, not regenerated"
-    assert _hashes(expected) == before
+    assert file_hashes(expected) == before
 
 
+@pytest.mark.slow
 def test_cli_writes_the_data_set_and_rejects_bad_scale(tmp_path):
     out = tmp_path / "cli"
     cli = [sys.executable, "-m", "trainer.synth", "--scale"]
