@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from search.report import write_report
 from search.spec import StudySpec, load_spec
+from search.study import StudyHandle
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 FAIL_PROBABILITY = 0.04
@@ -42,10 +43,11 @@ def fake_score(params: dict, rng: np.random.Generator) -> float:
     return float(score + rng.normal(0.0, 0.012))
 
 
-def make_study(spec: StudySpec, trials: int, seed: int = 0) -> optuna.Study:
+def make_study(spec: StudySpec, trials: int, seed: int = 0) -> StudyHandle:
     """An in-memory study of ``trials`` trials over ``spec``'s space: baseline first, ASHA-pruned per epoch."""
     rng = np.random.default_rng(seed)
-    study = optuna.create_study(study_name=f"{spec.name}-synthetic-{trials}", direction="maximize",
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=f"{spec.name}-synthetic-{trials}", direction="maximize",
                                 sampler=spec.make_sampler(seed), pruner=spec.make_pruner())
     study.set_user_attr("epochs_budget", spec.epochs)
     study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
@@ -68,7 +70,7 @@ def make_study(spec: StudySpec, trials: int, seed: int = 0) -> optuna.Study:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the fake out-of-memory trials log a traceback each
     study.optimize(objective, n_trials=trials, catch=(FakeOutOfMemory,))
-    return study
+    return StudyHandle(study, storage, "in-memory")
 
 
 def main() -> None:
@@ -81,10 +83,11 @@ def main() -> None:
     spec = load_spec(args.spec)
     print("| trials | complete | pruned | failed | report s |\n|---|---|---|---|---|")
     for trials in args.trials:
-        study = make_study(spec, trials, args.seed)
+        handle = make_study(spec, trials, args.seed)
+        study = handle.study
         out = Path(args.out) if len(args.trials) == 1 else Path(args.out) / f"report-{trials}"
         start = time.perf_counter()
-        write_report(study, out)
+        write_report(handle, out)
         seconds = time.perf_counter() - start
         counts = [len(study.get_trials(deepcopy=False, states=(state,)))
                   for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]

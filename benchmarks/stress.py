@@ -305,7 +305,11 @@ def full_disk(args: argparse.Namespace, root: Path) -> dict:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         filler = mount / "filler"
         while proc.poll() is None:  # once the trial has trained two epochs, take the rest of the space
-            study = optuna.load_study(study_name=name, storage=open_storage(url))
+            try:
+                study = optuna.load_study(study_name=name, storage=open_storage(url))
+            except KeyError:  # the worker has not created the study yet
+                time.sleep(0.2)
+                continue
             if study.trials and len(study.trials[0].intermediate_values) >= 2:
                 subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
                 break
@@ -340,9 +344,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="fat2019-stress-"))
     os.environ["FAT2019_SEARCH_CACHE"] = str(root / "cache")
     ensure_demo_data(scale=0.1)
-    results = [storm(backend, args, root) for backend in args.backends]
+    results = []
+    for backend in args.backends:  # each result printed as it comes, so a later failure loses nothing
+        results.append(storm(backend, args, root))
+        print(json.dumps(results[-1], indent=1), flush=True)
     disk = full_disk(args, root)
-    print(json.dumps({"storms": results, "full_disk": disk}, indent=1))
+    print(json.dumps(disk, indent=1), flush=True)
     print()
     print("| check | " + " | ".join(r["backend"] for r in results) + " |")
     print("|---|" + "---|" * len(results))

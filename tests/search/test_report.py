@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -311,3 +314,16 @@ def test_an_infeasible_top_trial_is_never_called_best(tmp_path):
     pane = io.StringIO()
     Console(baseline={}, worker_id="w", stream=pane).summary(study, "done")
     assert "best #2 lwlrap 0.7000 vs baseline #0 0.5000" in pane.getvalue()
+
+
+@pytest.mark.slow
+def test_bench_report_draws_reports_of_synthetic_studies(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_report.py"), "--trials", "6", "12",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for trials in (6, 12):
+        report = tmp_path / f"report-{trials}"
+        assert f"{trials} trials" in (report / "report.md").read_text()
+        for png in report.glob("*.png"):
+            _assert_real_png(png)

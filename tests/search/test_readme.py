@@ -20,7 +20,7 @@ import pytest
 
 from tests.search.conftest import write_spec
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 INSTALL = re.compile(r"^(python3 -m venv \S+|\. \S+/bin/activate|pip install .*)$")
 TEST_COMMAND = "python -m pytest -q"
 TINY_TOML = """[model]\ndepth = 18\nwidth = 0.0625\n[features]\nn_mels = 32\ncrop_frames = 64\n
@@ -60,12 +60,14 @@ def tiny(command: str, data: Path, scratch: Path) -> list[str]:
     if module == "trainer.synth" and "--scale" not in words:
         words += ["--scale", "0.02"]
     if module == "search.quickstart":
-        words += ["--trials", "3", "--threads", "1"]
+        words += ["--trials", "2", "--threads", "1"]
     if module == "search.dashboard" and "--port" not in words:
         words += ["--port", str(free_port())]
     if module == "tensorboard":
         words += ["--port", str(free_port())]
-    return [sys.executable if words[0] == "python" else words[0], *words[1:]]
+    # console scripts of the environment the tests run in (the README activates it first)
+    program = sys.executable if words[0] == "python" else str(Path(sys.executable).parent / words[0])
+    return [program, *words[1:]]
 
 
 def free_port() -> int:
