@@ -17,6 +17,7 @@ test_run.py and test_storage.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -145,6 +146,34 @@ def children_of(pids: set[int]) -> list[int]:
     return found
 
 
+class FillKiller:
+    """Every 50 ms, looks for the workers' child processes (feature-cache fill processes, alive for a second or
+    two) and SIGKILLs each one it has not seen before with probability ``p``: the chaos loop's 1-4 s pace
+    would almost never catch one."""
+
+    def __init__(self, fleet: "Fleet", rng: random.Random, p: float = 0.5) -> None:
+        self.fleet, self.rng, self.p = fleet, rng, p
+        self.kills, self.seen = 0, set()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.is_set():
+            for pid in children_of({p.pid for p in self.fleet.alive()}):
+                if pid not in self.seen:
+                    self.seen.add(pid)
+                    if self.rng.random() < self.p:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                            self.kills += 1
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+
+
 class DashboardPoller:
     """``search.dashboard`` on the study, and a thread that asks its API for the study every 0.3 s."""
 
@@ -244,18 +273,13 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
         time.sleep(0.2)
     time.sleep(5)
     dashboard = DashboardPoller(name, url, studies, env)
-    fill_kills = 0
+    fill_killer = FillKiller(fleet, random.Random(args.seed + 1))
     deadline = time.monotonic() + args.chaos_s
     while time.monotonic() < deadline:
         time.sleep(rng.uniform(1.0, 4.0))
-        workers = {p.pid for p in fleet.alive()}
-        fills = children_of(workers)
-        if fills and rng.random() < 0.4:
-            os.kill(rng.choice(fills), signal.SIGKILL)
-            fill_kills += 1
-        else:
-            fleet.kill_one(rng)
-            fleet.start()
+        fleet.kill_one(rng)
+        fleet.start()
+    fill_killer.stop()
     fleet.wait()
     for _ in range(10):  # then workers without chaos until the study has its trials
         handle = load_study(name, url, studies)
@@ -272,7 +296,7 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
     result = audit(studies, name, url, args.trials)
     text = fleet.log_text()
     result.update({
-        "backend": backend, "seconds": round(elapsed), "worker_kills": fleet.kills, "fill_kills": fill_kills,
+        "backend": backend, "seconds": round(elapsed), "worker_kills": fleet.kills, "fill_kills": fill_killer.kills,
         "worker_exits_not_0": fleet.unexpected_exits(),
         "lock_errors": text.count("database is locked"), "tracebacks": text.count("Traceback"),
         "temp_files_left": len(list(studies.rglob(".tmp-*"))),
@@ -300,8 +324,10 @@ def full_disk(args: argparse.Namespace, root: Path) -> dict:
         (mount / f"{name}.toml").write_text(SPEC.replace("epochs = 4", "epochs = 12"), encoding="utf-8")
         url = f"sqlite:///{studies / 'full.db'}"  # the study database itself stays on a disk with space
         env = {**os.environ, "FAT2019_SEARCH_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "search.run", "--study", name, "--studies-dir", str(mount), "--storage", url,
-                   "--trials", "1", "--threads", "1", "--heartbeat", "1", "--grace", "3"]
+        def worker(trials: int) -> list[str]:
+            return [sys.executable, "-m", "search.run", "--study", name, "--studies-dir", str(mount), "--storage", url,
+                    "--trials", str(trials), "--threads", "1", "--heartbeat", "1", "--grace", "3"]
+        command = worker(1)
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         filler = mount / "filler"
         while proc.poll() is None:  # once the trial has trained two epochs, take the rest of the space
@@ -319,7 +345,9 @@ def full_disk(args: argparse.Namespace, root: Path) -> dict:
         first = study.trials[0]
         last_line = output.strip().splitlines()[-1] if output.strip() else ""
         filler.unlink(missing_ok=True)
-        again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        # retries join the queue behind the startup trials queued at creation: ask for all three
+        again = subprocess.run(worker(3), cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=600)
         study = optuna.load_study(study_name=name, storage=open_storage(url))
         retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
         return {"scenario": "full disk", "exit_code": proc.returncode, "last_line": last_line,

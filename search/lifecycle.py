@@ -273,9 +273,11 @@ class Worker:
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            self._end(trial, f"disk full: {exc.filename or ''}")
-            self.stop = StopWorker(f"disk full: no space left for {exc.filename or 'a trial file'}; free space "
-                                   f"and start the worker again (the trial is queued for retry)")
+            # torch.save and buffered writes raise ENOSPC without a file name: name the trial's folder
+            where = exc.filename or str(self.runs_dir / f"trial-{trial.number}")
+            self._end(trial, f"disk full: {where}")
+            self.stop = StopWorker(f"disk full: no space left for {where}; free space and start the worker "
+                                   f"again (the trial is queued for retry)")
             raise TrialFailed(str(exc)) from None
         except KeyboardInterrupt:
             trial.set_user_attr("reason", "interrupted")

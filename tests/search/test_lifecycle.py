@@ -160,6 +160,8 @@ def test_a_bug_is_recorded_and_surfaces(tmp_path, monkeypatch):
     (DataError("train_curated: 30 of 100 clips are unreadable"), "error: data: train_curated: 30 of 100"),
     (OSError(errno.ENOSPC, "No space left on device", "/studies/life/runs/x/trial-0/last.pth"),
      "error: disk full: no space left for /studies/life/runs/x/trial-0/last.pth"),
+    # torch.save raises ENOSPC without a file name: the trial's folder is named instead
+    (OSError(errno.ENOSPC, "No space left on device"), "trial-0; free space and start the worker again"),
 ])
 def test_problems_every_trial_would_hit_stop_the_worker_with_one_line(tmp_path, monkeypatch, capsys, error, expected):
     monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(error=error))
@@ -170,7 +172,8 @@ def test_problems_every_trial_would_hit_stop_the_worker_with_one_line(tmp_path, 
     # queued again, so once the data or the disk is fixed the study gets its baseline after all
     assert retry.state == TrialState.WAITING and retry.user_attrs == {
         "baseline": True, "retry_of": 0, "retry_reason": failed.user_attrs["reason"]}
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(expected)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and expected in line
 
 
 def test_a_data_folder_that_disappears_stops_the_worker(tmp_path, monkeypatch, capsys):
