@@ -201,11 +201,15 @@ def test_two_processes_filling_one_cache_agree(tmp_path):
 
 
 _FILL_SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
 import trainer.feature_cache as fc
 from trainer.config import FeatureConfig
 parent = os.getpid()
+def on_sigterm(signum, frame):  # like a search worker's: must not run in a fill process
+    print("worker's SIGTERM handler ran in", "the parent" if os.getpid() == parent else "a fill process", flush=True)
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, on_sigterm)
 real = fc._fill_one
 def fill_one(job):
     if os.getpid() != parent:
@@ -242,6 +246,8 @@ def test_a_fill_process_killed_mid_fill_does_not_fail_the_fill(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "filled 24 of 24" in done.stdout
     assert "a feature-cache fill process died; computing the remaining" in done.stderr
+    # the pool stops the surviving fill process with SIGTERM: it must just die, not run the worker's handler
+    assert "handler ran" not in done.stdout and "Traceback" not in done.stderr, done.stdout + done.stderr
 
 
 @pytest.mark.slow
