@@ -73,6 +73,7 @@ min_trials = 2
 [space]
 "optim.lr" = { float = [1e-4, 1e-2], log = true }
 "features.n_mels" = { choices = [24, 32, 40, 48] }
+"features.hop" = { choices = [220, 256, 320] }  # 12 feature settings: many cache fills to kill
 "model.head" = { choices = ["linear", "mlp"] }
 "model.head_hidden" = { int = [8, 32], when = { "model.head" = "mlp" } }
 """
