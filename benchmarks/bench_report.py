@@ -49,7 +49,6 @@ def make_study(spec: StudySpec, trials: int, seed: int = 0) -> StudyHandle:
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name=f"{spec.name}-synthetic-{trials}", direction="maximize",
                                 sampler=spec.make_sampler(seed), pruner=spec.make_pruner())
-    study.set_user_attr("epochs_budget", spec.epochs)
     study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
 
     def objective(trial: optuna.Trial) -> float:

@@ -43,7 +43,7 @@ from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
 from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
 from search.console import Console
 from search.spec import SpecError, StudySpec, load_spec
-from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, baseline_trial, best_trial, count_finished
+from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, count_finished, trials_keeping_weights
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig,
                      feature_cache_key, load_checkpoint)
 
@@ -404,15 +404,8 @@ class Worker:
         self.current = None
 
     def _retain_top_weights(self) -> None:
-        """Keep weights only for the spec's ``keep_weights`` best feasible COMPLETE trials."""
-        ranked = sorted((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                         if t.value is not None and all(v <= 0 for v in t.constraints.values())),
-                        key=lambda t: t.value, reverse=True)
-        keep = {t.number for t in ranked[:self.spec.keep_weights]}
-        best = best_trial(self.study)
-        baseline = baseline_trial(self.study.get_trials(deepcopy=False))
-        if self.spec.keep_weights:  # the best and the baseline, the reference of every comparison, always stay
-            keep |= {t.number for t in (best, baseline) if t is not None and t.state == TrialState.COMPLETE}
+        """Keep weights only for the spec's ``keep_weights`` best feasible COMPLETE trials (and best, baseline)."""
+        keep = trials_keeping_weights(self.study, self.spec.keep_weights)
         for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
             if trial.number not in keep and trial.number not in self.evicted:
                 self._drop(trial.number, "best.pth")

@@ -30,8 +30,8 @@ from search.objective import Objective
 from search.spec import StudySpec, find_spec, load_spec, spec_differences
 from search.storage import StorageError, add_study_arguments, create_or_load_study, default_storage_url, open_storage
 from search.study import FINGERPRINT_ATTR, SPEC_ATTR, UID_ATTR, StudyHandle, redact, resolve_data
-from trainer import ConfigError, DataError, remove_stale_temp_files, resolve_device
-from trainer.memory import check_fits, largest_data_config, plan_data_memory
+from trainer import (ConfigError, DataError, check_fits, largest_data_config, plan_data_memory, remove_stale_temp_files,
+                     resolve_device)
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 
