@@ -114,6 +114,7 @@ def test_readme_commands_are_known():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # some twenty commands, each a fresh process: minutes on a busy 2-core box
 def test_readme_commands_run_at_tiny_size(tmp_path, demo_data, warm_cache):
     commands = [c for c in readme_commands(README.read_text(encoding="utf-8"))
                 if not INSTALL.match(c) and c != TEST_COMMAND]
