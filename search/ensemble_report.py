@@ -23,8 +23,9 @@ from search.ensemble import BAG_FRACTION, EnsembleError, Selection, select_from_
 from search.kernel_main import pool_probabilities
 from search.spec import StudySpec
 from search.study import resolve_data
-from trainer import (CheckpointError, ConfigError, DataError, FeatureBank, TrainConfig, atomic_path, build_model,
-                     load_features, load_state_dict, lwlrap, predict_bank, read_labelled_csv, resolve_device)
+from trainer import (VAL_PREDICTIONS, CheckpointError, ConfigError, DataError, FeatureBank, TrainConfig, atomic_path,
+                     build_model, load_features, load_state_dict, lwlrap, predict_bank, read_labelled_csv,
+                     resolve_device)
 
 DEFAULT_ROUNDS = 10  # greedy rounds the report runs (the CLI's --ensemble K)
 TEST_LABELS = "test_labels.csv"
@@ -165,9 +166,13 @@ def report_section(study: optuna.Study, files: TrialFiles, spec: StudySpec | Non
     ``out_dir/ensemble_curve.png``; the validation labels come from ``data_dir``, else the study's data
     location (``resolve_data``). A one-line note instead when the study cannot be ensembled (yet)."""
     lines = ["## Ensemble selection", ""]
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        # before resolving the data: a built-in set would be generated just to say this
+    # checked before resolving the data: a built-in set would otherwise be generated just to say this
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
         return lines + ["Not available: no trial has completed yet.", ""]
+    if not any(files.has(t.number, VAL_PREDICTIONS) for t in complete):
+        return lines + [f"Not available: no completed trial has stored validation predictions ({VAL_PREDICTIONS}).",
+                        ""]
     try:
         data_dir = data_dir if data_dir is not None else resolve_data(spec, None)
         selection = select_from_study(study, files, data_dir, spec=spec, rounds=rounds)

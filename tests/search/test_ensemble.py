@@ -236,6 +236,7 @@ def test_ensemble_export_retrains_each_member_with_its_exact_config(real_study, 
         assert f"vs trial {trial.number}'s {trial.value:.4f} (difference +0.0000" in printed
 
 
+@pytest.mark.slow  # needs the module's real study (workers, a dozen seconds)
 def test_cli_refuses_an_impossible_budget_and_bad_rounds(real_study, capsys):
     base = ["--study", "ens", "--studies-dir", str(real_study)]
     assert best_main([*base, "--ensemble", "2", "--max-kernel-s", "0.001"]) == 2
@@ -244,6 +245,7 @@ def test_cli_refuses_an_impossible_budget_and_bad_rounds(real_study, capsys):
     assert "error: --ensemble 0: expected at least 1 selection round" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_section_shows_the_curve_and_the_held_out_gain(real_study, demo_data, tmp_path):
     study, files, spec = open_real(real_study)
     lines = report_section(study, files, spec, tmp_path, rounds=3)  # data: the spec's (the demo set)
@@ -256,6 +258,10 @@ def test_report_section_shows_the_curve_and_the_held_out_gain(real_study, demo_d
     empty = optuna.create_study(direction="maximize")
     assert report_section(empty, files, spec, tmp_path, data_dir=demo_data)[2] == (
         "Not available: no trial has completed yet.")
+    empty.add_trial(optuna.trial.create_trial(value=0.5))  # completed, but nothing stored for it
+    unstored = TrialFiles(files.store, "another-study")
+    assert report_section(empty, unstored, spec, tmp_path)[2] == (
+        "Not available: no completed trial has stored validation predictions (val_predictions.npz).")
 
 
 @pytest.mark.slow
