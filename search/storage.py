@@ -229,7 +229,9 @@ def _retrying(method: Callable[..., _T]) -> Callable[..., _T]:
 
 
 # Every public storage operation commits or rolls back as a whole, so re-running one after a lock
-# error is safe; the heartbeat is also retried so a busy database never silently stops it.
+# error is safe; the heartbeat is also retried so a busy database never silently stops it. Only public
+# methods: the stale-trial query Optuna runs through a private one is a read, and reads in WAL mode never
+# meet the writer's lock (the busy timeout covers a checkpoint).
 _RETRIED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
@@ -237,7 +239,7 @@ _RETRIED = (
     "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
-    "record_heartbeat", "_get_stale_trial_ids",
+    "record_heartbeat",
 )
 
 

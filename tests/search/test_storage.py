@@ -88,7 +88,8 @@ def test_stale_trial_is_failed_and_retried_with_a_link(storage_url):
     trial.set_user_attr("run_dir", "/somewhere")
     trial.set_user_attr("baseline", True)
     trial.report(0.25, step=1)
-    storage.record_heartbeat(trial._trial_id)  # then the "worker" dies: no more heartbeats
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), trial.number)
+    storage.record_heartbeat(trial_id)  # then the "worker" dies: no more heartbeats
     time.sleep(2.5)
     optuna.storages.fail_stale_trials(study)
 
