@@ -14,33 +14,21 @@ Without ``--reuse-checkpoints`` every member is retrained with its trial's exact
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from search.artifacts import TrialFiles, open_artifact_store
 from search.best import ExportOptions, choose_trial, export_ensemble, export_trial, find_study_spec
 from search.ensemble import select_from_study
-from search.export import run_kernel
+from search.export import run_kernel, score_submission
 from search.kernel_main import POOLINGS
 from search.storage import add_study_arguments, studies_dir
 from search.study import load_study, resolve_data
-from trainer import lwlrap, read_labelled_csv
 
 HEADER = ("| study | K | members | val lwlrap single | val lwlrap ensemble | test lwlrap single | test lwlrap ensemble "
           "| projected kernel s (budget) | kernel wall s single / ensemble |\n|---|---|---|---|---|---|---|---|---|")
-
-
-def score_submission(submission: Path, data_dir: Path) -> float:
-    """lwlrap of a kernel's submission.csv against the data's test_labels.csv."""
-    truth = read_labelled_csv(data_dir / "test_labels.csv", data_dir / "test")
-    with open(submission, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    scores = {row[0]: [float(v) for v in row[1:]] for row in rows[1:] if row}
-    return lwlrap(truth.targets, np.array([scores[path.name] for path in truth.paths]))
 
 
 def run_and_score(export_dir: Path, data_dir: Path, device: str) -> tuple[float, float]:
@@ -48,7 +36,7 @@ def run_and_score(export_dir: Path, data_dir: Path, device: str) -> tuple[float,
     started = time.perf_counter()
     run_kernel(export_dir, data_dir / "test", data_dir / "sample_submission.csv", export_dir / "submission.csv",
                device=device)
-    return score_submission(export_dir / "submission.csv", data_dir), time.perf_counter() - started
+    return score_submission(export_dir / "submission.csv", data_dir / "test_labels.csv"), time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

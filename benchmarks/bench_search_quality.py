@@ -18,10 +18,8 @@ budget, so their baselines differ too), epochs spent and wall time; ``--table`` 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,15 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from search.study import baseline_trial, load_study  # noqa: E402
-from trainer import TrainConfig, ensure_builtin, load_labels, lwlrap  # noqa: E402
+from search.export import run_kernel, score_submission  # noqa: E402
+from search.study import baseline_trial, is_feasible, load_study  # noqa: E402
+from trainer import TrainConfig, ensure_builtin  # noqa: E402
 
 DEMO_SPEC = REPO / "studies" / "demo.toml"
 
@@ -122,7 +120,7 @@ def snapshot(study: optuna.Study, size: int) -> list[optuna.trial.FrozenTrial]:
 
 
 def best_of(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t)]
     return max(complete, key=lambda t: t.value)
 
 
@@ -139,33 +137,10 @@ def test_score(run_name: str, studies: Path, trial: optuna.trial.FrozenTrial, da
                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     with tempfile.TemporaryDirectory() as tmp:
         submission = Path(tmp) / "submission.csv"
-        # the project must not be importable: run from an empty folder with a clean path
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        subprocess.run([sys.executable, str(export / "kernel.py"), "--test", str(data_dir / "test"),
-                        "--sample-submission", str(data_dir / "sample_submission.csv"), "--out", str(submission),
-                        "--models", str(export), "--device", "cpu", "--no-progress"],
-                       cwd=tmp, env=env, stdout=subprocess.DEVNULL, check=True)
+        run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
         score = score_submission(submission, data_dir / "test_labels.csv")
     cache.write_text(json.dumps({"test_lwlrap": score, "trial": trial.number, "study": run_name}))
     return score
-
-
-def score_submission(submission: Path, test_labels: Path) -> float:
-    labels = load_labels()
-    index = {label: i for i, label in enumerate(labels)}
-    with open(test_labels, newline="", encoding="utf-8") as handle:
-        truth = {row["fname"]: [index[x] for x in row["labels"].split(",")] for row in csv.DictReader(handle)}
-    with open(submission, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        columns = [index[name] for name in header[1:]]
-        rows = list(reader)
-    scores = np.zeros((len(rows), len(labels)))
-    targets = np.zeros_like(scores)
-    for i, row in enumerate(rows):
-        scores[i, columns] = [float(v) for v in row[1:]]
-        targets[i, truth[row[0]]] = 1.0
-    return lwlrap(targets, scores)
 
 
 def measure(run: Run, out: Path, trials: int, snapshots: list[int], scale: float) -> dict:
