@@ -230,8 +230,8 @@ def _retrying(method: Callable[..., _T]) -> Callable[..., _T]:
 
 # Every public storage operation commits or rolls back as a whole, so re-running one after a lock
 # error is safe; the heartbeat is also retried so a busy database never silently stops it. Only public
-# methods: the stale-trial query Optuna runs through a private one is a read, and reads in WAL mode never
-# meet the writer's lock (the busy timeout covers a checkpoint).
+# methods are wrapped: the stale-trial query Optuna runs before each trial goes through a private one, which is
+# left to SQLite's busy timeout (60 s) alone.
 _RETRIED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",

@@ -131,13 +131,15 @@ def baseline_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 
 def trials_keeping_weights(study: optuna.Study, keep: int) -> set[int]:
-    """Checkpoint retention: the numbers of the ``keep`` best feasible COMPLETE trials, plus the best trial and
-    the baseline (the reference of every comparison); none at all when ``keep`` is 0."""
+    """Checkpoint retention: the numbers of the ``keep`` best feasible COMPLETE trials (the best trial is the
+    first of them) plus the baseline, the reference of every comparison; none at all when ``keep`` is 0."""
     if not keep:
         return set()
     kept = {t.number for t in [t for t in ranked_trials(study) if is_feasible(t)][:keep]}
-    chosen = (best_trial(study), baseline_trial(study.get_trials(deepcopy=False)))
-    return kept | {t.number for t in chosen if t is not None and t.state == TrialState.COMPLETE}
+    baseline = baseline_trial(study.get_trials(deepcopy=False))
+    if baseline is not None and baseline.state == TrialState.COMPLETE:
+        kept.add(baseline.number)
+    return kept
 
 
 def count_finished(study: optuna.Study) -> int:

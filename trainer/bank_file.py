@@ -99,13 +99,30 @@ def write_bank_file(path: Path, *, bank_id: str, n_mels: int, arrays: Iterable[n
 def open_bank_file(path: Path, *, bank_id: str, n_mels: int, n_clips: int) -> BankFile:
     """Validate and memory-map ``path``; BankFileError (with the reason) when it is not the expected bank."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            head = handle.read(HEADER_BYTES + index_bytes(n_clips))
+        handle = open(path, "rb")
     except FileNotFoundError:
         raise BankFileError("missing") from None
     except OSError as exc:
         raise BankFileError(f"unreadable ({exc.strerror or exc})") from None
+    # One handle for the checks and the map: the map is of the file that was checked, not of whatever the
+    # name points to by then (another process may prune or repack the bank meanwhile).
+    with handle:
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(HEADER_BYTES + index_bytes(n_clips))
+        except OSError as exc:
+            raise BankFileError(f"unreadable ({exc.strerror or exc})") from None
+        lengths, stats, total_frames = _check(head, size, bank_id=bank_id, n_mels=n_mels, n_clips=n_clips)
+        # Copy-on-write mapping: numpy and torch see a writable array (torch refuses read-only ones without a
+        # warning), the pages are the page cache's, shared by every process mapping the file, and nothing
+        # ever writes to them.
+        frames = np.memmap(handle, dtype=np.float16, mode="c", offset=frames_offset(n_clips),
+                           shape=(total_frames, n_mels))
+    return BankFile(path, frames, lengths, stats)
+
+
+def _check(head: bytes, size: int, *, bank_id: str, n_mels: int, n_clips: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The clip lengths, statistics and frame count a bank file's header holds; BankFileError when wrong."""
     if len(head) < HEADER_BYTES + index_bytes(n_clips):
         raise BankFileError(f"truncated: {size} bytes, shorter than its header and index")
     magic, version, mels, clips, total_frames, stored_id = _FIELDS.unpack_from(head)
@@ -126,12 +143,7 @@ def open_bank_file(path: Path, *, bank_id: str, n_mels: int, n_clips: int) -> Ba
     stats = np.frombuffer(index, dtype=np.float32, offset=8 * n_clips).reshape(3, n_clips).T.copy()
     if int(lengths.sum()) != total_frames or (lengths <= 0).any():
         raise BankFileError("clip lengths do not add up to the frame count")
-    # Copy-on-write mapping: numpy and torch see a writable array (torch refuses read-only ones without a
-    # warning), the pages are the page cache's, shared by every process mapping the file, and nothing
-    # ever writes to them.
-    frames = np.memmap(path, dtype=np.float16, mode="c", offset=frames_offset(n_clips),
-                       shape=(total_frames, n_mels))
-    return BankFile(path, frames, lengths, stats)
+    return lengths, stats, total_frames
 
 
 def _header(bank_id: str, n_mels: int, lengths: np.ndarray, stats: np.ndarray) -> bytes:
@@ -142,12 +154,3 @@ def _header(bank_id: str, n_mels: int, lengths: np.ndarray, stats: np.ndarray) -
 
 def _checksum(fields: bytes, index: bytes) -> bytes:
     return hashlib.blake2b(fields + index, digest_size=_CHECKSUM_BYTES).digest()
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Delete temp files a killed writer of ``path`` left behind; only call it while holding the build lock."""
-    for stale in path.parent.glob(f".tmp-{path.name}.*"):
-        try:
-            os.unlink(stale)
-        except FileNotFoundError:
-            pass

@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from trainer.bank_file import BankFile, BankFileError, open_bank_file, remove_stale_temps, write_bank_file
+from trainer.atomic import remove_stale_temp_files
+from trainer.bank_file import BankFile, BankFileError, open_bank_file, write_bank_file
 from trainer.batches import FeatureBank
 from trainer.config import ConfigError
 from trainer.file_lock import exclusive_lock
@@ -61,7 +62,7 @@ def open_bank(features_dir: Path, feature_key: str, digests: Sequence[str], *, n
             if isinstance(opened, str):
                 if opened != "missing" and status is not None:
                     status(f"{name} bank {path.name}: {opened}; packing it again")
-                remove_stale_temps(path)
+                remove_stale_temp_files(path.parent)  # of builders killed mid-pack
                 expected = estimate_bytes() if estimate_bytes is not None else None
                 _pack(path, identity, n_mels, len(digests), load_clip, name, expected, status)
                 opened = open_bank_file(path, bank_id=identity, n_mels=n_mels, n_clips=len(digests))

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer.atomic import atomic_path, atomic_write_text
+from trainer.atomic import atomic_path, atomic_write_text, remove_stale_temp_files
 from trainer.audio import AudioReadError, read_audio
 from trainer.config import FeatureConfig
 from trainer.data import DataError
@@ -161,6 +161,7 @@ def _resolve(paths: list[Path], cfg: FeatureConfig, features_dir: Path, *, worke
         if todo:
             # One filler per feature key: panes started together would otherwise each compute every clip.
             with exclusive_lock(entry_dir / "fill.lock", what=f"filling the {what} cache", status=status):
+                remove_stale_temp_files(entry_dir)  # entries half-written by fillers killed mid-write
                 index = _DigestIndex(features_dir / "digests.json")  # what the previous holder added
                 still = _known(todo, identities, index, entry_dir, cfg, digests, loaded)
                 bar.update(len(todo) - len(still))

@@ -6,6 +6,8 @@ imports optuna.
 """
 from __future__ import annotations
 
+import contextlib
+
 import io
 import math
 import os
@@ -201,26 +203,27 @@ def _train_one_epoch(config: TrainConfig, data: PreparedData, model: torch.nn.Mo
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.optim.grad_clip if config.optim.grad_clip is not None else float("inf")
     total_loss, total_norm = 0.0, 0.0
-    batches = crop_batches(data.train_bank, order, batch_size, n_batches, config.features, generator)
-    for step in tqdm(range(n_batches), desc=desc, disable=not bar, leave=False, dynamic_ncols=True):
-        clips, x = next(batches)
-        on_device = clips.to(data.train_targets.device)
-        y, is_noisy = data.train_targets[on_device], data.train_is_noisy[on_device]
-        x = spec_augment(x, config.augment, generator)
-        x, y = mixup(x, y, config.augment.mixup_alpha, generator)
-        with autocast_for(dev):
-            logits = model(x.to(dev, non_blocking=True))
-        loss = loss_fn(logits.float(), y.to(dev), is_noisy.to(dev))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        optimizer.step()
-        # One host sync per step for both numbers. A NaN step has already touched the weights, but the run
-        # stops here and last.pth still holds the previous epoch.
-        loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.device)]).tolist()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"training loss became {loss_value} at step {step + 1} of {desc} "
-                                     f"(lr {optimizer.param_groups[0]['lr']:.3g})")
-        total_loss += loss_value
-        total_norm += norm_value
+    batches = contextlib.closing(crop_batches(data.train_bank, order, batch_size, n_batches, config.features, generator))
+    with batches as crops:  # closed when an epoch stops early (divergence, pruning): its read-ahead ends with it
+        for step, (clips, x) in enumerate(tqdm(crops, total=n_batches, desc=desc, disable=not bar, leave=False,
+                                                 dynamic_ncols=True)):
+            on_device = clips.to(data.train_targets.device)
+            y, is_noisy = data.train_targets[on_device], data.train_is_noisy[on_device]
+            x = spec_augment(x, config.augment, generator)
+            x, y = mixup(x, y, config.augment.mixup_alpha, generator)
+            with autocast_for(dev):
+                logits = model(x.to(dev, non_blocking=True))
+            loss = loss_fn(logits.float(), y.to(dev), is_noisy.to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            optimizer.step()
+            # One host sync per step for both numbers. A NaN step has already touched the weights, but the run
+            # stops here and last.pth still holds the previous epoch.
+            loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.device)]).tolist()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(f"training loss became {loss_value} at step {step + 1} of {desc} "
+                                         f"(lr {optimizer.param_groups[0]['lr']:.3g})")
+            total_loss += loss_value
+            total_norm += norm_value
     return total_loss / max(n_batches, 1), total_norm / max(n_batches, 1)

@@ -19,12 +19,12 @@ import soundfile as sf
 
 from trainer.bank_file import file_bytes
 from trainer.config import FeatureConfig, TrainConfig
+from trainer.labels import N_LABELS
 from trainer.data import load_splits
 from trainer.features import frame_count
 from trainer.prepare import split_indices
 from trainer.progress import byte_size
 
-N_LABELS = 80
 # Bytes per element of a training batch in flight: the float16 gather plus three float32 stages (crop,
 # SpecAugment, mixup), twice over (the batch being computed and the one read ahead).
 BATCH_BYTES_PER_ELEMENT = 2 * (2 + 3 * 4)

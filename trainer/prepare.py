@@ -143,7 +143,8 @@ def place_banks(train: FeatureBank, val: FeatureBank, device: torch.device,
 
 def _free_device_bytes(device: torch.device) -> float:
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        # the previous trial's banks are freed but still cached by torch's allocator: free to us, not to the driver
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return math.inf  # mps: memory is unified with the host's and there is no pinned path; keep the device copy
 
 

@@ -55,3 +55,16 @@ def test_bank_windows_index_every_clip():
     clips, starts = b.windows(10, "wrap")
     assert sorted(set(clips.tolist())) == [0, 1, 2]
     assert len(clips) == len(starts)
+
+
+def test_padded_tails_are_the_same_by_loop_and_by_mask():
+    from trainer.batches import fill_tails
+
+    batch = torch.randn(4, 3, 10)
+    valid = torch.tensor([10, 4, 0, 12])  # full, a tail, all padding, longer than the crop
+    silence = torch.tensor([-1.0, -2.0, -3.0, -4.0])
+    looped = fill_tails(batch.clone(), valid, silence, masked=False)
+    assert torch.equal(fill_tails(batch.clone(), valid, silence, masked=True), looped)
+    assert torch.equal(looped[0], batch[0]) and torch.equal(looped[3], batch[3])
+    assert (looped[1, :, 4:] == -2.0).all() and torch.equal(looped[1, :, :4], batch[1, :, :4])
+    assert (looped[2] == -3.0).all()
