@@ -104,6 +104,7 @@ class ExportOptions:
     threads: int | None = None  # torch threads for retraining (default: each trial's own)
     kaggle_user: str | None = None
     dataset_slug: str | None = None
+    time_kernel: bool = True  # time kernel.py on a few test clips (a caller that runs it on all of them need not)
 
     def check(self) -> None:
         if self.reuse_checkpoints and (self.epochs is not None or self.full_curated):
@@ -184,11 +185,13 @@ def _export(study: optuna.Study, members: list[Member], data_dir: Path, out: Pat
         exported = _pooled_validation(trained, selection) if selection is not None else None
     if exported is not None:
         record["ensemble"]["exported_val_lwlrap"] = exported
-    print(f"timing the generated kernel.py (a separate process, the project not importable) on test clips of "
-          f"{data_dir}", file=sys.stderr)
-    timing = measure_kernel(out, data_dir)
-    if timing is not None:
-        record["inference"] = timing
+    timing = None
+    if options.time_kernel:
+        print(f"timing the generated kernel.py (a separate process, the project not importable) on test clips of "
+              f"{data_dir}", file=sys.stderr)
+        timing = measure_kernel(out, data_dir)
+        if timing is not None:
+            record["inference"] = timing
     write_record(out, record)
     for entry, item, original in zip(record["members"], trained, originals):
         note = " (validation clips were trained on: not a held-out score)" if item.member.config.data.full_curated else ""

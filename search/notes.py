@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from search.checks import check_lines
 from search.console import format_duration
-from search.study import baseline_trial, best_trial, config_diff, ranked_trials, trial_seconds
+from search.study import baseline_trial, best_trial, config_diff, pruning_saved, ranked_trials, trial_seconds
 from trainer import TrainConfig
 
 _log = logging.getLogger(__name__)
@@ -91,11 +91,9 @@ def study_note(study: optuna.Study, *, spec_epochs: int | None = None) -> str:
                 lines += [f"| {key} | {_fmt(old)} | {_fmt(new)} |" for key, (old, new) in diff.items()]
         elif baseline is not None and baseline.number == best.number:
             lines.append("The best is the baseline itself: the search has not beaten it yet.")
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if spec_epochs and finished and all("epochs_run" in t.user_attrs for t in finished):
-        done = sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished)
-        lines += ["", f"Pruning saved {1 - done / (spec_epochs * len(finished)):.0%} of the training epochs of the "
-                      f"finished trials."]
+    saved = pruning_saved(trials, spec_epochs) if spec_epochs else None
+    if saved is not None:
+        lines += ["", f"Pruning saved {saved:.0%} of the training epochs of the finished trials."]
     lines += ["", "### Checks after the study", "", *check_lines(best, trials), "", "### Next",
               "", f"- export the best for Kaggle: `python -m search.best --study {study.study_name} --export`",
               f"- the full report: `python -m search.report --study {study.study_name}`",

@@ -27,7 +27,7 @@ from search.dashboard import tunnel_line
 from search.export import KernelRunError, run_kernel, score_submission
 from search.spec import find_spec, load_spec
 from search.storage import studies_dir
-from search.study import FINISHED, baseline_trial, best_trial, load_study, resolve_data
+from search.study import FINISHED, baseline_trial, best_trial, load_study, pruning_saved, resolve_data
 
 STUDY = "quickstart"
 DEFAULT_TRIALS = 12
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exports["baseline"] = (baseline, args.studies_dir / spec.name / "export-baseline")
     for trial, out in exports.values():
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            export_trial(study, trial, data_dir, out, ExportOptions(reuse_checkpoints=True), spec=spec, files=files)
+            export_trial(study, trial, data_dir, out, ExportOptions(reuse_checkpoints=True, time_kernel=False), spec=spec, files=files)
     print("3/3 running each kernel on the demo's held-out test clips (never seen by the search)", flush=True)
     test_scores = {}
     for label, (_, out) in exports.items():
@@ -86,8 +86,8 @@ def summary(name: str, best: FrozenTrial, baseline: FrozenTrial, test: dict[str,
     """The table and the next commands."""
     finished = [t for t in trials if t.state in FINISHED]
     complete = sum(t.state == TrialState.COMPLETE for t in finished)
-    trained = sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished)
-    saved = 1 - trained / (epochs * len(finished)) if finished else 0.0
+    saved = pruning_saved(trials, epochs)
+    pruning = f"; pruning saved {saved:.0%} of the training epochs" if saved is not None else ""
     same = best.number == baseline.number
     rows = [("", f"baseline (#{baseline.number})", f"best (#{best.number})", "gain"),
             ("validation lwlrap", f"{baseline.value:.4f}", f"{best.value:.4f}", f"{best.value - baseline.value:+.4f}"),
@@ -98,8 +98,8 @@ def summary(name: str, best: FrozenTrial, baseline: FrozenTrial, test: dict[str,
     verdict = ("the search has not beaten its baseline yet: run again with more --trials" if same else
                "the tuned config beats the baseline on clips it never saw" if test["best"] > test["baseline"] else
                "better on validation, not on held-out clips: validation was noise at this size; run more --trials")
-    return f"""study {name}: {len(finished)} trials ({complete} complete, {len(finished) - complete} pruned) in {format_duration(seconds)}; \
-pruning saved {saved:.0%} of the training epochs
+    return f"""study {name}: {len(finished)} trials ({complete} complete, {len(finished) - complete} pruned) in {format_duration(seconds)}\
+{pruning}
 
 {table}
 

@@ -142,6 +142,16 @@ def trials_keeping_weights(study: optuna.Study, keep: int) -> set[int]:
     return kept
 
 
+def pruning_saved(trials: Sequence[FrozenTrial], epochs: int) -> float | None:
+    """The share of training epochs pruning saved: finished trials' ``epochs_run`` against each at ``epochs``;
+    None when there is none to count or a finished trial did not record its epochs."""
+    finished = [t for t in trials if t.state in FINISHED]
+    if not finished or epochs <= 0 or any(not isinstance(t.user_attrs.get("epochs_run"), (int, float))
+                                          for t in finished):
+        return None
+    return 1 - sum(t.user_attrs["epochs_run"] for t in finished) / (epochs * len(finished))
+
+
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 

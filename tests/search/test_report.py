@@ -325,5 +325,22 @@ def test_bench_report_draws_reports_of_synthetic_studies(tmp_path):
     for trials in (6, 12):
         report = tmp_path / f"report-{trials}"
         assert f"{trials} trials" in (report / "report.md").read_text()
-        for png in report.glob("*.png"):
-            _assert_real_png(png)
+        pictures = sorted(p.name for p in report.glob("*.png"))
+        assert {"optimization_history.png", "intermediate_values.png", "parallel_coordinate.png",
+                "slice.png"} <= set(pictures), pictures
+        for name in pictures:
+            _assert_real_png(report / name)
+
+
+def test_pruning_saved_counts_finished_trials_against_the_full_budget():
+    from search.study import pruning_saved
+
+    def trial(state, epochs):
+        attrs = {} if epochs is None else {"epochs_run": epochs}
+        return create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, user_attrs=attrs,
+                            intermediate_values={1: 0.5} if state == TrialState.PRUNED else {})
+
+    trials = [trial(TrialState.COMPLETE, 10), trial(TrialState.PRUNED, 3), trial(TrialState.FAIL, 1)]
+    assert pruning_saved(trials, 10) == 1 - 13 / 20  # the failed trial is not a finished one
+    assert pruning_saved(trials + [trial(TrialState.PRUNED, None)], 10) is None  # an unknown count: no figure
+    assert pruning_saved([], 10) is None

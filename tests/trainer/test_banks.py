@@ -114,13 +114,16 @@ def test_concurrent_workers_build_one_bank_once_and_never_see_a_partial_file(tmp
     barrier = context.Barrier(3)
     children = [context.Process(target=_build_in_child,
                                 args=(cache, arrays, barrier, tmp_path / f"out{i}.npy", calls_file)) for i in range(3)]
-    sizes_seen, done = set(), threading.Event()
+    sizes_seen, refused, done = set(), [], threading.Event()
 
     def watch():  # whenever the final name exists, it is the whole, valid file
         while not done.is_set():
             if path.exists():
                 sizes_seen.add(path.stat().st_size)
-                open_bank_file(path, bank_id=path.stem, n_mels=N_MELS, n_clips=len(arrays))
+                try:
+                    open_bank_file(path, bank_id=path.stem, n_mels=N_MELS, n_clips=len(arrays))
+                except BankFileError as exc:  # a thread's exception would not fail the test: collect it
+                    refused.append(str(exc))
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
@@ -132,6 +135,7 @@ def test_concurrent_workers_build_one_bank_once_and_never_see_a_partial_file(tmp
     done.set()
     watcher.join()
     assert [child.exitcode for child in children] == [0, 0, 0]
+    assert refused == []
     builders = set(calls_file.read_text().split())
     assert len(builders) == 1 and len(calls_file.read_text().split()) == len(arrays)  # one build, each clip once
     assert sizes_seen == {path.stat().st_size}
@@ -194,9 +198,9 @@ def test_a_builder_killed_mid_build_does_not_block_the_next_one(tmp_path):
     os.kill(child.pid, signal.SIGKILL)
     child.join()
     assert (path.with_suffix(".lock")).read_text().strip() == str(child.pid)  # the lock file stays, unlocked
-    started = time.monotonic()
-    bank = build(tmp_path, arrays)
-    assert time.monotonic() - started < 5
+    statuses = []
+    bank = build(tmp_path, arrays, status=statuses.append)
+    assert not any("waiting for pid" in line for line in statuses), statuses  # the dead builder's lock is free
     np.testing.assert_array_equal(bank.frames.numpy(), FeatureBank.from_arrays(arrays, normalize="clip").frames.numpy())
     assert not list(path.parent.glob(".tmp-*"))  # the dead builder's partial file was cleaned up
 
