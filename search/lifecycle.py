@@ -273,8 +273,9 @@ class Worker:
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            # torch.save and buffered writes raise ENOSPC without a file name: name the trial's folder
-            where = exc.filename or str(self.runs_dir / f"trial-{trial.number}")
+            # torch.save and buffered writes raise ENOSPC without a file name: name where the trial writes
+            where = exc.filename or (f"the files of trial {trial.number} (its folder {self.trial_dir(trial.number)}, "
+                                     f"the feature cache or the artifact store)")
             self._end(trial, f"disk full: {where}")
             self.stop = StopWorker(f"disk full: no space left for {where}; free space and start the worker "
                                    f"again (the trial is queued for retry)")
@@ -309,7 +310,7 @@ class Worker:
     @contextlib.contextmanager
     def start(self, trial: optuna.Trial, config: TrainConfig) -> Iterator[TrialRun]:
         """Prepare an attempt: folder, resume hand-off from the predecessor, the trial's starting record."""
-        workdir = self.runs_dir / f"trial-{trial.number}"
+        workdir = self.trial_dir(trial.number)
         if workdir.exists():  # numbers are unique within a study: an earlier start of this very attempt
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
@@ -354,13 +355,17 @@ class Worker:
             for name in WORKING_FILES:
                 if name != "last.pth":
                     self.files.pull(number, name, workdir)
-            local_tb = self.runs_dir / f"trial-{number}" / "tb"
+            local_tb = self.trial_dir(number) / "tb"
             if local_tb.is_dir():  # the curves of the earlier attempt, when it ran on this machine
                 shutil.copytree(local_tb, workdir / "tb", dirs_exist_ok=True)
             trial.set_user_attr("resumed_from_trial", number)
             self.console.message(f"#{trial.number} resumes trial {number} after epoch {epoch}")
             return epoch
         return 0
+
+    def trial_dir(self, number: int) -> Path:
+        """The trial's working folder on this machine (the artifact store holds what other machines need)."""
+        return self.runs_dir / f"trial-{number}"
 
     def _panes_on_host(self) -> int:
         host = self.worker_id.rsplit(":", 1)[0]
@@ -413,7 +418,7 @@ class Worker:
 
     def _drop(self, number: int, name: str) -> None:
         self.files.remove(number, name)
-        (self.runs_dir / f"trial-{number}" / name).unlink(missing_ok=True)
+        (self.trial_dir(number) / name).unlink(missing_ok=True)
 
     # -- signals -------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -12,7 +12,7 @@ import optuna
 
 from search.lifecycle import Worker
 from search.spec import StudySpec
-from trainer import train_and_evaluate
+from trainer import DEVICE_BANK_SHARE, train_and_evaluate
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Objective:
     worker: Worker
     device: str | None = None
     cache_dir: Path | None = None
-    device_bank_share: float = 0.5  # share of free GPU memory feature banks may take (larger ones feed from the host)
+    device_bank_share: float = DEVICE_BANK_SHARE  # share of free GPU memory feature banks may take
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.spec.config_for(self.spec.suggest(trial))

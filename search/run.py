@@ -30,8 +30,8 @@ from search.objective import Objective
 from search.spec import StudySpec, find_spec, load_spec, spec_differences
 from search.storage import StorageError, add_study_arguments, create_or_load_study, default_storage_url, open_storage
 from search.study import FINGERPRINT_ATTR, SPEC_ATTR, UID_ATTR, StudyHandle, redact, resolve_data
-from trainer import (ConfigError, DataError, check_fits, largest_data_config, plan_data_memory, remove_stale_temp_files,
-                     resolve_device)
+from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
+                     remove_stale_temp_files, resolve_device)
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 
@@ -61,7 +61,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", help="FAT2019 data folder or a built-in set (default: $FAT2019_DATA, then the "
                                        "spec's [study] data)")
     parser.add_argument("--device", help="auto|cpu|cuda|mps (default: the config's)")
-    parser.add_argument("--device-bank-share", type=float, default=0.5,
+    parser.add_argument("--device-bank-share", type=float, default=DEVICE_BANK_SHARE,
                         help="share of the free GPU memory the feature banks may take; a larger bank stays memory-mapped "
                              "on the host and feeds batches through pinned memory (default 0.5)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores shared by this box's "

@@ -33,7 +33,7 @@ from trainer.metrics import lwlrap, per_class_lwlrap
 from trainer.models import build_model
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.prefetch import crop_batches
-from trainer.prepare import PreparedData, measure_feature_cost, prepare_data
+from trainer.prepare import DEVICE_BANK_SHARE, PreparedData, measure_feature_cost, prepare_data
 from trainer.run_log import RunLog
 from trainer.samplers import epoch_indices
 
@@ -75,7 +75,7 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
                        progress: bool | None = None,
                        verbose: bool = True,
                        cache_dir: str | Path | None = None,
-                       device_bank_share: float = 0.5,
+                       device_bank_share: float = DEVICE_BANK_SHARE,
                        status: Callable[[str], None] | None = None) -> Result:
     """Train ``config`` on the training split, validate on held-out curated every epoch, return lwlrap.
 
@@ -203,8 +203,9 @@ def _train_one_epoch(config: TrainConfig, data: PreparedData, model: torch.nn.Mo
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.optim.grad_clip if config.optim.grad_clip is not None else float("inf")
     total_loss, total_norm = 0.0, 0.0
-    batches = contextlib.closing(crop_batches(data.train_bank, order, batch_size, n_batches, config.features, generator))
-    with batches as crops:  # closed when an epoch stops early (divergence, pruning): its read-ahead ends with it
+    batches = crop_batches(data.train_bank, order, batch_size, n_batches, config.features, generator)
+    # closed when an epoch stops early (divergence, pruning), so its read-ahead ends with it
+    with contextlib.closing(batches) as crops:
         for step, (clips, x) in enumerate(tqdm(crops, total=n_batches, desc=desc, disable=not bar, leave=False,
                                                  dynamic_ncols=True)):
             on_device = clips.to(data.train_targets.device)

@@ -26,6 +26,8 @@ from trainer.progress import Status, byte_size
 
 NPY_HEADER_BYTES = 128  # numpy's .npy header of a 2-D float16 array; the rest of an entry is its frames
 
+DEVICE_BANK_SHARE = 0.5  # default share of the free GPU memory banks may take; larger ones feed from the host
+
 
 @dataclass
 class PreparedData:
@@ -43,7 +45,8 @@ class PreparedData:
 
 
 def prepare_data(config: TrainConfig, data_dir: str | Path | None, *, device: torch.device,
-                 cache_dir: str | Path | None = None, progress: bool = True, device_bank_share: float = 0.5,
+                 cache_dir: str | Path | None = None, progress: bool = True,
+                 device_bank_share: float = DEVICE_BANK_SHARE,
                  status: Status | None = None) -> PreparedData:
     """Read the CSVs, split curated, make sure every clip is cached, map the packed banks, place them.
 
@@ -144,7 +147,8 @@ def place_banks(train: FeatureBank, val: FeatureBank, device: torch.device,
 def _free_device_bytes(device: torch.device) -> float:
     if device.type == "cuda":
         # the previous trial's banks are freed but still cached by torch's allocator: free to us, not to the driver
-        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     return math.inf  # mps: memory is unified with the host's and there is no pinned path; keep the device copy
 
 

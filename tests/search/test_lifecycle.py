@@ -160,8 +160,8 @@ def test_a_bug_is_recorded_and_surfaces(tmp_path, monkeypatch):
     (DataError("train_curated: 30 of 100 clips are unreadable"), "error: data: train_curated: 30 of 100"),
     (OSError(errno.ENOSPC, "No space left on device", "/studies/life/runs/x/trial-0/last.pth"),
      "error: disk full: no space left for /studies/life/runs/x/trial-0/last.pth"),
-    # torch.save raises ENOSPC without a file name: the trial's folder is named instead
-    (OSError(errno.ENOSPC, "No space left on device"), "trial-0; free space and start the worker again"),
+    # torch.save raises ENOSPC without a file name: the places the trial writes to are named instead
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left for the files of trial 0 (its folder "),
 ])
 def test_problems_every_trial_would_hit_stop_the_worker_with_one_line(tmp_path, monkeypatch, capsys, error, expected):
     monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(error=error))
