@@ -1,72 +1,94 @@
-"""Search quality on held-out test labels: does a study's exported best beat its own baseline?
+"""Search quality per compute, on held-out test labels: what a study's exported best scores at equal compute.
 
-    python benchmarks/bench_search_quality.py --data demo sampled --strategies old tpe gp random \
-        --repeats 3 --trials 30 --snapshots 12 30 --jobs 2 --out bench-quality
+    python benchmarks/bench_search_quality.py --data demo sampled --repeats 3 --jobs 2 --out bench-quality
+    python benchmarks/bench_search_quality.py --out bench-quality --table     # table and plot from the records
 
-For every (data set, strategy, repeat) it runs a real study through ``python -m search.run`` (one worker,
-one torch thread, the repeat's seed), then for each snapshot T (the study after its first T finished trials:
-with one worker, exactly what a T-trial study would have done) exports the best trial through
-``python -m search.best --export`` (the baseline trial too, at the same epochs), runs each generated
-kernel.py as its own process on the data set's held-out test clips and scores it against test_labels.csv.
-Exports are cached by config, so a baseline shared by strategies is trained once.
+Every strategy's study (one worker, one torch thread, the repeat's seed, through ``python -m search.run``) runs
+until it has spent the largest compute budget, counted in training epochs and measured in units of one baseline
+training, B = the demo spec's epoch budget (10 epochs). At every point of the study where its best trial changes,
+that trial is exported through ``python -m search.best --export --reuse-checkpoints`` (its own weights: CPU
+training is deterministic, so this is the model a retrain as the trial trained gives, without the retrain), the
+generated kernel.py runs as its own process on the data set's held-out test clips, and the submission is scored
+against test_labels.csv. So at any number of epochs spent we know the held-out test lwlrap of what the study
+would have exported then: the table reads it at the budget points (6B, 15B, 30B by default), the anytime plot
+at every 10 epochs.
 
-Prints, per data set, strategy and T: median and spread of (best's test lwlrap - baseline's test lwlrap),
-in how many repeats the best beat the baseline, the best's own test lwlrap (strategies differ in their epoch
-budget, so their baselines differ too), epochs spent and wall time; ``--table`` prints it from the records. Every finished study is kept in
-``--out`` with a JSON record, so an interrupted run resumes. Not a test: it takes hours on 2 cores.
+The strategies are data (``STRATEGIES``): the search part of a spec ([sampler], [startup], [pruner] and the
+epoch budget) over the demo spec's space and base. ``seed-recipe`` is no search: one training of the base with
+what the hand tuning this project grew out of kept (3x the epochs, batch 64, cosine with a small eta_min, mixup
+1.0), the line a search must clear. Data: the built-in sets with 40% of the curated clips held out for
+validation (240 clips at scale 1; FAT2019's curated validation is ~1,000: a 120-clip one exaggerates the
+winner's curse). Every finished study and export is kept in ``--out``, so an interrupted run resumes. Not a test.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from search.export import run_kernel, score_submission  # noqa: E402
-from search.study import baseline_trial, is_feasible, load_study  # noqa: E402
-from trainer import TrainConfig, ensure_builtin  # noqa: E402
+from search.study import is_feasible, load_study  # noqa: E402
+from trainer import ensure_builtin  # noqa: E402
 
 DEMO_SPEC = REPO / "studies" / "demo.toml"
+BASELINE_EPOCHS = 10  # B: one training of the demo spec's base; every budget is a multiple of it
+VAL_FRACTION = 0.4
+STEP_EPOCHS = 10  # the anytime curve's resolution
 
-# The search strategy part of a spec ([sampler], [startup], [pruner]) and the trial budget in epochs.
-TPE = {"name": "tpe", "n_startup_trials": 10, "multivariate": True, "group": True, "constant_liar": True}
+# The search part of a spec: [sampler], [startup], [pruner] and the trial budget in epochs.
+OURS_TPE = {"name": "tpe", "n_startup_trials": 10, "multivariate": True, "group": True, "constant_liar": True}
+# Optuna 5's TPESampler() as `optuna.create_study(direction="maximize")` builds it: always multivariate,
+# constant liar on, group off, 10 random startup trials.
+OPTUNA_TPE = {"name": "tpe", "n_startup_trials": 10, "multivariate": True, "group": False, "constant_liar": True}
 NEAR_BASELINE = {"near_baseline": 6, "max_changes": 2}
 NO_STARTUP = {"near_baseline": 0}
-# a gentle ASHA (keep the top half at epochs 3 and 6) that decides nothing before 8 other trials reached a
-# rung, so a small study's first trials (the baseline and its neighbours) all train to the end
-GENTLE_ASHA = {"name": "asha", "min_resource": 3, "reduction_factor": 2, "min_trials": 8}
+GENTLE_ASHA = {"name": "asha", "min_resource": 3, "reduction_factor": 2, "min_early_stopping_rate": 0,
+               "min_trials": 8}
 STRATEGIES: dict[str, dict] = {
-    # what the specs shipped before this benchmark: Optuna's TPE defaults (group off), 5 random startup
-    # trials, ASHA deciding from epoch 1 without a quorum, 6 epochs
-    "old": {"epochs": 6, "sampler": {**TPE, "n_startup_trials": 5, "group": False}, "startup": NO_STARTUP,
-            "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3, "min_trials": 0}},
-    "tpe": {"epochs": 10, "sampler": TPE, "startup": NEAR_BASELINE, "pruner": GENTLE_ASHA},
-    "gp": {"epochs": 10, "sampler": {"name": "gp", "n_startup_trials": 10}, "startup": NEAR_BASELINE,
-           "pruner": GENTLE_ASHA},
-    "random": {"epochs": 10, "sampler": {"name": "random"}, "startup": NO_STARTUP, "pruner": GENTLE_ASHA},
-    # "tpe" with the first candidate's pruner (ASHA from epoch 2, top third, quorum 4) and 12 epochs
-    "tpe-asha3": {"epochs": 12, "sampler": {**TPE, "n_startup_trials": 8}, "startup": NEAR_BASELINE,
-                  "pruner": {"name": "asha", "min_resource": 2, "reduction_factor": 3, "min_trials": 4}},
+    # the shipped specs: TPE (group, liar), 6 near-baseline startup trials, ASHA at epochs 3 and 6, 10 epochs
+    "ours": {"epochs": 10, "sampler": OURS_TPE, "startup": NEAR_BASELINE, "pruner": GENTLE_ASHA},
+    # the same search with a 30-epoch budget, ASHA rungs at 3, 9 and 27 keeping the top third, quorum 4
+    "ours-long": {"epochs": 30, "sampler": OURS_TPE, "startup": NEAR_BASELINE,
+                  "pruner": {"name": "asha", "min_resource": 3, "reduction_factor": 3, "min_early_stopping_rate": 0,
+                             "min_trials": 4}},
+    # a plain Optuna script: create_study(direction="maximize") with MedianPruner(), nothing queued (our worker
+    # still runs the spec's base as trial 0)
+    "optuna-defaults": {"epochs": 10, "sampler": OPTUNA_TPE, "startup": NO_STARTUP,
+                        "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1,
+                                   "min_trials": 0}},
+    "random": {"epochs": 10, "sampler": {"name": "random"}, "startup": NO_STARTUP, "pruner": {"name": "none"}},
+    # Optuna's HyperbandPruner (min_resource 1, reduction 3, max = the budget) under its default TPE
+    "hyperband": {"epochs": 10, "sampler": OPTUNA_TPE, "startup": NO_STARTUP,
+                  "pruner": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3, "min_trials": 0}},
+    # the hand tuning's kept changes (its "BCE + min-max BCE" had no gradient in the min-max term: plain BCE)
+    "seed-recipe": {"recipe": {"optim.epochs": 3 * BASELINE_EPOCHS, "optim.batch_size": 64,
+                               "optim.schedule": "cosine", "optim.eta_min": 1e-5, "augment.mixup_alpha": 1.0}},
 }
+RECIPE_SPACE = '[space]\n"model.dropout" = { float = [0.0, 0.5], step = 0.05 }\n'
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def toml_table(name: str, values: dict) -> str:
-    def value(v):
-        return ("true" if v else "false") if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else str(v)
-    return f"[{name}]\n" + "".join(f"{key} = {value(v)}\n" for key, v in values.items())
+    return f"[{name}]\n" + "".join(f"{key} = {toml_value(v)}\n" for key, v in values.items())
 
 
 @dataclass(frozen=True)
@@ -81,114 +103,212 @@ class Run:
 
 
 def spec_text(run: Run, scale: float) -> str:
-    """The demo spec with this run's data set, strategy, budget and seeds."""
+    """The demo spec with this run's data set, strategy, budget and seeds; every trial keeps its weights."""
+    demo = tomllib.loads(DEMO_SPEC.read_text(encoding="utf-8"))
     text = DEMO_SPEC.read_text(encoding="utf-8")
     strategy = STRATEGIES[run.strategy]
-    head, space = text[:text.index("[sampler]")], text[text.index("[space]"):]
-    head = head.replace('data = "demo"', f'data = "{run.data}"').replace("data_scale = 1.0", f"data_scale = {scale}")
-    head = "\n".join(f"epochs = {strategy['epochs']}" if line.startswith("epochs =") else line
-                     for line in head.splitlines()) + "\n"
-    sections = [toml_table("sampler", strategy["sampler"]),
-                toml_table("startup", {"seed": run.repeat, **strategy["startup"]}),
-                toml_table("pruner", strategy["pruner"])]
-    return head + "\n".join(sections) + "\n" + space
+    recipe = strategy.get("recipe", {})
+    study = {"data": run.data, "data_scale": scale, "keep_weights": 100000,
+             "epochs": recipe.get("optim.epochs", strategy.get("epochs", BASELINE_EPOCHS))}
+    base = {**demo["base"], "data.val_fraction": VAL_FRACTION, **recipe, **({"seed": run.repeat} if recipe else {})}
+    base.pop("optim.epochs", None)  # the trial budget is [study] epochs
+    if recipe:
+        sections = [toml_table("sampler", {"name": "random"}), toml_table("startup", NO_STARTUP),
+                    toml_table("pruner", {"name": "none"})]
+        space = RECIPE_SPACE
+    else:
+        sections = [toml_table("sampler", strategy["sampler"]),
+                    toml_table("startup", {"seed": run.repeat, **strategy["startup"]}),
+                    toml_table("pruner", strategy["pruner"])]
+        space = text[text.index("[space]"):]
+    quoted = {f'"{key}"': value for key, value in base.items()}
+    return "\n".join([toml_table("study", study), toml_table("base", quoted), *sections, space])
 
 
-def run_study(run: Run, out: Path, trials: int, scale: float) -> Path:
-    """Run the study to ``trials`` finished trials (resumable: an existing database is continued)."""
+def epochs_spent(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get("epochs_run") or 0) - int(trial.user_attrs.get("resumed_from_epoch") or 0)
+
+
+def ordered_trials(study: optuna.Study) -> list[FrozenTrial]:
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sorted((t for t in study.get_trials(deepcopy=False) if t.state in finished), key=lambda t: t.number)
+
+
+def total_epochs(study: optuna.Study) -> int:
+    return sum(epochs_spent(t) for t in ordered_trials(study))
+
+
+def run_study(run: Run, out: Path, budget_epochs: int, scale: float) -> Path:
+    """Run the study until it has spent ``budget_epochs`` (resumable: an existing database is continued)."""
     studies = out / "studies"
     studies.mkdir(parents=True, exist_ok=True)
-    spec = studies / f"{run.name}.toml"
-    spec.write_text(spec_text(run, scale), encoding="utf-8")
+    (studies / f"{run.name}.toml").write_text(spec_text(run, scale), encoding="utf-8")
     log = out / "logs" / f"{run.name}.log"
     log.parent.mkdir(exist_ok=True)
-    with open(log, "a", encoding="utf-8") as handle:
-        subprocess.run([sys.executable, "-m", "search.run", "--study", run.name, "--studies-dir", str(studies),
-                        "--trials", str(trials), "--threads", "1", "--seed", str(run.repeat), "--device", "cpu"],
-                       cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, check=True)
-    return studies
+    single = "recipe" in STRATEGIES[run.strategy]
+    trial_epochs = STRATEGIES[run.strategy].get("epochs", BASELINE_EPOCHS)
+    while True:
+        handle = load_study(run.name, None, studies) if (studies / f"{run.name}.db").exists() else None
+        done = ordered_trials(handle.study) if handle else []
+        if (single and done) or (handle and total_epochs(handle.study) >= budget_epochs):
+            return studies
+        # as many trials as the budget left would take unpruned, plus one: the study stops close to the budget
+        more = 1 if single else (budget_epochs - (total_epochs(handle.study) if handle else 0)) // trial_epochs + 1
+        with open(log, "a", encoding="utf-8") as stream:
+            subprocess.run([sys.executable, "-m", "search.run", "--study", run.name, "--studies-dir", str(studies),
+                            "--trials", str(len(done) + more), "--threads", "1",
+                            "--seed", str(run.repeat), "--device", "cpu"],
+                           cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, check=True)
 
 
-def snapshot(study: optuna.Study, size: int) -> list[optuna.trial.FrozenTrial]:
-    """The trials of the study as it stood after its first ``size`` finished trials (failed ones included)."""
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if len(finished) < size:
-        raise RuntimeError(f"{study.study_name}: only {len(finished)} finished trials, {size} asked")
-    last = finished[size - 1].number
-    return [t for t in trials if t.number <= last]
+def incumbents(trials: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
+    """(epochs spent when it became the best, trial) for each change of the best feasible COMPLETE trial."""
+    changes, spent, best = [], 0, None
+    for trial in trials:
+        spent += epochs_spent(trial)
+        if trial.state == TrialState.COMPLETE and is_feasible(trial) and (best is None or trial.value > best.value):
+            best = trial
+            changes.append((spent, trial))
+    return changes
 
 
-def best_of(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t)]
-    return max(complete, key=lambda t: t.value)
-
-
-def test_score(run_name: str, studies: Path, trial: optuna.trial.FrozenTrial, data_dir: Path, out: Path) -> float:
-    """Export ``trial`` (retrained with its exact config) and score its kernel on the test clips; cached by config."""
-    config = TrainConfig.from_json(trial.user_attrs["config"])
-    key = hashlib.blake2b(f"{data_dir}\n{config.to_json()}".encode(), digest_size=8).hexdigest()
-    cache = out / "exports" / f"{key}.json"
+def test_score(run: Run, studies: Path, trial: FrozenTrial, data_dir: Path, out: Path) -> float:
+    """Export ``trial`` with its own weights and score its kernel on the held-out test clips (cached)."""
+    cache = out / "exports" / f"{run.name}-{trial.number}.json"
     if cache.exists():
         return json.loads(cache.read_text())["test_lwlrap"]
-    export = out / "exports" / key
-    subprocess.run([sys.executable, "-m", "search.best", "--study", run_name, "--studies-dir", str(studies),
-                    "--export", "--trial", str(trial.number), "--out", str(export), "--threads", "1"],
-                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "export"
+        subprocess.run([sys.executable, "-m", "search.best", "--study", run.name, "--studies-dir", str(studies),
+                        "--export", "--reuse-checkpoints", "--trial", str(trial.number), "--out", str(export)],
+                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
         submission = Path(tmp) / "submission.csv"
         run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
         score = score_submission(submission, data_dir / "test_labels.csv")
-    cache.write_text(json.dumps({"test_lwlrap": score, "trial": trial.number, "study": run_name}))
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps({"test_lwlrap": score, "trial": trial.number, "study": run.name}))
     return score
 
 
-def measure(run: Run, out: Path, trials: int, snapshots: list[int], scale: float) -> dict:
+def measure(run: Run, out: Path, budget_epochs: int, scale: float) -> dict:
     record_path = out / "records" / f"{run.name}.json"
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        if record["budget_epochs"] >= budget_epochs:
+            return record
     started = time.perf_counter()
-    studies = run_study(run, out, trials, scale)
+    studies = run_study(run, out, budget_epochs, scale)
     data_dir = ensure_builtin(run.data, scale=scale)
-    handle = load_study(run.name, None, studies)
-    record = {"data": run.data, "strategy": run.strategy, "repeat": run.repeat, "snapshots": {}}
-    for size in snapshots:
-        trials_then = snapshot(handle.study, size)
-        best, baseline = best_of(trials_then), baseline_trial(trials_then)
-        record["snapshots"][str(size)] = {
-            "best_trial": best.number, "baseline_trial": baseline.number,
-            "best_val": best.value, "baseline_val": baseline.value,
-            "best_test": test_score(run.name, studies, best, data_dir, out),
-            "baseline_test": test_score(run.name, studies, baseline, data_dir, out),
-            "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) - int(t.user_attrs.get("resumed_from_epoch", 0))
-                          for t in trials_then),
-            "wall_s": sum(float(t.user_attrs.get("wall_time", 0.0)) for t in trials_then),
-            "complete": sum(t.state == TrialState.COMPLETE for t in trials_then),
-        }
+    trials = ordered_trials(load_study(run.name, None, studies).study)
+    changes = [(spent, trial) for spent, trial in incumbents(trials)]
+    record = {"data": run.data, "strategy": run.strategy, "repeat": run.repeat, "budget_epochs": budget_epochs,
+              "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "epochs": epochs_spent(t),
+                          "wall_s": float(t.user_attrs.get("wall_time") or 0.0),
+                          "startup": t.user_attrs.get("startup")} for t in trials],
+              "incumbents": [{"epochs": spent, "trial": t.number, "val": t.value,
+                              "test": test_score(run, studies, t, data_dir, out)}
+                             for spent, t in changes if spent <= budget_epochs or "recipe" in STRATEGIES[run.strategy]]}
     record["bench_s"] = time.perf_counter() - started
     record_path.parent.mkdir(exist_ok=True)
-    record_path.write_text(json.dumps(record, indent=1))
-    print(f"{run.name}: " + ", ".join(f"T={t} best #{s['best_trial']} test {s['best_test']:.4f} vs baseline "
-                                      f"{s['baseline_test']:.4f}" for t, s in record["snapshots"].items()), flush=True)
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(record_path)
+    last = record["incumbents"][-1] if record["incumbents"] else None
+    print(f"{run.name}: {len(trials)} trials, {sum(t['epochs'] for t in record['trials'])} epochs; "
+          + (f"best #{last['trial']} val {last['val']:.4f} test {last['test']:.4f}" if last else
+             "no trial completed within the budget"), flush=True)
     return record
 
 
-def table(records: list[dict], snapshots: list[int]) -> str:
-    lines = ["| data | strategy | T | repeats | test gain over baseline: median [min, max] | best beat baseline | "
-             "best's test lwlrap: median | epochs (mean) | wall min (mean) |", "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["data"], r["strategy"]) for r in records})
-    for data, strategy in keys:
+def test_at(record: dict, epochs: int) -> float | None:
+    """Held-out test lwlrap of what the study would have exported after ``epochs`` epochs (None: nothing yet).
+
+    A single training (``seed-recipe``) is its result at any budget that covers its cost, the repeat's budget
+    notwithstanding.
+    """
+    if "recipe" in STRATEGIES[record["strategy"]]:
+        done = record["incumbents"][-1] if record["incumbents"] else None
+        return done["test"] if done and done["epochs"] <= epochs else None
+    if epochs > record["budget_epochs"]:  # this repeat stopped at a smaller budget
+        return None
+    held = [i["test"] for i in record["incumbents"] if i["epochs"] <= epochs]
+    return held[-1] if held else None
+
+
+def table(records: list[dict], budgets: list[int]) -> str:
+    head = " | ".join(f"{b // BASELINE_EPOCHS}B ({b} ep)" for b in budgets)
+    lines = [f"| data | strategy | repeats | test lwlrap at {head} | trials at {budgets[-1] // BASELINE_EPOCHS}B |",
+             "|---|---|---|" + "---|" * len(budgets) + "---|"]
+    for data, strategy in sorted({(r["data"], r["strategy"]) for r in records},
+                                 key=lambda k: (k[0], list(STRATEGIES).index(k[1]))):
         group = [r for r in records if r["data"] == data and r["strategy"] == strategy]
-        for size in snapshots:
-            shots = [r["snapshots"][str(size)] for r in group]
-            gains = [s["best_test"] - s["baseline_test"] for s in shots]
-            wins = sum(g > 0 for g in gains)
-            lines.append(f"| {data} | {strategy} | {size} | {len(shots)} | {statistics.median(gains):+.4f} "
-                         f"[{min(gains):+.4f}, {max(gains):+.4f}] | {wins}/{len(shots)} | "
-                         f"{statistics.median(s['best_test'] for s in shots):.4f} | "
-                         f"{statistics.mean(s['epochs'] for s in shots):.0f} | "
-                         f"{statistics.mean(s['wall_s'] for s in shots) / 60:.1f} |")
+        cells = []
+        for budget in budgets:
+            values = [v for v in (test_at(r, budget) for r in group) if v is not None]
+            cells.append(f"{statistics.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
+                         + ("" if len(values) == len(group) else f" ({len(values)} of {len(group)})")
+                         if values else "—")
+        trials = statistics.median(sum(1 for _ in trials_within(r, budgets[-1])) for r in group
+                                   if r["budget_epochs"] >= budgets[-1] or "recipe" in STRATEGIES[strategy])
+        lines.append(f"| {data} | {strategy} | {len(group)} | " + " | ".join(cells) + f" | {trials:.0f} |")
     return "\n".join(lines)
+
+
+def trials_within(record: dict, budget: int):
+    spent = 0
+    for trial in record["trials"]:
+        spent += trial["epochs"]
+        if spent > budget:
+            return
+        yield trial
+
+
+def plot(records: list[dict], budget: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({r["data"] for r in records})
+    figure, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.5), squeeze=False, sharey=False)
+    grid = list(range(STEP_EPOCHS, budget + 1, STEP_EPOCHS))
+    for axis, data in zip(axes[0], sets):
+        for index, strategy in enumerate(s for s in STRATEGIES if any(r["strategy"] == s for r in records)):
+            group = [r for r in records if r["data"] == data and r["strategy"] == strategy]
+            if not group:
+                continue
+            colour = f"C{index}"
+            if "recipe" in STRATEGIES[strategy]:
+                values = [r["incumbents"][-1]["test"] for r in group if r["incumbents"]]
+                if not values:
+                    continue
+                axis.axhline(statistics.median(values), color=colour, linestyle="--",
+                             label=f"{strategy} (one training, {STRATEGIES[strategy]['recipe']['optim.epochs']} ep)")
+                axis.axhspan(min(values), max(values), color=colour, alpha=0.08)
+                continue
+            xs, medians, lows, highs = [], [], [], []
+            for epochs in grid:
+                values = [v for v in (test_at(r, epochs) for r in group) if v is not None]
+                if len(values) == len(group):
+                    xs.append(epochs / BASELINE_EPOCHS)
+                    medians.append(statistics.median(values))
+                    lows.append(min(values))
+                    highs.append(max(values))
+            axis.step(xs, medians, where="post", color=colour, label=strategy)
+            axis.fill_between(xs, lows, highs, step="post", color=colour, alpha=0.15)
+        axis.set_title(f"{data}: exported best on held-out test clips")
+        axis.set_xlabel(f"compute spent (B = one {BASELINE_EPOCHS}-epoch baseline training)")
+        axis.set_ylabel("test lwlrap (median, band = min..max of repeats)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def load_records(out: Path, data: list[str], strategies: list[str]) -> list[dict]:
+    records = [json.loads(path.read_text()) for path in sorted((out / "records").glob("*.json"))]
+    return [r for r in records if r["data"] in data and r["strategy"] in strategies]
 
 
 def main() -> None:
@@ -196,25 +316,30 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["demo", "sampled"])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--snapshots", type=int, nargs="+", default=[12, 30])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[6, 15, 30],
+                        help=f"budget points in units of B = {BASELINE_EPOCHS} epochs; studies run to the largest")
+    parser.add_argument("--full-repeats", type=int,
+                        help="only this many repeats run to the largest budget, the others to the one below it")
     parser.add_argument("--scale", type=float, default=1.0, help="size of the built-in data sets")
     parser.add_argument("--jobs", type=int, default=2, help="studies run side by side (one torch thread each)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-quality")
-    parser.add_argument("--table", action="store_true", help="print the table of the records in --out; run nothing")
+    parser.add_argument("--table", action="store_true", help="table and plot of the records in --out; run nothing")
+    parser.add_argument("--plot", type=Path, help="where the anytime plot goes (default --out/anytime.png)")
     args = parser.parse_args()
-    if args.table:
-        records = [json.loads(path.read_text()) for path in sorted((args.out / "records").glob("*.json"))]
-        print(table([r for r in records if r["data"] in args.data and r["strategy"] in args.strategies], args.snapshots))
-        return
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for data in args.data:
-        ensure_builtin(data, scale=args.scale)
-    runs = [Run(d, s, r) for r in range(args.repeats) for d in args.data for s in args.strategies]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        records = list(pool.map(lambda run: measure(run, args.out, args.trials, args.snapshots, args.scale), runs))
-    print()
-    print(table(records, args.snapshots))
+    budgets = [b * BASELINE_EPOCHS for b in sorted(args.budgets)]
+    if not args.table:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        for data in args.data:
+            ensure_builtin(data, scale=args.scale)
+        runs = [Run(d, s, r) for r in range(args.repeats) for s in args.strategies for d in args.data]
+
+        def budget(run: Run) -> int:  # repeats past --full-repeats stop at the second-largest budget
+            return budgets[-1] if args.full_repeats is None or run.repeat < args.full_repeats else budgets[-2]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda run: measure(run, args.out, budget(run), args.scale), runs))
+    records = load_records(args.out, args.data, args.strategies)
+    print(table(records, budgets))
+    plot(records, budgets[-1], args.plot or args.out / "anytime.png")
 
 
 if __name__ == "__main__":
