@@ -1,0 +1,76 @@
+"""benchmarks/bench_search_quality.py: its strategies are valid specs, its budget arithmetic is right, and a tiny
+run of every strategy goes end to end (studies, exports, kernels, table, plot)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "bench_search_quality.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_search_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+@pytest.mark.parametrize("strategy", list(_bench().STRATEGIES))
+def test_every_strategy_is_a_spec_the_worker_accepts(strategy, tmp_path):
+    bench = _bench()
+    path = tmp_path / f"{strategy}.toml"
+    path.write_text(bench.spec_text(bench.Run("demo", strategy, 1), 1.0), encoding="utf-8")
+    spec = load_spec(path)
+    entry = bench.STRATEGIES[strategy]
+    assert spec.base["data.val_fraction"] == bench.VAL_FRACTION
+    if "recipe" in entry:
+        assert spec.epochs == entry["recipe"]["optim.epochs"] and spec.base["seed"] == 1
+        assert spec.base["optim.batch_size"] == 64 and spec.base["augment.mixup_alpha"] == 1.0
+    else:
+        assert spec.epochs == entry["epochs"]
+        assert spec.sampler["name"] == entry["sampler"]["name"] and spec.pruner["name"] == entry["pruner"]["name"]
+        assert spec.startup["near_baseline"] == entry["startup"]["near_baseline"]
+
+
+def _record(strategy, budget, incumbents):
+    return {"data": "demo", "strategy": strategy, "repeat": 0, "budget_epochs": budget, "trials": [],
+            "incumbents": [{"epochs": e, "trial": n, "val": 0.0, "test": t} for e, n, t in incumbents]}
+
+
+def test_what_a_study_would_have_exported_at_a_budget():
+    bench = _bench()
+    record = _record("ours", 150, [(10, 0, 0.5), (40, 3, 0.6), (120, 9, 0.7)])
+    assert bench.test_at(record, 9) is None  # nothing finished yet
+    assert [bench.test_at(record, e) for e in (10, 39, 40, 119, 150)] == [0.5, 0.5, 0.6, 0.6, 0.7]
+    assert bench.test_at(record, 300) is None  # this repeat stopped at 150 epochs
+    recipe = _record("seed-recipe", 10, [(30, 0, 0.8)])
+    assert bench.test_at(recipe, 20) is None and bench.test_at(recipe, 300) == 0.8  # one training, cost 30
+
+
+@pytest.mark.slow
+def test_a_tiny_run_of_every_strategy_end_to_end(tmp_path, session_cache):
+    bench = _bench()
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--data", "demo", "--repeats", "1", "--budgets", "1", "2",
+                          "--scale", "0.05", "--jobs", "2", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    for strategy in bench.STRATEGIES:
+        record = json.loads((out / "records" / f"q-demo-{strategy}-r0.json").read_text())
+        spent = sum(t["epochs"] for t in record["trials"])
+        assert spent >= (30 if strategy == "seed-recipe" else 20)  # ran to its budget (the recipe: one training)
+        assert record["incumbents"] or strategy == "ours-long"  # a 30-epoch trial cannot finish within 20
+        for incumbent in record["incumbents"]:
+            assert 0.0 < incumbent["test"] <= 1.0
+            assert (out / "exports" / f"q-demo-{strategy}-r0-{incumbent['trial']}.json").exists()
+        assert f"| demo | {strategy} | 1 |" in run.stdout
+    assert (out / "anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
