@@ -19,7 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.report import write_report
-from search.spec import StudySpec, load_spec
+from search.spec import StudySpec
+from search.spec_checks import load_spec
 from search.study import StudyHandle
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from search.export import run_kernel, score_submission  # noqa: E402
 from search.study import is_feasible, load_study  # noqa: E402
-from trainer import ensure_builtin  # noqa: E402
+from trainer import atomic_write_text, ensure_builtin  # noqa: E402
 
 DEMO_SPEC = REPO / "studies" / "demo.toml"
 BASELINE_EPOCHS = 10  # B: one training of the demo spec's base; every budget is a multiple of it
@@ -104,8 +104,8 @@ class Run:
 
 def spec_text(run: Run, scale: float) -> str:
     """The demo spec with this run's data set, strategy, budget and seeds; every trial keeps its weights."""
-    demo = tomllib.loads(DEMO_SPEC.read_text(encoding="utf-8"))
     text = DEMO_SPEC.read_text(encoding="utf-8")
+    demo = tomllib.loads(text)
     strategy = STRATEGIES[run.strategy]
     recipe = strategy.get("recipe", {})
     study = {"data": run.data, "data_scale": scale, "keep_weights": 100000,
@@ -185,8 +185,7 @@ def test_score(run: Run, studies: Path, trial: FrozenTrial, data_dir: Path, out:
         submission = Path(tmp) / "submission.csv"
         run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
         score = score_submission(submission, data_dir / "test_labels.csv")
-    cache.parent.mkdir(exist_ok=True)
-    cache.write_text(json.dumps({"test_lwlrap": score, "trial": trial.number, "study": run.name}))
+    atomic_write_text(cache, json.dumps({"test_lwlrap": score, "trial": trial.number, "study": run.name}))
     return score
 
 
@@ -200,19 +199,16 @@ def measure(run: Run, out: Path, budget_epochs: int, scale: float) -> dict:
     studies = run_study(run, out, budget_epochs, scale)
     data_dir = ensure_builtin(run.data, scale=scale)
     trials = ordered_trials(load_study(run.name, None, studies).study)
-    changes = [(spent, trial) for spent, trial in incumbents(trials)]
+    single = "recipe" in STRATEGIES[run.strategy]  # one training: its result counts whatever the budget
     record = {"data": run.data, "strategy": run.strategy, "repeat": run.repeat, "budget_epochs": budget_epochs,
               "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "epochs": epochs_spent(t),
                           "wall_s": float(t.user_attrs.get("wall_time") or 0.0),
                           "startup": t.user_attrs.get("startup")} for t in trials],
               "incumbents": [{"epochs": spent, "trial": t.number, "val": t.value,
                               "test": test_score(run, studies, t, data_dir, out)}
-                             for spent, t in changes if spent <= budget_epochs or "recipe" in STRATEGIES[run.strategy]]}
+                             for spent, t in incumbents(trials) if spent <= budget_epochs or single]}
     record["bench_s"] = time.perf_counter() - started
-    record_path.parent.mkdir(exist_ok=True)
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(record_path)
+    atomic_write_text(record_path, json.dumps(record, indent=1))
     last = record["incumbents"][-1] if record["incumbents"] else None
     print(f"{run.name}: {len(trials)} trials, {sum(t['epochs'] for t in record['trials'])} epochs; "
           + (f"best #{last['trial']} val {last['val']:.4f} test {last['test']:.4f}" if last else

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from trainer import atomic_path
@@ -35,24 +35,43 @@ class ArtifactStore(Protocol):
     def remove(self, artifact_id: str) -> None: ...
 
 
-class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
-    """Optuna's file-system store, but a write is atomic (temp + rename) and may use sub-folders: a worker
-    killed mid-write leaves the previous version readable, never half a checkpoint."""
+class AtomicFileSystemArtifactStore:
+    """A file-system artifact store (Optuna's store protocol, the layout of its ``FileSystemArtifactStore``:
+    ``<base>/<artifact id>``) whose writes are atomic (temp + rename) and may use sub-folders: a worker killed
+    mid-write leaves the previous version readable, never half a checkpoint. Its own class rather than a
+    subclass, because mapping an id to a path is private in Optuna's."""
 
     def __init__(self, base_path: str | os.PathLike) -> None:
-        super().__init__(Path(base_path))
         self.base_path = Path(base_path)
 
+    def path_of(self, artifact_id: str) -> Path:
+        """The file of ``artifact_id``; an absolute id or one that leaves the base folder is refused."""
+        path = self.base_path / artifact_id
+        base = os.path.abspath(self.base_path)
+        if os.path.isabs(artifact_id) or os.path.commonpath([base, os.path.abspath(path)]) != base:
+            raise ValueError(f"invalid artifact id {artifact_id!r}: it must stay inside {self.base_path}")
+        return path
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        try:
+            return open(self.path_of(artifact_id), "rb")
+        except FileNotFoundError as error:
+            raise ArtifactNotFound(f"{artifact_id}: not found") from error
+
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        path = self._get_filepath(artifact_id)
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        with atomic_path(self.path_of(artifact_id)) as tmp, open(tmp, "wb") as handle:
             shutil.copyfileobj(content_body, handle)
+
+    def remove(self, artifact_id: str) -> None:
+        try:
+            os.remove(self.path_of(artifact_id))
+        except FileNotFoundError as error:
+            raise ArtifactNotFound(f"{artifact_id}: not found") from error
 
     def put_file(self, artifact_id: str, source: Path) -> None:
         """Store a local file; a hard link where possible (the trainer replaces its files by rename, so the
         stored version never changes under the link), else a copy."""
-        path = self._get_filepath(artifact_id)
-        with atomic_path(path) as tmp:
+        with atomic_path(self.path_of(artifact_id)) as tmp:
             tmp.unlink()
             try:
                 os.link(source, tmp)
@@ -61,7 +80,7 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 
     def size(self, artifact_id: str) -> int | None:
         try:
-            return self._get_filepath(artifact_id).stat().st_size
+            return self.path_of(artifact_id).stat().st_size
         except FileNotFoundError:
             return None
 

@@ -30,7 +30,8 @@ from search.export import (ExportPlan, KernelRunError, Member, TrainedMember, ch
                            write_record)
 from search.kernel import KernelGenerationError
 from search.kernel_main import POOLINGS, pool_probabilities
-from search.spec import StudySpec, load_spec
+from search.spec import StudySpec
+from search.spec_checks import load_spec
 from search.storage import StorageError, add_study_arguments, studies_dir
 from search.study import (StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible, load_study,
                           ranked_trials, resolve_data, trial_config)

@@ -42,7 +42,8 @@ from search import notes
 from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
 from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
 from search.console import Console
-from search.spec import SpecError, StudySpec, load_spec
+from search.spec import SpecError, StudySpec
+from search.spec_checks import load_spec
 from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, count_finished, trials_keeping_weights
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig,
                      feature_cache_key, load_checkpoint)

@@ -25,7 +25,8 @@ from search.best import ExportOptions, export_trial
 from search.console import format_duration
 from search.dashboard import tunnel_line
 from search.export import KernelRunError, run_kernel, score_submission
-from search.spec import find_spec, load_spec
+from search.spec import find_spec
+from search.spec_checks import load_spec
 from search.storage import studies_dir
 from search.study import FINISHED, baseline_trial, best_trial, load_study, pruning_saved, resolve_data
 

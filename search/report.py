@@ -23,7 +23,8 @@ from search.artifacts import TrialFiles, open_artifact_store
 from search.checks import check_lines
 from search.console import format_duration
 from search.ensemble_report import report_section
-from search.spec import StudySpec, load_spec
+from search.spec import StudySpec
+from search.spec_checks import load_spec
 from search.plots import Plot, write_plots
 from search.storage import add_study_arguments, studies_dir
 from search.study import (StudyHandle, StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible,

@@ -27,7 +27,8 @@ from search.console import Console, eta_line
 from search.failures import DEFAULT_MAX_RETRY, requeue
 from search.lifecycle import Worker
 from search.objective import Objective
-from search.spec import StudySpec, find_spec, load_spec, spec_differences
+from search.spec import StudySpec, find_spec, spec_differences
+from search.spec_checks import load_spec
 from search.storage import StorageError, add_study_arguments, create_or_load_study, default_storage_url, open_storage
 from search.study import FINGERPRINT_ATTR, SPEC_ATTR, UID_ATTR, StudyHandle, redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,

@@ -9,8 +9,8 @@ retention, and the search space as dotted ``TrainConfig`` keys::
     "model.head" = { choices = ["linear", "mlp"] }
     "model.head_hidden" = { int = [64, 512], step = 64, when = { "model.head" = "mlp" } }
 
-This module is the spec model; ``search.spec_checks`` reads and validates the file (every error names
-the file, the key and what was expected); ``search.strategy`` builds the sampler, pruner and startup.
+This module is the spec model; ``search.spec_checks`` reads and validates the file (``load_spec``; every error
+names the file, the key and what was expected); ``search.strategy`` builds the sampler, pruner and startup.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from search import strategy
-from trainer import BUILTIN_DATASETS, ConfigError, TrainConfig, ensure_builtin, flatten, read_toml
+from trainer import BUILTIN_DATASETS, ConfigError, TrainConfig, ensure_builtin, flatten
 
 DATA_ENV = "FAT2019_DATA"
 DEMO = "demo"  # the data location that means the built-in synthetic set
@@ -179,14 +179,6 @@ class StudySpec:
     def fingerprint(self) -> str:
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def load_spec(path: str | os.PathLike) -> StudySpec:
-    """Read and validate a study spec TOML file."""
-    from search.spec_checks import parse_spec
-
-    path = Path(path)
-    return parse_spec(read_toml(path, what="study spec", error=SpecError), path)
 
 
 def find_spec(study: str, studies_dir: str | os.PathLike) -> Path:

@@ -3,6 +3,7 @@ the key and what was expected. Builds the ``search.spec.StudySpec`` model."""
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -10,7 +11,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from search import strategy
 from search.spec import Kernel, Param, SpecError, StudySpec, builtin_data
-from trainer import ConfigError, TrainConfig
+from trainer import ConfigError, TrainConfig, read_toml
 
 _SECTIONS = {"study", "base", "sampler", "pruner", "startup", "kernel", "space"}
 _STUDY_KEYS = {"name", "data", "data_scale", "epochs", "keep_weights"}
@@ -21,7 +22,7 @@ DEFAULT_KEEP_WEIGHTS = 5
 
 
 def parse_spec(document: Mapping[str, Any], path: Path) -> StudySpec:
-    """Validate a parsed TOML document; see ``search.spec.load_spec``."""
+    """Validate a parsed TOML document; see ``load_spec`` below."""
     _check_keys(document, _SECTIONS, path, "top level")
     study = _table(document, "study", path)
     _check_keys(study, _STUDY_KEYS, path, "[study]")
@@ -228,3 +229,9 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
         return True
     steps = (float(value) - d.low) / d.step
     return abs(steps - round(steps)) < 1e-8
+
+
+def load_spec(path: str | os.PathLike) -> StudySpec:
+    """Read and validate a study spec TOML file."""
+    path = Path(path)
+    return parse_spec(read_toml(path, what="study spec", error=SpecError), path)

@@ -20,7 +20,7 @@ from search.ensemble import Budget, EnsembleError, load_candidates, select, sele
 from search.ensemble_report import describe, predict_models, report_section, write_curve
 from search.export import run_kernel
 from search.kernel_main import pool_probabilities
-from search.spec import load_spec
+from search.spec_checks import load_spec
 from search.study import load_study
 from trainer import TrainConfig, lwlrap, read_labelled_csv, read_test_fnames
 

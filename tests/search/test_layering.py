@@ -32,3 +32,48 @@ def test_the_trainer_never_imports_optuna_or_search():
     for path in sorted((ROOT / "trainer").rglob("*.py")):
         bad = {n for n in imported_modules(path) if n.split(".")[0] in ("optuna", "search")}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def search_import_graph() -> dict[str, set[str]]:
+    """search module -> the search modules it imports, imports inside functions included."""
+    modules = {path.stem for path in (ROOT / "search").glob("*.py")}
+    graph = {}
+    for name in modules:
+        targets = set()
+        for imported in imported_modules(ROOT / "search" / f"{name}.py"):
+            parts = imported.split(".")
+            if parts[0] == "search" and len(parts) > 1 and parts[1] in modules:
+                targets.add(parts[1])
+        graph[name] = targets - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        for target in sorted(graph[node]):
+            if target in path:
+                return path[path.index(target):] + [target]
+            if target not in done:
+                found = visit(target, path + [target])
+                if found:
+                    return found
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        found = visit(start, [start])
+        if found:
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_search_modules_import_each_other_without_a_cycle():
+    cycle = find_cycle(search_import_graph())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 import search.objective as objective_module
 from search.run import UsageError, join_study, main
-from search.spec import load_spec
+from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 
 from tests.search.conftest import fake_training, load, unique_name, wait_for, worker, write_spec

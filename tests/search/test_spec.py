@@ -6,7 +6,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.spec import DATA_ENV, SpecError, find_spec, load_spec, spec_differences
+from search.spec import DATA_ENV, SpecError, find_spec, spec_differences
+from search.spec_checks import load_spec
 from search.spec_checks import parse_spec
 from search.strategy import RungQuorumPruner
 from trainer import TrainConfig

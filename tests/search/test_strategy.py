@@ -8,7 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.run import join_study
-from search.spec import load_spec
+from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 from search.strategy import RungQuorumPruner, make_sampler
 
