@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from search.artifacts import TrialFiles, open_artifact_store
-from search.best import ExportOptions, choose_trial, export_ensemble, export_trial, find_study_spec
+from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial, find_study_spec
 from search.ensemble import select_from_study
 from search.export import run_kernel, score_submission
 from search.kernel_main import POOLINGS

@@ -11,52 +11,26 @@ prints the validation lwlrap beside the one each trial reported, and writes the 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles, open_artifact_store
-from search.ensemble import EnsembleError, Selection, select_from_study
+from search.ensemble import EnsembleError, select_from_study
 from search.ensemble_report import TEST_LABELS, describe, held_out_or_reason
-from search.export import (ExportPlan, KernelRunError, Member, TrainedMember, check_dataset_identity, check_reusable,
-                           measure_kernel, member_configs, retrain, retrain_config, reuse_checkpoints, write_export,
-                           write_record)
+from search.export import KernelRunError
 from search.kernel import KernelGenerationError
-from search.kernel_main import POOLINGS, pool_probabilities
+from search.kernel_main import POOLINGS
 from search.spec import StudySpec
-from search.spec_checks import load_spec
 from search.storage import StorageError, add_study_arguments, studies_dir
-from search.study import (StudyNotFoundError, baseline_trial, best_trial, config_diff, is_feasible, load_study,
-                          ranked_trials, resolve_data, trial_config)
-from trainer import CheckpointError, ConfigError, DataError, TrainConfig, lwlrap
+from search.study import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, load_study, ranked_trials,
+                          resolve_data, trial_config)
+from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial, find_study_spec
+from trainer import CheckpointError, ConfigError, DataError
 
 TOP_N = 10
-
-
-def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
-    """Trial ``number`` (must be COMPLETE), else ``search.study.best_trial``: the best COMPLETE trial within
-    the kernel-time budget."""
-    if number is not None:
-        trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-        if not trials:
-            raise LookupError(f"--trial {number}: study {study.study_name!r} has no such trial "
-                              f"(trials 0..{len(study.trials) - 1})")
-        if trials[0].state != TrialState.COMPLETE:
-            raise LookupError(f"--trial {number}: it is {trials[0].state.name}; only COMPLETE trials can be exported")
-        return trials[0]
-    best = best_trial(study)
-    if best is None:
-        ranked = ranked_trials(study)
-        why = f"all {len(ranked)} COMPLETE trials exceed the kernel time budget" if ranked else "no trial has completed"
-        raise LookupError(f"study {study.study_name!r}: nothing to export ({why})")
-    return best
 
 
 def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None = None) -> str:
@@ -86,158 +60,6 @@ def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None
     except (LookupError, ConfigError) as exc:
         lines.append(f"({exc})")
     return "\n".join(lines)
-
-
-def find_study_spec(study: str, studies: Path) -> StudySpec | None:
-    """The study's spec (``<studies>/<study>.toml``) when it exists."""
-    path = Path(study) if study.endswith(".toml") else studies / f"{study}.toml"
-    return load_spec(path) if path.is_file() else None
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """How an export gets its weights and names its Kaggle dataset (the CLI's export flags)."""
-
-    pooling: str = "mean"
-    reuse_checkpoints: bool = False  # the trials' own best.pth instead of retraining
-    epochs: int | None = None
-    full_curated: bool = False
-    threads: int | None = None  # torch threads for retraining (default: each trial's own)
-    kaggle_user: str | None = None
-    dataset_slug: str | None = None
-    time_kernel: bool = True  # time kernel.py on a few test clips (a caller that runs it on all of them need not)
-
-    def check(self) -> None:
-        if self.reuse_checkpoints and (self.epochs is not None or self.full_curated):
-            raise ConfigError("--reuse-checkpoints exports the trials' own weights; --epochs and --full-curated ask "
-                              "for retraining: choose one")
-
-
-def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: Path, options: ExportOptions, *,
-                 spec: StudySpec | None = None, files: TrialFiles | None = None, seeds: int = 1,
-                 folds: int | None = None) -> dict[str, Any]:
-    """Export ``trial``'s config (optionally as a seed or fold ensemble) into ``out``; returns export.json's record."""
-    base = trial_config(trial, spec)
-    if options.reuse_checkpoints and (seeds > 1 or folds is not None):
-        raise ConfigError("--reuse-checkpoints exports the trial's own weights; --seeds and --folds ask for "
-                          "retraining: choose one")
-    configs = [base] if options.reuse_checkpoints else member_configs(
-        base, seeds=seeds, folds=folds, full_curated=options.full_curated, epochs=options.epochs)
-    members = [Member(c, 1.0, trial.number, trial.value, trial.user_attrs.get("threads")) for c in configs]
-    announce = (f"exporting trial {trial.number} of study {study.study_name} (reported lwlrap {trial.value:.4f}): "
-                f"{len(configs)} model(s) on {data_dir}")
-    source = {"study": study.study_name, "trial": trial.number, "trial_lwlrap": trial.value,
-              "retrained_config_equals_trial": configs[0] == base,
-              "trial_kernel_time_s": trial.user_attrs.get("kernel_time_s"), "data": str(data_dir)}
-    record, trained = _export(study, members, data_dir, out, options, files=files, source=source,
-                              title=f"FAT2019 {study.study_name} trial {trial.number}", originals=[base] * len(configs),
-                              announce=announce)
-    if not options.reuse_checkpoints:
-        record["retrained_lwlrap"] = trained[0].val_lwlrap
-        write_record(out, record)
-    return record
-
-
-def export_ensemble(study: optuna.Study, selection: Selection, data_dir: Path, out: Path, options: ExportOptions, *,
-                    files: TrialFiles | None = None) -> dict[str, Any]:
-    """Export the selected trials, each with its weight, into ``out``; returns export.json's record."""
-    chosen = selection.members
-    originals = [m.config for m in chosen]
-    configs = originals if options.reuse_checkpoints else [
-        retrain_config(c, full_curated=options.full_curated, epochs=options.epochs) for c in originals]
-    members = [Member(config, selection.weights[m.number], m.number, m.value, m.threads)
-               for config, m in zip(configs, chosen)]
-    announce = (f"exporting an ensemble of {len(members)} trial(s) of study {study.study_name} "
-                f"({', '.join(f'{m.trial} x{m.weight:.2f}' for m in members)}) on {data_dir}")
-    source = {"study": study.study_name, "data": str(data_dir), "ensemble": {
-        "rounds": selection.rounds, "bags": selection.bags, "pooling": selection.pooling,
-        "weights": {str(n): w for n, w in selection.weights.items()}, "val_lwlrap": selection.lwlrap,
-        "single_trial": selection.single, "single_val_lwlrap": selection.single_lwlrap,
-        "projected_kernel_s": selection.projected_s, "budget_s": selection.budget.limit_s,
-        "validation_split": selection.pool.split}}
-    record, _ = _export(study, members, data_dir, out, options, files=files, source=source,
-                        title=f"FAT2019 {study.study_name} ensemble", originals=originals, announce=announce,
-                        selection=selection)
-    return record
-
-
-def _export(study: optuna.Study, members: list[Member], data_dir: Path, out: Path, options: ExportOptions, *,
-            files: TrialFiles | None, source: dict[str, Any], title: str, originals: list[TrainConfig], announce: str,
-            selection: Selection | None = None) -> tuple[dict[str, Any], list[TrainedMember]]:
-    """Weights (retrained or reused), the export folder, the kernel's measured time, and what to compare.
-    Every mistake a user can make is refused before anything is trained or written."""
-    options.check()
-    slug = options.dataset_slug or _slug(f"fat2019-{study.study_name}")
-    check_dataset_identity(options.kaggle_user, slug)
-    if options.reuse_checkpoints:
-        if files is None:
-            raise ConfigError("--reuse-checkpoints needs the study's artifact store (--artifacts)")
-        check_reusable(members, files)
-    print(announce, file=sys.stderr)
-    plan = ExportPlan(members=members, pooling=options.pooling, kaggle_user=options.kaggle_user, dataset_slug=slug,
-                      title=title[:50], source={**source, "weights_from": "trial checkpoints"
-                                                if options.reuse_checkpoints else "retrained"})
-    with tempfile.TemporaryDirectory(prefix="fat2019-export-") as staging:
-        if options.reuse_checkpoints:
-            trained = reuse_checkpoints(members, files, Path(staging))
-        else:
-            trained = retrain(members, data_dir, out.parent / f"{out.name}-runs", threads=options.threads)
-        record = write_export(out, plan, trained)
-        exported = _pooled_validation(trained, selection) if selection is not None else None
-    if exported is not None:
-        record["ensemble"]["exported_val_lwlrap"] = exported
-    timing = None
-    if options.time_kernel:
-        print(f"timing the generated kernel.py (a separate process, the project not importable) on test clips of "
-              f"{data_dir}", file=sys.stderr)
-        timing = measure_kernel(out, data_dir)
-        if timing is not None:
-            record["inference"] = timing
-    write_record(out, record)
-    for entry, item, original in zip(record["members"], trained, originals):
-        note = " (validation clips were trained on: not a held-out score)" if item.member.config.data.full_curated else ""
-        origin = f"trial {item.member.trial}, " if item.member.trial is not None else ""
-        print(f"  {entry['file']}: {origin}weight {entry['weight']:.3f}, validation lwlrap {entry['val_lwlrap']:.4f} "
-              f"at epoch {entry['epoch']}{note}")
-        if item.checkpoint != "trial" and item.member.trial_lwlrap is not None:
-            print(_compare(item, original, options.threads))
-    if exported is not None:
-        print(f"exported ensemble: validation lwlrap {exported:.4f} (selection: {selection.lwlrap:.4f})")
-    if timing is not None:
-        print(f"kernel inference: {timing['seconds_per_clip'] * 1000:.1f} ms/clip on {timing['device']} -> "
-              f"~{timing['projected_kaggle_seconds'] / 60:.1f} min for Kaggle's {timing['projected_for_clips']} clips")
-    print(f"export written to {out}; next steps: {out / 'SUBMIT.md'}")
-    return record, trained
-
-
-def _compare(item: TrainedMember, original: TrainConfig, threads: int | None) -> str:
-    """The retrained lwlrap beside the trial's, and why they may differ."""
-    member = item.member
-    if member.config != original:
-        return (f"retrained lwlrap {item.val_lwlrap:.4f} vs trial {member.trial}'s {member.trial_lwlrap:.4f}: the "
-                f"configs differ ({', '.join(sorted(member.config.diff(original)))}), so the numbers need not match")
-    used = threads or member.threads
-    why = (f"equal on CPU when retrained with the trial's {member.threads} torch thread(s), as here; GPU kernels "
-           f"are not bit-reproducible" if member.threads is not None and used == member.threads else
-           f"trained with {used or 'default'} torch threads, the trial with {member.threads or 'unknown'}: "
-           f"CPU numbers depend on the thread count")
-    return (f"retrained lwlrap {item.val_lwlrap:.4f} vs trial {member.trial}'s {member.trial_lwlrap:.4f} "
-            f"(difference {item.val_lwlrap - member.trial_lwlrap:+.4f}; {why})")
-
-
-def _pooled_validation(trained: list[TrainedMember], selection: Selection) -> float | None:
-    """Validation lwlrap of the exported members pooled with their weights, when all were validated on the
-    selection's split (not after --full-curated)."""
-    probs = []
-    for item in trained:
-        if item.val_predictions is None or not item.val_predictions.is_file():
-            return None
-        with np.load(item.val_predictions) as stored:
-            if str(stored["split"]) != selection.pool.split:
-                return None
-            probs.append(stored["probs"].astype(np.float64))
-    pooled = pool_probabilities(probs, selection.pooling, [t.member.weight for t in trained])
-    return lwlrap(selection.pool.targets, pooled)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,11 +149,6 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:50].strip("-")
-    return slug if len(slug) >= 5 else f"{slug}-model"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import run
 from search.artifacts import TrialFiles, open_artifact_store
-from search.best import ExportOptions, export_trial
+from search.study_export import ExportOptions, export_trial
 from search.console import format_duration
 from search.dashboard import tunnel_line
 from search.export import KernelRunError, run_kernel, score_submission
