@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 
-from search.artifacts import TrialFiles, open_artifact_store
-from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial, find_study_spec
+from search.locate import locate_args
+from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from search.ensemble import select_from_study
 from search.export import run_kernel, score_submission
 from search.kernel_main import POOLINGS
-from search.storage import add_study_arguments, studies_dir
-from search.study import load_study, resolve_data
+from search.storage import add_study_arguments
+from search.study import resolve_data
 
 HEADER = ("| study | K | members | val lwlrap single | val lwlrap ensemble | test lwlrap single | test lwlrap ensemble "
           "| projected kernel s (budget) | kernel wall s single / ensemble |\n|---|---|---|---|---|---|---|---|---|")
@@ -52,16 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for both exports (default <studies-dir>/<study>/bench-ensemble)")
     args = parser.parse_args(argv)
 
-    studies = studies_dir(args.studies_dir)
-    spec = find_study_spec(args.study, studies)
-    name = spec.name if spec is not None else args.study
-    handle = load_study(name, args.storage, studies)
-    files = TrialFiles(open_artifact_store(args.artifacts or studies / name / "artifacts"), handle.uid())
+    location = locate_args(args)
+    spec = location.spec
+    handle = location.open()
+    files = location.trial_files(handle.uid())
     data_dir = resolve_data(spec, args.data)
     if not (data_dir / "test_labels.csv").is_file():
         print(f"error: {data_dir / 'test_labels.csv'}: not found; the benchmark needs labelled test clips", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else studies / name / "bench-ensemble"
+    out = Path(args.out) if args.out else location.folder / "bench-ensemble"
     options = ExportOptions(pooling=args.pooling, reuse_checkpoints=args.reuse_checkpoints)
 
     selection = select_from_study(handle.study, files, data_dir, spec=spec, rounds=args.ensemble,
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = "none" if selection.budget.limit_s is None else f"{selection.budget.limit_s:,.0f}"
     projected = "?" if selection.projected_s is None else f"{selection.projected_s:,.0f}"
     print(HEADER)
-    print(f"| {name} | {args.ensemble} | {members} | {selection.single_lwlrap:.4f} (#{selection.single}) | "
+    print(f"| {location.name} | {args.ensemble} | {members} | {selection.single_lwlrap:.4f} (#{selection.single}) | "
           f"{selection.lwlrap:.4f} | {test_single:.4f} | {test_ensemble:.4f} | {projected} ({budget}) | "
           f"{wall_single:.1f} / {wall_ensemble:.1f} |")
     return 0

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from search.report import write_report
+from search.study_report import write_report
 from search.spec import StudySpec
 from search.spec_checks import load_spec
 from search.study import StudyHandle

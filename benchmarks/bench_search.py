@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.objective import Objective
-from search.run import join_study
+from search.join import join_study
 from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 from trainer.synth import ensure_demo_data

@@ -17,17 +17,17 @@ from typing import Any, Sequence
 
 import optuna
 
-from search.artifacts import TrialFiles, open_artifact_store
 from search.ensemble import EnsembleError, select_from_study
 from search.ensemble_report import TEST_LABELS, describe, held_out_or_reason
 from search.export import KernelRunError
 from search.kernel import KernelGenerationError
 from search.kernel_main import POOLINGS
+from search.locate import locate_args
 from search.spec import StudySpec
-from search.storage import StorageError, add_study_arguments, studies_dir
-from search.study import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, load_study, ranked_trials,
+from search.storage import StorageError, add_study_arguments
+from search.study import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, ranked_trials,
                           resolve_data, trial_config)
-from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial, find_study_spec
+from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from trainer import CheckpointError, ConfigError, DataError
 
 TOP_N = 10
@@ -90,19 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kaggle-user", help="your Kaggle user name (dataset id <user>/<slug>)")
     parser.add_argument("--dataset-slug", help="Kaggle dataset slug (default fat2019-<study>)")
     args = parser.parse_args(argv)
-    studies = studies_dir(args.studies_dir)
     options = ExportOptions(args.pooling, args.reuse_checkpoints, args.epochs, args.full_curated, args.threads,
                             args.kaggle_user, args.dataset_slug)
     try:
         _check_flags(args)
         options.check()
-        spec = find_study_spec(args.study, studies)
-        name = spec.name if spec is not None else args.study
-        handle = load_study(name, args.storage, studies)
+        location = locate_args(args)
+        spec = location.spec
+        handle = location.open()
         study = handle.study
-        files = TrialFiles(open_artifact_store(args.artifacts or studies / name / "artifacts"), handle.uid())
+        files = location.trial_files(handle.uid())
         print(describe_top(study, args.top, spec))
-        out = Path(args.out) if args.out else studies / name / "export"
+        out = Path(args.out) if args.out else location.folder / "export"
         if args.ensemble is not None:
             data_dir = resolve_data(spec, args.data)
             selection = select_from_study(study, files, data_dir, spec=spec, rounds=args.ensemble,

@@ -6,9 +6,7 @@ edit studies) is reached from a laptop through ``ssh -L``; the command prints th
 from __future__ import annotations
 
 import argparse
-import getpass
 import signal
-import socket
 import sys
 from socketserver import ThreadingMixIn
 from typing import Sequence
@@ -17,12 +15,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
-from search.artifacts import open_artifact_store
-from search.storage import StorageError, add_study_arguments, open_storage, studies_dir
-from search.study import StudyNotFoundError, load_study, redact
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
+from search.locate import locate_args
+from search.storage import StorageError, add_study_arguments, open_storage
+from search.study import StudyNotFoundError, redact
+from search.tunnel import LOCAL_HOSTS, tunnel_line
 
 class _ThreadedWSGIServer(ThreadingMixIn, WSGIServer):
     """One thread per request, so a slow plot request never blocks the page (as optuna-dashboard's CLI)."""
@@ -41,23 +37,6 @@ def make_dashboard_server(storage: optuna.storages.BaseStorage, host: str = "127
     files from ``artifact_store``); port 0 picks a free one."""
     app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
     return make_server(host, port, app, server_class=_ThreadedWSGIServer, handler_class=_QuietHandler)
-
-
-def tunnel_line(port: int, *, host: str = "127.0.0.1", user: str | None = None,
-                machine: str | None = None) -> str:
-    """The ``ssh -L`` command that forwards the laptop's ``port`` to the dashboard on this machine."""
-    user = user or getpass.getuser()
-    machine = machine or _machine_name()
-    target = "localhost" if host in LOCAL_HOSTS or host in ("0.0.0.0", "::") else host
-    return f"ssh -L {port}:{target}:{port} {user}@{machine}"
-
-
-def _machine_name() -> str:
-    name = socket.getfqdn()
-    # getfqdn() answers "localhost" or a reverse-DNS artefact on boxes without proper DNS
-    if not name or name.startswith("localhost") or name.endswith(".arpa"):
-        name = socket.gethostname()
-    return name
 
 
 def study_url(host: str, port: int, study_id: int) -> str:
@@ -82,9 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port}: expected 0..65535")
     try:
-        storage_url = load_study(args.study, args.storage, args.studies_dir).url
-        artifacts = open_artifact_store(args.artifacts or studies_dir(args.studies_dir) / args.study / "artifacts")
-    except (StudyNotFoundError, StorageError, ValueError) as error:
+        location = locate_args(args)
+        storage_url = location.open().url
+        artifacts = location.artifact_store()
+    except (StudyNotFoundError, StorageError, ValueError) as error:  # SpecError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     storage = open_storage(storage_url)  # readers pass no heartbeat: only workers own trials
@@ -103,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"WARNING: the dashboard is bound to {args.host}:{port} and has no authentication: anyone "
                   "who can reach that address can read, edit and delete studies. Prefer the default "
                   "127.0.0.1 with an SSH tunnel.", file=sys.stderr)
-        print(f"optuna-dashboard for study {args.study!r} on {redact(storage_url)}")
-        print(f"  open: {study_url(args.host, port, storage.get_study_id_from_name(args.study))}")
+        print(f"optuna-dashboard for study {location.name!r} on {redact(storage_url)}")
+        print(f"  open: {study_url(args.host, port, storage.get_study_id_from_name(location.name))}")
         print(f"  from your laptop, first: {tunnel_line(port, host=args.host)}")
         print("  stop: Ctrl-C", flush=True)
         server.serve_forever()

@@ -316,7 +316,7 @@ class Worker:
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
         run = TrialRun(self, trial, config, workdir, threads=choose_threads(self.threads,
-                                                                            panes_on_host=self._panes_on_host()))
+                                                                            panes_on_host=self.panes_on_host()))
         run.resumed_from_epoch = self._resume_hand_off(trial, config, workdir)
         run.first_epoch = run.resumed_from_epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
@@ -368,7 +368,7 @@ class Worker:
         """The trial's working folder on this machine (the artifact store holds what other machines need)."""
         return self.runs_dir / f"trial-{number}"
 
-    def _panes_on_host(self) -> int:
+    def panes_on_host(self) -> int:
         host = self.worker_id.rsplit(":", 1)[0]
         others = {t.user_attrs.get("worker_id") for t in self.study.get_trials(deepcopy=False,
                                                                               states=(TrialState.RUNNING,))}

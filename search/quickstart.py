@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,16 +20,13 @@ from typing import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search import run
-from search.artifacts import TrialFiles, open_artifact_store
-from search.study_export import ExportOptions, export_trial
 from search.console import format_duration
-from search.dashboard import tunnel_line
 from search.export import KernelRunError, run_kernel, score_submission
-from search.spec import find_spec
-from search.spec_checks import load_spec
+from search.locate import locate
 from search.storage import studies_dir
-from search.study import FINISHED, baseline_trial, best_trial, load_study, pruning_saved, resolve_data
+from search.study import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
+from search.study_export import ExportOptions, export_trial
+from search.tunnel import tunnel_line
 
 STUDY = "quickstart"
 DEFAULT_TRIALS = 12
@@ -44,13 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker_args = ["--study", STUDY, "--studies-dir", str(args.studies_dir), "--trials", str(args.trials),
                    "--device", "cpu", *(["--threads", str(args.threads)] if args.threads else [])]
     print(f"1/3 searching: a {args.trials}-trial study of the demo data (one worker; a few minutes)", flush=True)
-    status = run.main(worker_args)
+    status = _run_worker(worker_args)
     if status != 0:
         return status
-    spec = load_spec(find_spec(STUDY, args.studies_dir))
-    handle = load_study(spec.name, None, args.studies_dir)
+    location = locate(STUDY, args.studies_dir, spec_required=True)
+    spec = location.spec
+    handle = location.open()
     study = handle.study
-    files = TrialFiles(open_artifact_store(args.studies_dir / spec.name / "artifacts"), handle.uid())
+    files = location.trial_files(handle.uid())
     data_dir = resolve_data(spec, None)
     best, baseline = best_trial(study), baseline_trial(study.get_trials(deepcopy=False))
     if best is None or baseline is None or baseline.state != TrialState.COMPLETE:
@@ -58,9 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     print("2/3 exporting the best trial and the baseline (their own weights) as Kaggle kernels", flush=True)
-    exports = {"best": (best, args.studies_dir / spec.name / "export")}
+    exports = {"best": (best, location.folder / "export")}
     if baseline.number != best.number:
-        exports["baseline"] = (baseline, args.studies_dir / spec.name / "export-baseline")
+        exports["baseline"] = (baseline, location.folder / "export-baseline")
     for trial, out in exports.values():
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             export_trial(study, trial, data_dir, out, ExportOptions(reuse_checkpoints=True, time_kernel=False), spec=spec, files=files)
@@ -80,6 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(study.study_name, best, baseline, test_scores, study.get_trials(deepcopy=False), spec.epochs,
                   time.monotonic() - started, args.studies_dir))
     return 0
+
+
+def _run_worker(worker_args: list[str]) -> int:
+    """``python -m search.run`` in this terminal, as the user would start it in a pane."""
+    worker = subprocess.Popen([sys.executable, "-m", "search.run", *worker_args])
+    try:
+        return worker.wait()
+    except KeyboardInterrupt:  # the worker got the same Ctrl-C: let it re-queue its trial and exit
+        return worker.wait()
 
 
 def summary(name: str, best: FrozenTrial, baseline: FrozenTrial, test: dict[str, float],

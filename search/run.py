@@ -14,31 +14,24 @@ import argparse
 import os
 import socket
 import sys
-import time
-import uuid
 import warnings
 import zlib
 from pathlib import Path
 
 import optuna
 
-from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console, eta_line
 from search.failures import DEFAULT_MAX_RETRY, requeue
+from search.join import UsageError, join_study
 from search.lifecycle import Worker
+from search.locate import locate_args
 from search.objective import Objective
-from search.spec import StudySpec, find_spec, spec_differences
-from search.spec_checks import load_spec
-from search.storage import StorageError, add_study_arguments, create_or_load_study, default_storage_url, open_storage
-from search.study import FINGERPRINT_ATTR, SPEC_ATTR, UID_ATTR, StudyHandle, redact, resolve_data
+from search.spec import StudySpec
+from search.storage import StorageError, add_study_arguments, open_storage
+from search.study import StudyHandle, redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
                      remove_stale_temp_files, resolve_device)
 
-SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
-
-
-class UsageError(Exception):
-    """A problem the user fixes (arguments, spec mismatch, data location): printed as one line, exit 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,13 +80,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace) -> int:
-    spec = load_spec(find_spec(args.study, args.studies_dir))
+    location = locate_args(args, spec_required=True)
+    spec = location.spec
     if args.device is not None:
         resolve_device(args.device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
     data_dir = resolve_data(spec, args.data)
     _check_data_memory(spec, data_dir)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    url = args.storage or default_storage_url(spec.name, args.studies_dir)
+    url = location.storage_url()
     max_retry = args.max_retry
 
     def on_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -106,63 +100,20 @@ def _run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else _worker_seed(spec.sampler.get("seed"), worker_id)
     handle = StudyHandle(join_study(storage, spec, sampler=spec.make_sampler(seed), force=args.force), storage, url)
 
-    study_dir = (args.studies_dir / spec.name).resolve()
+    study_dir = location.folder.resolve()
     uid = handle.uid()
-    files = TrialFiles(open_artifact_store(args.artifacts or study_dir / "artifacts"), uid)
+    files = location.trial_files(uid)
     runs_dir = study_dir / "runs" / uid
     leftovers = remove_stale_temp_files(study_dir)
     console = Console(baseline=spec.baseline_params(), worker_id=worker_id)
     worker = Worker(handle, spec, files, runs_dir, console, worker_id, data_dir, max_retry=max_retry,
                     threads=args.threads)
     objective = Objective(spec, data_dir, worker, device=args.device, device_bank_share=args.device_bank_share)
-    panes = worker._panes_on_host()
+    panes = worker.panes_on_host()
     console.message(f"worker {worker_id} joined study {spec.name} ({redact(url)}), data {data_dir}; "
                     f"{eta_line(handle.study, args.trials, panes)}"
                     + (f"; removed {len(leftovers)} temp file(s) of killed writers" if leftovers else ""))
     return worker.run(objective, trials=args.trials, timeout=args.timeout)
-
-
-def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
-               sampler: optuna.samplers.BaseSampler | None = None, force: bool = False) -> optuna.Study:
-    """Create the study or join it; refuse (UsageError) when its stored spec differs, unless ``force``.
-
-    The creator gives the study its identity, enqueues the baseline (trial 0) and the startup trials near
-    it, and only then stores the spec, so a joiner that sees the spec also sees them: they are enqueued
-    exactly once however many workers start together.
-    """
-    def setup(study: optuna.Study) -> None:
-        study_id = storage.get_study_id_from_name(study.study_name)
-        storage.set_study_system_attr(study_id, UID_ATTR, uuid.uuid4().hex[:12])
-        study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
-        for params, changed in spec.startup_points():
-            study.enqueue_trial(params, user_attrs={"startup": ", ".join(changed)})
-        storage.set_study_system_attr(study_id, SPEC_ATTR, spec.canonical())
-        storage.set_study_system_attr(study_id, FINGERPRINT_ATTR, spec.fingerprint())
-
-    study, created = create_or_load_study(storage, spec.name, direction="maximize", sampler=sampler,
-                                          pruner=spec.make_pruner(), on_create=setup)
-    if created:
-        return study
-    study_id = storage.get_study_id_from_name(spec.name)
-    deadline = time.monotonic() + SPEC_WAIT_S
-    while FINGERPRINT_ATTR not in storage.get_study_system_attrs(study_id):
-        if time.monotonic() > deadline:  # its creator died before storing the spec: adopt the study
-            if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
-                setup(study)
-            else:
-                storage.set_study_system_attr(study_id, SPEC_ATTR, spec.canonical())
-                storage.set_study_system_attr(study_id, FINGERPRINT_ATTR, spec.fingerprint())
-            return study
-        time.sleep(0.2)
-    attrs = storage.get_study_system_attrs(study_id)
-    if attrs[FINGERPRINT_ATTR] != spec.fingerprint():
-        differences = spec_differences(attrs.get(SPEC_ATTR, {}), spec.canonical())
-        message = (f"{spec.path} differs from the spec study {spec.name!r} was started with: "
-                   + "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else ""))
-        if not force:
-            raise UsageError(message + " (use --force to join anyway, or another [study] name)")
-        print(f"warning: {message}; joining anyway (--force)", file=sys.stderr)
-    return study
 
 
 def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:

@@ -57,15 +57,19 @@ class StudyHandle:
         """The study's identity in its storage: two studies of one name in two storages never share
         trial folders or artifacts. Studies created before it existed get one on first use."""
         attrs = self.system_attrs()
-        if UID_ATTR not in attrs:
-            self.storage.set_study_system_attr(self.study_id, UID_ATTR, uuid.uuid4().hex[:12])
-            attrs = self.system_attrs()
-        return str(attrs[UID_ATTR])
+        return str(attrs[UID_ATTR]) if UID_ATTR in attrs else new_uid(self.storage, self.study_id)
 
     def stored_spec(self) -> dict[str, Any]:
         """The spec (flat ``canonical()`` keys) the study was started with; {} when none was stored."""
         value = self.system_attrs().get(SPEC_ATTR)
         return dict(value) if isinstance(value, Mapping) else {}
+
+
+def new_uid(storage: optuna.storages.BaseStorage, study_id: int) -> str:
+    """Give the study a fresh identity (its creator, or the first reader of a study older than uids)."""
+    uid = uuid.uuid4().hex[:12]
+    storage.set_study_system_attr(study_id, UID_ATTR, uid)
+    return uid
 
 
 def redact(url: str) -> str:

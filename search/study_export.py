@@ -20,7 +20,6 @@ from search.export import (ExportPlan, Member, TrainedMember, check_dataset_iden
                            member_configs, retrain, retrain_config, reuse_checkpoints, write_export, write_record)
 from search.kernel_main import pool_probabilities
 from search.spec import StudySpec
-from search.spec_checks import load_spec
 from search.study import best_trial, ranked_trials, trial_config
 from trainer import ConfigError, TrainConfig, lwlrap
 
@@ -42,12 +41,6 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
         why = f"all {len(ranked)} COMPLETE trials exceed the kernel time budget" if ranked else "no trial has completed"
         raise LookupError(f"study {study.study_name!r}: nothing to export ({why})")
     return best
-
-
-def find_study_spec(study: str, studies: Path) -> StudySpec | None:
-    """The study's spec (``<studies>/<study>.toml``) when it exists."""
-    path = Path(study) if study.endswith(".toml") else studies / f"{study}.toml"
-    return load_spec(path) if path.is_file() else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from matplotlib import image as mpimg
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.dashboard import main, study_url, tunnel_line
+from search.dashboard import main, study_url
+from search.tunnel import tunnel_line
 from search.storage import default_storage_url, open_storage
 from tests.search.conftest import load, wait_for, worker, write_spec
 

@@ -3,6 +3,7 @@ imports optuna or search/."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import trainer
@@ -21,8 +22,18 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def search_modules() -> dict[str, Path]:
+    """Every module under search/, subpackages included, by dotted name."""
+    return {module_name(path): path for path in sorted((ROOT / "search").rglob("*.py"))}
+
+
 def test_search_imports_only_the_trainers_public_surface():
-    for path in sorted((ROOT / "search").glob("*.py")):
+    for path in search_modules().values():
         for name in imported_modules(path):
             if name.startswith("trainer."):
                 assert name.split(".", 1)[1] in trainer.__all__, f"{path.name} imports {name}: not in trainer.__all__"
@@ -36,14 +47,16 @@ def test_the_trainer_never_imports_optuna_or_search():
 
 def search_import_graph() -> dict[str, set[str]]:
     """search module -> the search modules it imports, imports inside functions included."""
-    modules = {path.stem for path in (ROOT / "search").glob("*.py")}
+    modules = search_modules()
     graph = {}
-    for name in modules:
+    for name, path in modules.items():
         targets = set()
-        for imported in imported_modules(ROOT / "search" / f"{name}.py"):
-            parts = imported.split(".")
-            if parts[0] == "search" and len(parts) > 1 and parts[1] in modules:
-                targets.add(parts[1])
+        for imported in imported_modules(path):
+            # `from search.x import y` names search.x.y: the module y when it is one, else the module search.x
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != "search":
+                targets.add(imported)
         graph[name] = targets - {name}
     return graph
 
@@ -77,3 +90,36 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_search_modules_import_each_other_without_a_cycle():
     cycle = find_cycle(search_import_graph())
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_module_walk_sees_subpackages(tmp_path, monkeypatch):
+    package = tmp_path / "search" / "kaggle"
+    package.mkdir(parents=True)
+    (tmp_path / "search" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "kernel.py").write_text("from search.kaggle import export\n")
+    (package / "export.py").write_text("import search.kaggle.kernel\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert set(search_modules()) == {"search", "search.kaggle", "search.kaggle.kernel", "search.kaggle.export"}
+    assert find_cycle(search_import_graph()) is not None
+
+
+def command_modules() -> set[str]:
+    """The command-line modules: those with a top-level ``if __name__ == "__main__":``."""
+    names = set()
+    for name, path in search_modules().items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                names.add(name)
+    return names
+
+
+def test_no_module_imports_a_command_line_module():
+    """CLIs parse arguments and print; what they do lives in modules others can import (tests may import CLIs)."""
+    commands = command_modules()
+    assert {"search.run", "search.best", "search.report", "search.dashboard", "search.quickstart"} <= commands
+    for path in sorted([*(ROOT / "search").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"),
+                        *(ROOT / "trainer").rglob("*.py")]):
+        for imported in imported_modules(path):
+            assert imported not in commands or imported == module_name(path), \
+                f"{path.relative_to(ROOT)} imports the command-line module {imported}"

@@ -16,7 +16,7 @@ from search.console import Console
 from search.failures import DEFAULT_MAX_RETRY, requeue
 from search.lifecycle import Worker
 from search.objective import Objective
-from search.run import join_study
+from search.join import join_study
 from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 from search.study import StudyHandle

@@ -9,7 +9,8 @@ import torch
 from optuna.trial import TrialState
 
 import search.objective as objective_module
-from search.run import UsageError, join_study, main
+from search.join import UsageError, join_study
+from search.run import main
 from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 

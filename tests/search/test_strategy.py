@@ -7,7 +7,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.run import join_study
+from search.join import join_study
 from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 from search.strategy import RungQuorumPruner, make_sampler

@@ -1,0 +1,61 @@
+"""Joining a study: the first worker creates it (identity, baseline, startup trials, spec); the others check
+that their spec is the one it was started with."""
+from __future__ import annotations
+
+import sys
+import time
+
+import optuna
+
+from search.spec import StudySpec, spec_differences
+from search.storage import create_or_load_study
+from search.study import FINGERPRINT_ATTR, SPEC_ATTR, new_uid
+
+SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
+
+
+class UsageError(Exception):
+    """A problem the user fixes (arguments, spec mismatch, data location): printed as one line, exit 2."""
+
+
+def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
+               sampler: optuna.samplers.BaseSampler | None = None, force: bool = False) -> optuna.Study:
+    """Create the study or join it; refuse (UsageError) when its stored spec differs, unless ``force``.
+
+    The creator gives the study its identity, enqueues the baseline (trial 0) and the startup trials near
+    it, and only then stores the spec, so a joiner that sees the spec also sees them: they are enqueued
+    exactly once however many workers start together.
+    """
+    def setup(study: optuna.Study) -> None:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        new_uid(storage, study_id)
+        study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
+        for params, changed in spec.startup_points():
+            study.enqueue_trial(params, user_attrs={"startup": ", ".join(changed)})
+        storage.set_study_system_attr(study_id, SPEC_ATTR, spec.canonical())
+        storage.set_study_system_attr(study_id, FINGERPRINT_ATTR, spec.fingerprint())
+
+    study, created = create_or_load_study(storage, spec.name, direction="maximize", sampler=sampler,
+                                          pruner=spec.make_pruner(), on_create=setup)
+    if created:
+        return study
+    study_id = storage.get_study_id_from_name(spec.name)
+    deadline = time.monotonic() + SPEC_WAIT_S
+    while FINGERPRINT_ATTR not in storage.get_study_system_attrs(study_id):
+        if time.monotonic() > deadline:  # its creator died before storing the spec: adopt the study
+            if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+                setup(study)
+            else:
+                storage.set_study_system_attr(study_id, SPEC_ATTR, spec.canonical())
+                storage.set_study_system_attr(study_id, FINGERPRINT_ATTR, spec.fingerprint())
+            return study
+        time.sleep(0.2)
+    attrs = storage.get_study_system_attrs(study_id)
+    if attrs[FINGERPRINT_ATTR] != spec.fingerprint():
+        differences = spec_differences(attrs.get(SPEC_ATTR, {}), spec.canonical())
+        message = (f"{spec.path} differs from the spec study {spec.name!r} was started with: "
+                   + "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else ""))
+        if not force:
+            raise UsageError(message + " (use --force to join anyway, or another [study] name)")
+        print(f"warning: {message}; joining anyway (--force)", file=sys.stderr)
+    return study
