@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import optuna
 
+from search.console import format_value
 from search.ensemble import EnsembleError, select_from_study
 from search.ensemble_report import TEST_LABELS, describe, held_out_or_reason
 from search.export import KernelRunError
@@ -47,7 +48,7 @@ def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None
             changes = "(baseline)" if baseline is not None else ""
         else:
             diff, _ = config_diff(baseline, trial)
-            changes = ", ".join(f"{k}={_fmt(new)}" for k, (_, new) in diff.items()) or "(nothing)"
+            changes = ", ".join(f"{k}={format_value(new, 4)}" for k, (_, new) in diff.items()) or "(nothing)"
         lines.append(f"{trial.number:>5}  {trial.value:>7.4f}  {state:<20}  "
                      f"{trial.user_attrs.get('epochs_run', '?'):>6}  {changes}")
     try:
@@ -145,9 +146,6 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--reuse-checkpoints exports the trials' own weights; --seeds and --folds ask for "
                           "retraining: choose one")
 
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from search.console import format_value
+
 EDGE_FRACTION = 0.1  # a best value within 10% of the range (log scale for log params) of a bound is "on the edge"
 
 
@@ -83,14 +85,14 @@ def check_lines(best: FrozenTrial | None, trials: Sequence[FrozenTrial]) -> list
         for edge in flagged:
             if edge.choices is not None:
                 end, more = ("smallest", "smaller") if edge.side == "low" else ("largest", "larger")
-                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is the {end} of the choices "
-                             f"[{', '.join(map(_fmt, edge.choices))}]; add a {more} choice and search again.")
+                lines.append(f"- Edge of the space: `{edge.name}` = {format_value(edge.value, 4)} is the {end} of the choices "
+                             f"[{', '.join(format_value(c, 4) for c in edge.choices)}]; add a {more} choice and search again.")
             elif edge.side == "low" and edge.low == 0:
-                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is at the low end of "
-                             f"[0, {_fmt(edge.high)}], next to 0; search more finely between 0 and it.")
+                lines.append(f"- Edge of the space: `{edge.name}` = {format_value(edge.value, 4)} is at the low end of "
+                             f"[0, {format_value(edge.high, 4)}], next to 0; search more finely between 0 and it.")
             else:
-                lines.append(f"- Edge of the space: `{edge.name}` = {_fmt(edge.value)} is at the {edge.side} end of "
-                             f"[{_fmt(edge.low)}, {_fmt(edge.high)}]; widen the range past it and search again.")
+                lines.append(f"- Edge of the space: `{edge.name}` = {format_value(edge.value, 4)} is at the {edge.side} end of "
+                             f"[{format_value(edge.low, 4)}, {format_value(edge.high, 4)}]; widen the range past it and search again.")
         if not flagged:
             lines.append(f"- Edge of the space: no numeric parameter of the best trial lies within "
                          f"{EDGE_FRACTION:.0%} of a bound or at an end of its numeric choices.")
@@ -115,7 +117,3 @@ def _reason(trial: FrozenTrial) -> str | None:
     """Why a trial failed or was pruned early (the worker's ``reason`` attr)."""
     reason = trial.user_attrs.get("reason")
     return None if reason is None else str(reason)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

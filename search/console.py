@@ -28,10 +28,9 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+def format_value(value: Any, digits: int = 3) -> str:
+    """A parameter value as every printed table shows it: floats to ``digits`` significant digits."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def param_changes(params: Mapping[str, Any], baseline: Mapping[str, Any]) -> str:

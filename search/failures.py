@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
 # Reasons (prefixes of the ``reason`` attr) that say nothing about the trial itself: never counted.
-ENVIRONMENT_REASONS = ("interrupted", "heartbeat", "data", "disk full", "storage")
+ENVIRONMENT_REASONS = ("interrupted", "heartbeat", "data", "disk full")
 NEVER_RETRIED = ("config",)  # the same params fail the same way
 
 

@@ -7,7 +7,7 @@
   predecessor's checkpoints from the artifact store (``search.artifacts``), so it resumes on any machine;
   an unloadable checkpoint is set aside and the trial starts from epoch 0, saying so.
 - **heartbeat**: Optuna's storage heartbeat. A worker that dies stops beating; the next worker fails its
-  trial and re-queues it through ``requeue``, the same policy as every other failure.
+  trial and re-queues it through ``stale_trial_retry`` (``requeue``), the same policy as every other failure.
 - **interrupt**: Ctrl-C or SIGTERM stops the running trial at once; it is marked FAILED ("interrupted")
   and its retry queued before the worker exits (130 / 143). A second signal only skips the summary; a
   third exits at once.
@@ -26,7 +26,6 @@ import errno
 import os
 import shutil
 import signal
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,117 +38,25 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from search import notes
-from search.artifacts import REGISTERED_FILES, WORKING_FILES, TrialFiles
+from search.artifacts import WORKING_FILES, TrialFiles
 from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
 from search.console import Console
 from search.spec import SpecError, StudySpec
 from search.spec_checks import load_spec
-from search.study import FINISHED, KERNEL_CONSTRAINT, StudyHandle, count_finished, trials_keeping_weights
-from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, Result, TrainConfig,
-                     feature_cache_key, load_checkpoint)
+from search.study import FINISHED, StudyHandle, count_finished, trials_keeping_weights
+from search.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
+from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainConfig, feature_cache_key,
+                     load_checkpoint)
 
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
-class TrialFailed(Exception):
-    """A trial failed for a known reason (recorded on it); the worker goes on."""
-
-
-class StopWorker(Exception):
-    """A problem every later trial would hit too; the worker stops with this one line."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the running trial stops and is re-queued, the worker exits."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
-    """torch CPU threads for the next trial: ``--threads``, else this box's cores shared by the panes on it
-    and reduced by load that is not ours (so a busy box is not oversubscribed)."""
-    if explicit is not None:
-        return explicit
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // max(1, panes_on_host))
-    foreign_load = os.getloadavg()[0] - panes_on_host * share if hasattr(os, "getloadavg") else 0.0
-    free = cores - max(0.0, foreign_load)
-    return max(1, min(share, int(free // max(1, panes_on_host)) or 1))
-
-
-# -- one attempt at a trial --------------------------------------------------------------------------
-@dataclass
-class TrialRun:
-    """One attempt at a trial: its folder, the resume hand-off, per-epoch hand-off and the final record."""
-
-    worker: "Worker"
-    trial: optuna.Trial
-    config: TrainConfig
-    workdir: Path
-    threads: int
-    resumed_from_epoch: int = 0
-    first_epoch: int = 1
-    best_seen: float = float("-inf")
-    started: float = field(default_factory=time.perf_counter)
-    costs: list[float] = field(default_factory=list)
-
-    def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
-        """After the trainer saved this epoch: hand its checkpoints to the store, then show the epoch."""
-        files = self.worker.files
-        files.push(self.trial.number, self.workdir / "last.pth")
-        if metrics["best_lwlrap"] > self.best_seen:
-            self.best_seen = metrics["best_lwlrap"]
-            for name in ("best.pth", "val_predictions.npz"):
-                if (self.workdir / name).exists():
-                    files.push(self.trial.number, self.workdir / name)
-        self.trial.set_user_attr("epochs_run", epoch)  # progress survives a kill -9 of this worker
-        self.costs.append(float(metrics["inference_cost"]))
-        self.worker.console.epoch(self.trial.number, epoch, self.config.optim.epochs, metrics)
-
-    def status(self, line: str) -> None:
-        """Progress of the data preparation (cache fill, bank packing, where the banks went), in the pane."""
-        self.worker.console.message(f"  #{self.trial.number} {line}")
-
-    def over_kernel_budget(self, metrics: dict[str, Any]) -> bool:
-        """At the attempt's first epoch: whether the measured inference cost already breaks the kernel
-        budget (it does not depend on training); records the trial as infeasible if so."""
-        kernel = self.worker.spec.kernel
-        if kernel is None or metrics["epoch"] != self.first_epoch:
-            return False
-        violation = kernel.violation(metrics["inference_cost"])
-        if violation <= 0:
-            return False
-        projected = kernel.projected_s(metrics["inference_cost"])
-        self._record_cost(metrics["inference_cost"])
-        self.trial.set_user_attr("reason", f"over the kernel budget: projected {projected:,.0f} s > "
-                                           f"{kernel.budget_s * kernel.safety:,.0f} s")
-        return True
-
-    def finish(self, result: Result) -> None:
-        """The trial's final record: epochs, best epoch, inference cost (median of the epochs measured,
-        less noisy than one) and, with a kernel budget, its feasibility constraint."""
-        self.trial.set_user_attr("epochs_run", result.epochs_run)
-        self.trial.set_user_attr("best_epoch", result.best_epoch)
-        self.trial.set_user_attr("feature_cost", result.feature_cost)
-        self.trial.set_user_attr("model_cost", result.model_cost)
-        self._record_cost(statistics.median(self.costs) if self.costs else result.inference_cost)
-
-    def _record_cost(self, cost: float) -> None:
-        self.trial.set_user_attr("inference_cost", cost)
-        kernel = self.worker.spec.kernel
-        if kernel is not None:
-            self.trial.set_user_attr("kernel_time_s", round(kernel.projected_s(cost), 1))
-            self.trial.set_user_attr("feasible", bool(kernel.violation(cost) <= 0))
-            self.trial.set_constraint(KERNEL_CONSTRAINT, kernel.violation(cost))
-
-    def register_files(self) -> None:
-        for name in REGISTERED_FILES:
-            if (self.workdir / name).exists():
-                self.worker.files.register(self.trial, self.workdir / name)
+def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """The storage's ``on_stale_trial``: a trial whose worker died (its heartbeat stopped) is retried like any
+    other failure, by whichever worker noticed."""
+    def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+        number = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
+        if number is not None:
+            print(f"#{trial.number} stopped beating (its worker died): queued for retry as #{number}", flush=True)
+    return retry
 
 
 # -- the worker --------------------------------------------------------------------------------------
@@ -167,6 +74,8 @@ class Worker:
     max_retry: int = DEFAULT_MAX_RETRY
     threads: int | None = None
     current: optuna.Trial | None = None
+    current_run: TrialRun | None = None  # the running attempt, once ``start`` prepared it
+    objective: Callable[[optuna.Trial], float] | None = None  # given to ``run``
     stop: StopWorker | None = None
     signals: int = 0
     evicted: set[int] = field(default_factory=set)
@@ -252,7 +161,7 @@ class Worker:
     # -- one trial -------------------------------------------------------------------------------------
     def _attempt(self, trial: optuna.Trial) -> float:
         """The objective, with every known failure turned into the trial's state and ``reason``."""
-        self.current = trial
+        self.current, self.current_run = trial, None
         try:
             value = self.objective(trial)
         except optuna.TrialPruned:
@@ -301,12 +210,9 @@ class Worker:
 
     def _note(self, trial: optuna.Trial, outcome: str) -> None:
         """The trial's dashboard note, written while the trial can still take it."""
-        attrs = trial.user_attrs
-        try:
-            config = TrainConfig.from_json(attrs["config"]) if "config" in attrs else None
-        except ConfigError:
-            config = None
-        notes.save(trial, notes.trial_note(trial.number, outcome, config, self.spec.base_config(), attrs))
+        run = self.current_run if self.current_run is not None and self.current_run.trial is trial else None
+        config = run.config if run is not None else None  # None: its params made no valid config
+        notes.save(trial, notes.trial_note(trial.number, outcome, config, self.spec.base_config(), trial.user_attrs))
 
     @contextlib.contextmanager
     def start(self, trial: optuna.Trial, config: TrainConfig) -> Iterator[TrialRun]:
@@ -317,6 +223,7 @@ class Worker:
         workdir.mkdir(parents=True)
         run = TrialRun(self, trial, config, workdir, threads=choose_threads(self.threads,
                                                                             panes_on_host=self.panes_on_host()))
+        self.current_run = run
         run.resumed_from_epoch = self._resume_hand_off(trial, config, workdir)
         run.first_epoch = run.resumed_from_epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
@@ -325,9 +232,11 @@ class Worker:
             trial.set_user_attr(key, value)
         try:
             yield run
-        except (optuna.TrialPruned, NonFiniteLossError) as exc:
-            if not trial.user_attrs.get("reason"):
-                trial.set_user_attr("reason", str(exc) or "pruned")
+        except optuna.TrialPruned as exc:  # a divergence's reason is the worker's (``_attempt``)
+            trial.set_user_attr("reason", str(exc) or "pruned")
+            run.register_files()
+            raise
+        except NonFiniteLossError:
             run.register_files()
             raise
         else:

@@ -19,15 +19,11 @@ import optuna_dashboard
 from optuna.trial import TrialState
 
 from search.checks import check_lines
-from search.console import format_duration
+from search.console import format_duration, format_value
 from search.study import baseline_trial, best_trial, config_diff, pruning_saved, ranked_trials, trial_seconds
 from trainer import TrainConfig
 
 _log = logging.getLogger(__name__)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def trial_note(number: int, outcome: str, config: TrainConfig | None, base: TrainConfig,
@@ -40,7 +36,7 @@ def trial_note(number: int, outcome: str, config: TrainConfig | None, base: Trai
         changed = config.diff(base)
         old = base.flat()
         lines.append("Differs from the baseline in: " + (", ".join(
-            f"`{key}` {_fmt(old[key])} → {_fmt(value)}" for key, value in changed.items()) or "nothing"))
+            f"`{key}` {format_value(old[key], 4)} → {format_value(value, 4)}" for key, value in changed.items()) or "nothing"))
     if attrs.get("startup"):
         lines.append(f"A startup trial near the baseline (changed: {attrs['startup']}).")
     if attrs.get("retry_of") is not None:
@@ -88,7 +84,7 @@ def study_note(study: optuna.Study, *, spec_epochs: int | None = None) -> str:
             diff, _ = config_diff(baseline, best)
             if diff:
                 lines += ["", "| key | baseline | best |", "|---|---|---|"]
-                lines += [f"| {key} | {_fmt(old)} | {_fmt(new)} |" for key, (old, new) in diff.items()]
+                lines += [f"| {key} | {format_value(old, 4)} | {format_value(new, 4)} |" for key, (old, new) in diff.items()]
         elif baseline is not None and baseline.number == best.number:
             lines.append("The best is the baseline itself: the search has not beaten it yet.")
     saved = pruning_saved(trials, spec_epochs) if spec_epochs else None
@@ -107,4 +103,3 @@ def save(study_or_trial: optuna.Study | optuna.Trial, body: str) -> None:
         optuna_dashboard.save_note(study_or_trial, body)
     except Exception as exc:  # the note is a report, not the record: the trial's state is what matters
         _log.warning("could not write the dashboard note: %s", exc)
-

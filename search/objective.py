@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import optuna
 
 from search.lifecycle import Worker
 from search.spec import StudySpec
-from trainer import DEVICE_BANK_SHARE, train_and_evaluate
+from trainer import DEVICE_BANK_SHARE, Result, train_and_evaluate
+
+Trainer = Callable[..., Result]  # train_and_evaluate's signature: (config, data_dir, *, on_epoch, workdir, ...)
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Objective:
     device: str | None = None
     cache_dir: Path | None = None
     device_bank_share: float = DEVICE_BANK_SHARE  # share of free GPU memory feature banks may take
+    train: Trainer = train_and_evaluate  # tests give a scripted one
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.spec.config_for(self.spec.suggest(trial))
@@ -33,14 +37,15 @@ class Objective:
                 run.epoch_done(epoch, metrics)
                 # The running best: what a pruner compares is what the trial returns, and it never falls.
                 trial.report(metrics["best_lwlrap"], epoch)
-                if run.over_kernel_budget(metrics):
-                    raise optuna.TrialPruned(trial.user_attrs["reason"])
+                refusal = run.kernel_budget_refusal(metrics)
+                if refusal:
+                    raise optuna.TrialPruned(refusal)
                 if epoch < config.optim.epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (best lwlrap {metrics['best_lwlrap']:.4f})")
 
-            result = train_and_evaluate(config, self.data_dir, on_epoch=on_epoch, workdir=run.workdir,
-                                        device=self.device, threads=run.threads, progress=False, verbose=False,
-                                        cache_dir=self.cache_dir, device_bank_share=self.device_bank_share,
-                                        status=run.status)
+            result = self.train(config, self.data_dir, on_epoch=on_epoch, workdir=run.workdir,
+                                device=self.device, threads=run.threads, progress=False, verbose=False,
+                                cache_dir=self.cache_dir, device_bank_share=self.device_bank_share,
+                                status=run.status)
             run.finish(result)
         return result.best_lwlrap

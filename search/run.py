@@ -21,9 +21,9 @@ from pathlib import Path
 import optuna
 
 from search.console import Console, eta_line
-from search.failures import DEFAULT_MAX_RETRY, requeue
+from search.failures import DEFAULT_MAX_RETRY
 from search.join import UsageError, join_study
-from search.lifecycle import Worker
+from search.lifecycle import Worker, stale_trial_retry
 from search.locate import locate_args
 from search.objective import Objective
 from search.spec import StudySpec
@@ -89,14 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     url = location.storage_url()
     max_retry = args.max_retry
-
-    def on_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        number = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
-        if number is not None:
-            print(f"#{trial.number} stopped beating (its worker died): queued for retry as #{number}", flush=True)
-
     storage = open_storage(url, heartbeat_interval=args.heartbeat, grace_period=args.grace,
-                           on_stale_trial=on_stale_trial)
+                           on_stale_trial=stale_trial_retry(max_retry))
     seed = args.seed if args.seed is not None else _worker_seed(spec.sampler.get("seed"), worker_id)
     handle = StudyHandle(join_study(storage, spec, sampler=spec.make_sampler(seed), force=args.force), storage, url)
 

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles
 from search.checks import check_lines
-from search.console import format_duration
+from search.console import format_duration, format_value
 from search.ensemble_report import report_section
 from search.spec import StudySpec
 from search.plots import Plot, write_plots
@@ -97,7 +97,7 @@ def _top_trials(top: Sequence[FrozenTrial]) -> list[str]:
     lines = [f"## Top {len(top)} complete trials", "", "| rank | trial | lwlrap | epochs | time | kernel budget | params |",
              "|---|---|---|---|---|---|---|"]
     for rank, trial in enumerate(top, start=1):
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.params.items())) or "(baseline, no params)"
+        params = ", ".join(f"{k}={format_value(v, 4)}" for k, v in sorted(trial.params.items())) or "(baseline, no params)"
         seconds = trial_seconds(trial)
         fits = "fits" if is_feasible(trial) else "**over: not exportable**"
         lines.append(f"| {rank} | {trial.number} | {trial.value:.4f} | {trial.user_attrs.get('epochs_run', '?')} "
@@ -120,7 +120,7 @@ def _best_section(study: optuna.Study, best: FrozenTrial, trials: Sequence[Froze
         lines += [f"Difference from the baseline (trial {baseline.number}, lwlrap {score}), by {source}:", ""]
         if diff:
             lines += ["| key | baseline | best |", "|---|---|---|"]
-            lines += [f"| {key} | {_fmt(old)} | {_fmt(new)} |" for key, (old, new) in diff.items()]
+            lines += [f"| {key} | {format_value(old, 4)} | {format_value(new, 4)} |" for key, (old, new) in diff.items()]
         else:
             lines.append("(no difference)")
         lines.append("")
@@ -193,9 +193,3 @@ def _folder_bytes(folder: Path) -> int:
 
 def _checks_section(best: FrozenTrial | None, trials: Sequence[FrozenTrial]) -> list[str]:
     return ["## Checks after the study", ""] + check_lines(best, trials) + [""]
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

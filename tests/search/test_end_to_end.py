@@ -4,7 +4,7 @@ import matplotlib.image
 import numpy as np
 
 from search.report import main as report_main
-from search.tensorboard import read_tensorboard, trial_run_dir
+from tests.tensorboard_reader import read_tensorboard, trial_run_dir
 from tests.search.conftest import load, worker, write_spec
 from search.storage import default_storage_url
 from search.study import load_study

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import io
+import time
 from pathlib import Path
 
 import optuna
@@ -10,17 +11,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import search.objective as objective_module
 from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console
 from search.failures import DEFAULT_MAX_RETRY, requeue
 from search.lifecycle import Worker
-from search.objective import Objective
+from search.objective import Objective, Trainer
 from search.join import join_study
 from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 from search.study import StudyHandle
-from trainer import DataError, NonFiniteLossError
+from trainer import DataError, NonFiniteLossError, train_and_evaluate
 
 from tests.search.conftest import fake_training, write_spec
 
@@ -30,7 +30,9 @@ KERNEL = "[kernel]\nbudget_s = 3600\ntest_audio_s = 25500\nsafety = 0.5\n"
 class Setup:
     """A worker on a fresh SQLite study in ``tmp_path`` (its console writes into ``self.out``)."""
 
-    def __init__(self, tmp_path: Path, data: Path | None = None, **spec_args) -> None:
+    def __init__(self, tmp_path: Path, data: Path | None = None, train: Trainer = train_and_evaluate,
+                 **spec_args) -> None:
+        self.train = train
         studies = tmp_path / "studies"
         self.spec = load_spec(write_spec(studies, "life", **spec_args))
         url = default_storage_url("life", studies)
@@ -50,7 +52,7 @@ class Setup:
         return self.handle.study
 
     def run(self, trials: int | None = None, **kwargs) -> int:
-        return self.worker.run(Objective(self.spec, self.data, self.worker, device="cpu"), trials=trials, **kwargs)
+        return self.worker.run(Objective(self.spec, self.data, self.worker, device="cpu", train=self.train), trials=trials, **kwargs)
 
 
 def _states(study: optuna.Study) -> list[TrialState]:
@@ -80,11 +82,23 @@ def test_a_real_trial_records_its_run_and_hands_its_files_to_the_store(tmp_path,
 
 
 def test_the_reported_value_is_the_running_best_and_equals_the_return(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training({3e-3: [0.4, 0.7, 0.5, 0.6]}))
-    setup = Setup(tmp_path, epochs=4)
+    train = fake_training({3e-3: [0.4, 0.7, 0.5, 0.6]})
+    setup = Setup(tmp_path, epochs=4, train=train)
     setup.run(trials=1)
     trial = setup.study.trials[0]
     assert trial.intermediate_values == {1: 0.4, 2: 0.7, 3: 0.7, 4: 0.7} and trial.value == 0.7
+
+
+def test_timeout_stops_taking_new_trials(tmp_path):
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return fake_training()(*args, **kwargs)
+
+    setup = Setup(tmp_path, train=slow)
+    assert setup.run(timeout=0.6) == 0
+    output = setup.out.getvalue()
+    assert "timeout reached" in output and "#0   COMPLETE" in output
+    assert "#2 " not in output  # each trial takes 0.4 s: a third would start after the timeout
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
@@ -93,16 +107,16 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_no_pruning_after_the_final_epoch(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
-    setup = Setup(tmp_path, epochs=1)
+    train = fake_training()
+    setup = Setup(tmp_path, epochs=1, train=train)
     setup.study.pruner = AlwaysPrune()
     setup.run(trials=1)
     assert _states(setup.study) == [TrialState.COMPLETE]  # its whole budget ran: the result is kept
 
 
 def test_a_trial_over_the_kernel_budget_stops_after_epoch_one_as_infeasible(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(inference_cost=0.5))
-    setup = Setup(tmp_path, epochs=4, extra=KERNEL)
+    train = fake_training(inference_cost=0.5)
+    setup = Setup(tmp_path, epochs=4, extra=KERNEL, train=train)
     setup.run(trials=1)
     trial = setup.study.trials[0]
     assert trial.state == TrialState.PRUNED and trial.user_attrs["epochs_run"] == 1
@@ -122,11 +136,12 @@ def test_a_trial_over_the_kernel_budget_stops_after_epoch_one_as_infeasible(tmp_
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_worker_goes_on(tmp_path, monkeypatch, error, state, reason):
     fakes = iter([fake_training(error=error, at_epoch=2), fake_training()])
-    monkeypatch.setattr(objective_module, "train_and_evaluate", lambda *a, **k: next(fakes)(*a, **k))
+    def train(*args, **kwargs):
+        return next(fakes)(*args, **kwargs)
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
-    setup = Setup(tmp_path, epochs=3)
+    setup = Setup(tmp_path, epochs=3, train=train)
     assert setup.run(trials=1 if state == TrialState.FAIL else 2) == 0
     first = setup.study.trials[0]
     assert first.state == state and first.user_attrs["reason"].startswith(reason)
@@ -138,8 +153,9 @@ def test_a_failing_trial_is_recorded_and_the_worker_goes_on(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_an_impossible_config_fails_and_is_never_retried(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
-    setup = Setup(tmp_path, space='"features.n_fft" = { choices = [1764, 512] }\n"features.hop" = { choices = [220, 1024] }\n')
+    train = fake_training()
+    setup = Setup(tmp_path, space='"features.n_fft" = { choices = [1764, 512] }\n"features.hop" = { choices = [220, 1024] }\n',
+                  train=train)
     setup.study.enqueue_trial({"features.n_fft": 512, "features.hop": 1024})  # each valid alone, not together
     assert setup.run(trials=2) == 0
     failed = [t for t in setup.study.trials if t.state == TrialState.FAIL]
@@ -149,8 +165,8 @@ def test_an_impossible_config_fails_and_is_never_retried(tmp_path, monkeypatch):
 
 
 def test_a_bug_is_recorded_and_surfaces(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(error=ZeroDivisionError("oops")))
-    setup = Setup(tmp_path)
+    train = fake_training(error=ZeroDivisionError("oops"))
+    setup = Setup(tmp_path, train=train)
     with pytest.raises(ZeroDivisionError):
         setup.run(trials=1)
     assert setup.study.trials[0].user_attrs["reason"] == "error: ZeroDivisionError: oops"
@@ -164,8 +180,8 @@ def test_a_bug_is_recorded_and_surfaces(tmp_path, monkeypatch):
     (OSError(errno.ENOSPC, "No space left on device"), "no space left for the files of trial 0 (its folder "),
 ])
 def test_problems_every_trial_would_hit_stop_the_worker_with_one_line(tmp_path, monkeypatch, capsys, error, expected):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(error=error))
-    setup = Setup(tmp_path)
+    train = fake_training(error=error)
+    setup = Setup(tmp_path, train=train)
     assert setup.run(trials=3) == 2
     failed, retry = setup.study.trials[:2]
     assert failed.state == TrialState.FAIL and failed.user_attrs["baseline"] is True
@@ -177,10 +193,10 @@ def test_problems_every_trial_would_hit_stop_the_worker_with_one_line(tmp_path, 
 
 
 def test_a_data_folder_that_disappears_stops_the_worker(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
+    train = fake_training()
     data = tmp_path / "data"
     data.mkdir()
-    setup = Setup(tmp_path, data)
+    setup = Setup(tmp_path, data, train=train)
     data.rmdir()
     assert setup.run(trials=2) == 2
     assert f"error: data: the data folder {data} is gone" in capsys.readouterr().err
@@ -191,8 +207,8 @@ def test_a_changed_spec_file_stops_the_worker(tmp_path, monkeypatch, capsys):
         setup.spec.path.write_text(setup.spec.path.read_text().replace("epochs = 2", "epochs = 3"))
         return fake_training()(*args, **kwargs)
 
-    monkeypatch.setattr(objective_module, "train_and_evaluate", edit_then_train)
-    setup = Setup(tmp_path)
+    train = edit_then_train
+    setup = Setup(tmp_path, train=train)
     assert setup.run(trials=5) == 2
     assert len(setup.study.trials) == 1 and "changed since this worker started" in capsys.readouterr().err
 
@@ -276,16 +292,16 @@ def test_a_checkpoint_that_finished_its_budget_completes_without_training(tmp_pa
 
 # -- folders and weights ---------------------------------------------------------------------------
 def test_two_studies_of_one_name_in_two_storages_never_share_folders(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
-    one, two = Setup(tmp_path / "a"), Setup(tmp_path / "b")
+    train = fake_training()
+    one, two = Setup(tmp_path / "a", train=train), Setup(tmp_path / "b", train=train)
     assert one.handle.uid() != two.handle.uid() and one.runs.name != two.runs.name
 
 
 @pytest.mark.slow
 def test_only_the_top_trials_keep_their_weights(tmp_path, monkeypatch):
     curves = {lr: [lr * 100] for lr in (1e-3, 2e-3, 3e-3, 4e-3, 5e-3)}
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training(curves))
-    setup = Setup(tmp_path, epochs=1, study="keep_weights = 2\n")
+    train = fake_training(curves)
+    setup = Setup(tmp_path, epochs=1, study="keep_weights = 2\n", train=train)
     for lr in (1e-3, 5e-3, 2e-3, 4e-3):
         setup.study.enqueue_trial({"optim.lr": lr, "model.head": "linear"})
     assert setup.run(trials=5) == 0
@@ -297,8 +313,8 @@ def test_only_the_top_trials_keep_their_weights(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_trials_stops_at_exactly_the_total(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_and_evaluate", fake_training())
-    setup = Setup(tmp_path)
+    train = fake_training()
+    setup = Setup(tmp_path, train=train)
     assert setup.run(trials=3) == 0
     assert len(setup.study.trials) == 3
     assert "done: the study has its 3 finished trials" in setup.out.getvalue()

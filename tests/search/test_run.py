@@ -8,13 +8,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import search.objective as objective_module
 from search.join import UsageError, join_study
 from search.run import main
 from search.spec_checks import load_spec
 from search.storage import default_storage_url, open_storage
 
-from tests.search.conftest import fake_training, load, unique_name, wait_for, worker, write_spec
+from tests.search.conftest import load, unique_name, wait_for, worker, write_spec
 
 
 # -- joining a study --------------------------------------------------------------------------------
@@ -126,26 +125,6 @@ def test_a_double_ctrl_c_still_queues_the_retry(tmp_path, warm_cache):
     trials = load(url, "double").trials
     assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.WAITING
     assert trials[1].user_attrs["retry_of"] == 0
-
-
-def test_timeout_stops_taking_new_trials(tmp_path, warm_cache, monkeypatch, capsys):
-    def slow(*args, **kwargs):
-        time.sleep(0.4)
-        return fake_training()(*args, **kwargs)
-
-    monkeypatch.setattr(objective_module, "train_and_evaluate", slow)
-    studies = tmp_path / "studies"
-    write_spec(studies, "timeout")
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        code = main(["--study", "timeout", "--studies-dir", str(studies), "--timeout", "0.6", "--seed", "3",
-                     "--data", "demo", "--device", "cpu", "--threads", "1"])
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    assert code == 0
-    output = capsys.readouterr().out
-    assert "timeout reached" in output and "#0   COMPLETE" in output
-    assert "#2 " not in output  # each trial takes 0.4 s: a third would start after the timeout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

@@ -136,3 +136,16 @@ def test_an_unreachable_storage_is_one_line(tmp_path):
     assert "secret" not in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(StorageError, match="not a database URL"):
         open_storage("not a url")
+
+
+def test_every_public_storage_method_is_retried_or_says_why_not():
+    """An Optuna upgrade that adds or renames a storage method fails here, not as a lock error in a study."""
+    from search.storage import NOT_RETRIED, RETRIED
+
+    def public(cls):
+        return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
+
+    base = public(optuna.storages.BaseStorage)
+    assert set(RETRIED) & set(NOT_RETRIED) == set()
+    assert base == (set(RETRIED) | set(NOT_RETRIED)) - {"record_heartbeat"}
+    assert "record_heartbeat" in public(optuna.storages.RDBStorage)  # the heartbeat, BaseHeartbeat's

@@ -7,7 +7,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from search.tensorboard import read_tensorboard, trial_run_dir
+from tests.tensorboard_reader import read_tensorboard, trial_run_dir
 
 
 def _write_trial(run_dir, hparam_dict, lwlraps):

@@ -98,7 +98,7 @@ def test_on_epoch_receives_metrics_and_its_exception_stops_training(tiny_config,
 
 
 def test_tensorboard_gets_curves_per_class_chart_and_hparams(tiny_config, demo_data, tmp_path):
-    from search.tensorboard import read_tensorboard
+    from tests.tensorboard_reader import read_tensorboard
 
     run(tiny_config, demo_data, tmp_path / "run", tensorboard_dir=tmp_path / "tb")
     board = read_tensorboard(tmp_path / "tb")

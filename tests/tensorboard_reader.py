@@ -1,7 +1,7 @@
 """Read one trial's TensorBoard run (scalars and HParams) back with TensorBoard's own reader.
 
-The trainer writes every trial to ``studies/<study>/runs/<uid>/trial-<number>/tb/``; this module is how tests and the
-report check what TensorBoard will show, without a private parser of the event format.
+The trainer writes every trial to ``studies/<study>/runs/<uid>/trial-<number>/tb/``; this is how the tests check what
+TensorBoard will show, without a private parser of the event format.
 """
 from __future__ import annotations
 

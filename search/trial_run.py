@@ -1,0 +1,118 @@
+"""One attempt at a trial (``TrialRun``: per-epoch hand-off to the artifact store, kernel-budget check, final
+record), the worker's control-flow exceptions and its thread choice. The worker (``search.lifecycle``) owns the
+loop around them."""
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.artifacts import REGISTERED_FILES
+from search.study import KERNEL_CONSTRAINT
+from trainer import Result, TrainConfig
+
+
+class TrialFailed(Exception):
+    """A trial failed for a known reason (recorded on it); the worker goes on."""
+
+
+class StopWorker(Exception):
+    """A problem every later trial would hit too; the worker stops with this one line."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the running trial stops and is re-queued, the worker exits."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
+    """torch CPU threads for the next trial: ``--threads``, else this box's cores shared by the panes on it
+    and reduced by load that is not ours (so a busy box is not oversubscribed)."""
+    if explicit is not None:
+        return explicit
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, panes_on_host))
+    foreign_load = os.getloadavg()[0] - panes_on_host * share if hasattr(os, "getloadavg") else 0.0
+    free = cores - max(0.0, foreign_load)
+    return max(1, min(share, int(free // max(1, panes_on_host)) or 1))
+
+
+# -- one attempt at a trial --------------------------------------------------------------------------
+@dataclass
+class TrialRun:
+    """One attempt at a trial: its folder, the resume hand-off, per-epoch hand-off and the final record."""
+
+    worker: Any  # the search.lifecycle.Worker running it (not imported: lifecycle imports this module)
+    trial: optuna.Trial
+    config: TrainConfig
+    workdir: Path
+    threads: int
+    resumed_from_epoch: int = 0
+    first_epoch: int = 1
+    best_seen: float = float("-inf")
+    started: float = field(default_factory=time.perf_counter)
+    costs: list[float] = field(default_factory=list)
+
+    def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """After the trainer saved this epoch: hand its checkpoints to the store, then show the epoch."""
+        files = self.worker.files
+        files.push(self.trial.number, self.workdir / "last.pth")
+        if metrics["best_lwlrap"] > self.best_seen:
+            self.best_seen = metrics["best_lwlrap"]
+            for name in ("best.pth", "val_predictions.npz"):
+                if (self.workdir / name).exists():
+                    files.push(self.trial.number, self.workdir / name)
+        self.trial.set_user_attr("epochs_run", epoch)  # progress survives a kill -9 of this worker
+        self.costs.append(float(metrics["inference_cost"]))
+        self.worker.console.epoch(self.trial.number, epoch, self.config.optim.epochs, metrics)
+
+    def status(self, line: str) -> None:
+        """Progress of the data preparation (cache fill, bank packing, where the banks went), in the pane."""
+        self.worker.console.message(f"  #{self.trial.number} {line}")
+
+    def kernel_budget_refusal(self, metrics: dict[str, Any]) -> str | None:
+        """At the attempt's first epoch: why the measured inference cost already breaks the kernel budget (it
+        does not depend on training), which the objective prunes the trial with; None while it fits."""
+        kernel = self.worker.spec.kernel
+        if kernel is None or metrics["epoch"] != self.first_epoch:
+            return None
+        if kernel.violation(metrics["inference_cost"]) <= 0:
+            return None
+        self._record_cost(metrics["inference_cost"])
+        return (f"over the kernel budget: projected {kernel.projected_s(metrics['inference_cost']):,.0f} s > "
+                f"{kernel.budget_s * kernel.safety:,.0f} s")
+
+    def finish(self, result: Result) -> None:
+        """The trial's final record: epochs, best epoch, inference cost (median of the epochs measured,
+        less noisy than one) and, with a kernel budget, its feasibility constraint."""
+        self.trial.set_user_attr("epochs_run", result.epochs_run)
+        self.trial.set_user_attr("best_epoch", result.best_epoch)
+        self.trial.set_user_attr("feature_cost", result.feature_cost)
+        self.trial.set_user_attr("model_cost", result.model_cost)
+        self._record_cost(statistics.median(self.costs) if self.costs else result.inference_cost)
+
+    def _record_cost(self, cost: float) -> None:
+        self.trial.set_user_attr("inference_cost", cost)
+        kernel = self.worker.spec.kernel
+        if kernel is not None:
+            self.trial.set_user_attr("kernel_time_s", round(kernel.projected_s(cost), 1))
+            self.trial.set_user_attr("feasible", bool(kernel.violation(cost) <= 0))
+            self.trial.set_constraint(KERNEL_CONSTRAINT, kernel.violation(cost))
+
+    def register_files(self) -> None:
+        for name in REGISTERED_FILES:
+            if (self.workdir / name).exists():
+                self.worker.files.register(self.trial, self.workdir / name)
