@@ -27,8 +27,8 @@ SPEC = REPO / "studies" / "quickstart.toml"
 ROW = re.compile(r"^\s*(validation|held-out test) lwlrap\s+([0-9.]+)\s+([0-9.]+)\s+([+-][0-9.]+)\s*$", re.M)
 
 
-def quickstart_spec(data: str, repeat: int) -> str:
-    text = SPEC.read_text(encoding="utf-8")
+def quickstart_spec(data: str, repeat: int, spec: Path = SPEC) -> str:
+    text = spec.read_text(encoding="utf-8")
     text = re.sub(r'^data = "demo"', f'data = "{data}"', text, count=1, flags=re.M)
     return re.sub(r"^seed = 0\b", f"seed = {repeat}", text, flags=re.M)  # [sampler] and [startup]
 
@@ -41,14 +41,14 @@ def parse(output: str) -> dict:
     return rows
 
 
-def measure(data: str, repeat: int, trials: int, out: Path) -> dict:
+def measure(data: str, repeat: int, trials: int, out: Path, spec: Path = SPEC) -> dict:
     name = f"quickstart-{data}-r{repeat}"
     record_path = out / "records" / f"{name}.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
     studies = out / name
     studies.mkdir(parents=True, exist_ok=True)
-    (studies / "quickstart.toml").write_text(quickstart_spec(data, repeat), encoding="utf-8")
+    (studies / "quickstart.toml").write_text(quickstart_spec(data, repeat, spec), encoding="utf-8")
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "search.quickstart", "--studies-dir", str(studies), "--threads", "1",
                           "--trials", str(trials)], cwd=REPO, capture_output=True, text=True)
@@ -63,6 +63,13 @@ def measure(data: str, repeat: int, trials: int, out: Path) -> dict:
     print(f"{name}: test {record['test_baseline']:.4f} -> {record['test_best']:.4f} in {record['wall_s']:.0f} s",
           flush=True)
     return record
+
+
+def _data_scale(spec: Path) -> float:
+    """The spec's [study] data_scale: the size of the built-in sets its quickstarts train on."""
+    from search.spec import load_spec
+
+    return load_spec(spec).data_scale
 
 
 def table(records: list[dict]) -> str:
@@ -86,14 +93,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2, help="quickstarts side by side (one torch thread each)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-quickstart")
+    parser.add_argument("--spec", type=Path, default=SPEC, help="the quickstart spec to start from (default the shipped one)")
     parser.add_argument("--table", action="store_true", help="the table of the records in --out; run nothing")
     args = parser.parse_args()
     if not args.table:
         for data in args.data:
-            ensure_builtin(data)
+            ensure_builtin(data, scale=_data_scale(args.spec))
         runs = [(d, r) for r in range(args.repeats) for d in args.data]
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda run: measure(*run, args.trials, args.out), runs))
+            list(pool.map(lambda run: measure(*run, args.trials, args.out, args.spec), runs))
     records = [json.loads(p.read_text()) for p in sorted((args.out / "records").glob("*.json"))]
     print(table([r for r in records if r["data"] in args.data]))
 

@@ -4,6 +4,8 @@
     python benchmarks/bench_search.py workers [--trials 20]   # finished trials per hour, 1 vs 2 workers
     python benchmarks/bench_search.py storage [--trials 200]  # SQLite and in-memory storage ms per trial
 
+Each mode takes ``--spec FILE`` (default studies/demo.toml): the study spec whose space, data and epochs it uses.
+
 Not tests: the numbers depend on the machine and on what else runs. Each mode works in a temporary
 studies folder and prints a markdown table.
 """
@@ -13,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,23 +25,34 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.objective import Objective
+from search.console import Console
 from search.join import join_study
-from search.spec_checks import load_spec
+from search.lifecycle import Worker
+from search.locate import StudyLocation
+from search.objective import Objective
+from search.spec import load_spec
 from search.storage import default_storage_url, open_storage
-from trainer.synth import ensure_demo_data
+from search.study import StudyHandle, resolve_data
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def run_study(spec, studies: Path, *, trials: int, threads: int) -> optuna.Study:
-    storage = open_storage(default_storage_url(spec.name, studies))
-    study = join_study(storage, spec, sampler=spec.make_sampler(0))
-    objective = Objective(spec, ensure_demo_data(scale=spec.demo_scale), trials_dir=studies / spec.name / "trials",
-                          tensorboard_dir=studies / spec.name / "tb", threads=threads)
-    study.optimize(objective, n_trials=trials)
-    return study
+    """``trials`` finished trials of ``spec`` by one in-process worker, built as ``search.run`` builds it."""
+    location = StudyLocation(spec.name, spec, studies, None, None)
+    url = location.storage_url()
+    storage = open_storage(url)
+    handle = StudyHandle(join_study(storage, spec, sampler=spec.make_sampler(0)), storage, url)
+    uid = handle.uid()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    data_dir = resolve_data(spec, None)
+    worker = Worker(handle, spec, location.trial_files(uid), location.folder.resolve() / "runs" / uid,
+                    Console(baseline=spec.baseline_params(), worker_id=worker_id), worker_id, data_dir, threads=threads)
+    status = worker.run(Objective(spec, data_dir, worker), trials=trials)
+    if status != 0:
+        raise SystemExit(f"error: the worker stopped with status {status}")
+    return handle.study
 
 
 def replay(curves: list[list[float]], pruner: optuna.pruners.BasePruner) -> tuple[int, float, int]:
@@ -77,7 +91,7 @@ PRUNERS = {
 
 
 def pruning(args: argparse.Namespace) -> None:
-    base = load_spec(DEMO_SPEC)
+    base = load_spec(args.spec)
     if args.curves and Path(args.curves).exists():
         curves = json.loads(Path(args.curves).read_text())
     else:
@@ -89,7 +103,7 @@ def pruning(args: argparse.Namespace) -> None:
         if args.curves:
             Path(args.curves).write_text(json.dumps(curves))
     full_epochs, full_best, _ = replay(curves, optuna.pruners.NopPruner())
-    print(f"demo study ({DEMO_SPEC.name}, TPE), {len(curves)} trials of {base.epochs} epochs trained without pruning; "
+    print(f"demo study ({Path(args.spec).name}, TPE), {len(curves)} trials of {base.epochs} epochs trained without pruning; "
           f"each pruner replays the same per-epoch curves\n")
     print("| pruner | pruned trials | epochs spent (vs none) | best lwlrap (vs none) |")
     print("|---|---|---|---|")
@@ -102,8 +116,7 @@ def pruning(args: argparse.Namespace) -> None:
 def workers(args: argparse.Namespace) -> None:
     """The same fixed list of trials (the baseline + random points of the demo space, no pruning, so every
     trial's work is decided in advance) finished by 1 worker and by 2 workers sharing one SQLite study."""
-    ensure_demo_data()
-    text = DEMO_SPEC.read_text(encoding="utf-8")
+    text = Path(args.spec).read_text(encoding="utf-8")
     fixed = text[:text.index("[pruner]")] + '[pruner]\nname = "none"\n\n' + text[text.index("[space]"):]
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []
@@ -112,6 +125,7 @@ def workers(args: argparse.Namespace) -> None:
             spec_path = Path(tmp) / "bench.toml"
             spec_path.write_text(fixed, encoding="utf-8")
             spec = load_spec(spec_path)
+            resolve_data(spec, None)  # a built-in set is generated here, not timed in the workers
             study = join_study(open_storage(default_storage_url(spec.name, Path(tmp))), spec)
             if n_workers == 1:
                 points = []
@@ -142,7 +156,7 @@ def workers(args: argparse.Namespace) -> None:
 
 def storage(args: argparse.Namespace) -> None:
     """Time an objective that does nothing but what a real trial asks of storage: suggest, report, attrs."""
-    spec = load_spec(DEMO_SPEC)
+    spec = load_spec(args.spec)
     epochs = spec.epochs
 
     def objective(trial: optuna.Trial) -> float:
@@ -188,6 +202,8 @@ def main() -> None:
     w.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("storage")
     s.add_argument("--trials", type=int, default=200)
+    for mode in (p, w, s):
+        mode.add_argument("--spec", default=str(DEMO_SPEC), help="study spec (default studies/demo.toml)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     {"pruning": pruning, "workers": workers, "storage": storage}[args.mode](args)

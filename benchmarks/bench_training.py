@@ -1,6 +1,6 @@
 """Training throughput on the built-in demo set: samples/s of training epochs and validation.
 
-    python benchmarks/bench_training.py [--threads N] [--epochs E] [--set key=value ...]
+    python benchmarks/bench_training.py [--threads N] [--epochs E] [--scale S] [--set key=value ...]
 
 Runs the demo config (trainer.train's default for the demo set) through train_and_evaluate and prints a
 markdown table row per configuration. Not a test: numbers depend on the machine and on what else runs.
@@ -23,10 +23,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="size of the demo set (default 1.0)")
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
 
-    data_dir = ensure_demo_data()
+    data_dir = ensure_demo_data(scale=args.scale)
     base = TrainConfig().with_overrides(DEMO_OVERRIDES).with_overrides({"optim.epochs": args.epochs})
     rows = [("demo config (ResNet18 x0.25, crop 256, batch 16)", base)]
     if args.set:

@@ -2,6 +2,7 @@
 with noisy clips on, and an epoch of random-crop batches, printed as one markdown table.
 
     python benchmarks/scale.py --root /var/tmp/fat2019-scale        # ~17 GB of disk at 64 mels; rm -rf it after
+    python benchmarks/scale.py --root /tmp/s --fraction 0.01 ...    # a 1% data set: checks the script, measures little
 
 What is synthetic and what is measured how (see benchmarks/scale_data.py): the data set has FAT2019's clip
 counts and length distribution, but sparse wav files and random log-mel features written straight into the
@@ -182,7 +183,7 @@ def measure_fill(args: argparse.Namespace) -> dict:
     """Fill an empty cache from real wavs with the full data's length mix, all cores."""
     from trainer.feature_cache import cache_entries
 
-    lengths = np.concatenate(list(clip_seconds().values()))
+    lengths = np.concatenate(list(clip_seconds(fraction=args.fraction).values()))
     sample = np.random.default_rng(2).choice(lengths, args.fill_clips, replace=False)
     paths = write_real_audio(args.root / "real-audio", sample)
     cfg = config_for(args.mels).features
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs of batches (the best is reported)")
     parser.add_argument("--fill-clips", type=int, default=200, help="real wavs for the fill rate")
     parser.add_argument("--per-item-clips", type=int, default=100, help="of those, timed through the seed pipeline")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="share of FAT2019's clips and hours to write (default 1.0: full size)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--spawned", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args.load_start = os.getloadavg()[0]
     args.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    summary = make_dataset(args.root, config_for(args.mels).features, log=say)
+    summary = make_dataset(args.root, config_for(args.mels).features, fraction=args.fraction, log=say)
     say(f"data set ready in {time.perf_counter() - started:.0f}s: {summary}")
     fill = measure_fill(args)
     say(f"fill: {fill}")

@@ -1,6 +1,7 @@
 """Stress the service as a hostile user would, bounded in time, and count what went wrong.
 
     python benchmarks/stress.py [--workers 4] [--trials 24] [--chaos-s 90] [--backends sqlite postgresql]
+        [--scale 0.1] [--epochs 4] [--full-disk-epochs 12]
 
 For each backend (a SQLite file; a fresh PostgreSQL database), N ``search.run`` workers start at the same
 moment on one new study, with ``search.dashboard`` serving it and a client polling the dashboard's API.
@@ -78,6 +79,12 @@ min_trials = 2
 "model.head_hidden" = { int = [8, 32], when = { "model.head" = "mlp" } }
 """
 PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+def spec_text(args: argparse.Namespace, epochs: int | None = None) -> str:
+    """SPEC at ``--scale`` of the demo set and ``epochs`` (default ``--epochs``) per trial."""
+    return (SPEC.replace("data_scale = 0.1", f"data_scale = {args.scale}")
+            .replace("epochs = 4", f"epochs = {args.epochs if epochs is None else epochs}"))
 
 
 class Fleet:
@@ -256,7 +263,7 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
     studies = root / backend
     studies.mkdir(parents=True)
     name = f"stress-{backend}"
-    (studies / f"{name}.toml").write_text(SPEC, encoding="utf-8")
+    (studies / f"{name}.toml").write_text(spec_text(args), encoding="utf-8")
     database = None
     if backend == "sqlite":
         url = f"sqlite:///{studies / (name + '.db')}"
@@ -322,7 +329,7 @@ def full_disk(args: argparse.Namespace, root: Path) -> dict:
         return {"scenario": "full disk", "skipped": "tmpfs mount not permitted (not root?)"}
     try:
         name = "full"
-        (mount / f"{name}.toml").write_text(SPEC.replace("epochs = 4", "epochs = 12"), encoding="utf-8")
+        (mount / f"{name}.toml").write_text(spec_text(args, args.full_disk_epochs), encoding="utf-8")
         url = f"sqlite:///{studies / 'full.db'}"  # the study database itself stays on a disk with space
         env = {**os.environ, "FAT2019_SEARCH_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
         def worker(trials: int) -> list[str]:
@@ -369,10 +376,13 @@ def main() -> None:
     parser.add_argument("--chaos-s", type=float, default=90.0)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=0.1, help="size of the demo set the trials train on")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per trial of the storm")
+    parser.add_argument("--full-disk-epochs", type=int, default=12, help="epochs of the full-disk scenario's trial")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fat2019-stress-"))
     os.environ["FAT2019_SEARCH_CACHE"] = str(root / "cache")
-    ensure_demo_data(scale=0.1)
+    ensure_demo_data(scale=args.scale)
     results = []
     for backend in args.backends:  # each result printed as it comes, so a later failure loses nothing
         results.append(storm(backend, args, root))

@@ -1,0 +1,205 @@
+"""Every script in benchmarks/ runs against the current code: each at its smallest size, as a subprocess, exit 0
+and the table (or records) it exists to print. benchmarks/bench_search_quality.py has its own end-to-end run in
+test_search_quality.py; benchmarks/scale_data.py is a library of scale.py, not a script."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.search.conftest import write_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+COVERED_ELSEWHERE = {"bench_search_quality.py": "tests/benchmarks/test_search_quality.py"}
+LIBRARIES = {"scale_data.py": "scale.py"}  # imported by the named script, never run itself
+NUMBER = r"([0-9][0-9,]*\.?[0-9]*)"
+
+
+def bench(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> str:
+    """Run ``benchmarks/<script> args`` from the repository root; assert exit 0; its stdout."""
+    run = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=timeout,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})})
+    assert run.returncode == 0, f"{script} exited {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout
+
+
+def rows(output: str, first_cell: str) -> list[list[str]]:
+    """The cells of each markdown table row of ``output`` whose first cell starts with ``first_cell``."""
+    found = []
+    for line in output.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[0].startswith(first_cell):
+                found.append(cells)
+    return found
+
+
+def tiny_spec(folder: Path, name: str, **kwargs) -> Path:
+    return write_spec(folder, name, **kwargs)
+
+
+# -- one case per benchmark (mode) ------------------------------------------------------------------------------
+def case_bench_report(tmp_path: Path) -> None:
+    out = bench("bench_report.py", "--trials", "6", "--out", tmp_path / "report")
+    (row,) = rows(out, "6")
+    complete, pruned, failed = map(int, row[1:4])
+    assert complete + pruned + failed == 6 and complete >= 1  # the baseline completes: nothing prunes trial 0
+    assert 0.0 <= float(row[4]) < 120.0
+    assert (tmp_path / "report" / "index.html").is_file() or any((tmp_path / "report").iterdir())
+
+
+def case_bench_features(tmp_path: Path, demo_data: Path) -> None:
+    out = bench("bench_features.py", "--data", demo_data, "--clips", "8", "--workers", "1", "--epochs", "1",
+                "--batch-size", "4")
+    assert "\n8 clips," in out
+    for name in ("per-item", "cache: first fill", "cache: a later run", "cache: epoch"):
+        (row,) = rows(out, name)
+        seconds, per_s = float(row[1]), float(row[2].replace(",", ""))
+        assert seconds > 0 and per_s > 0
+
+
+def case_bench_training(tmp_path: Path, demo_data: Path) -> None:
+    out = bench("bench_training.py", "--threads", "1", "--epochs", "1", "--scale", "0.05",
+                "--set", "model.width=0.0625", "--set", "features.crop_frames=64")
+    assert "torch threads: 1" in out
+    (demo,) = rows(out, "demo config")
+    (changed,) = rows(out, "with model.width=0.0625 features.crop_frames=64")
+    for row in (demo, changed):
+        clips, epoch_s, per_s, inference = int(row[1]), float(row[2]), float(row[3]), float(row[4])
+        assert clips > 0 and epoch_s > 0 and per_s > 0 and inference > 0
+
+
+def case_bench_search_pruning(tmp_path: Path, warm_cache: Path) -> None:
+    spec = tiny_spec(tmp_path, "prune", epochs=3)
+    curves = tmp_path / "curves.json"
+    out = bench("bench_search.py", "pruning", "--spec", spec, "--trials", "3", "--threads", "1", "--curves", curves)
+    recorded = json.loads(curves.read_text())
+    assert len(recorded) == 3 and all(len(c) == 3 and all(0.0 < v <= 1.0 for v in c) for c in recorded)
+    (none,) = rows(out, "none")
+    assert none[1:3] == ["0", "9 (100%)"] and float(none[3].split()[0]) == pytest.approx(max(map(max, recorded)), abs=1e-4)
+    assert len(rows(out, "median")) == 2 and rows(out, "ASHA") and rows(out, "hyperband")
+    again = bench("bench_search.py", "pruning", "--spec", spec, "--curves", curves, timeout=60)  # replays, no training
+    assert rows(again, "none") == [none]
+
+
+def case_bench_search_workers(tmp_path: Path, warm_cache: Path) -> None:
+    spec = tiny_spec(tmp_path, "workers", epochs=1)
+    out = bench("bench_search.py", "workers", "--spec", spec, "--trials", "2")
+    table = rows(out, "1") + rows(out, "2")
+    assert [r[0] for r in table] == ["1", "2"]
+    for row in table:
+        assert int(row[2]) >= 2 and float(row[4]) > 0  # the study's trials all finished
+    assert table[0][5] == "1.00x"
+
+
+def case_bench_search_storage(tmp_path: Path) -> None:
+    out = bench("bench_search.py", "storage", "--spec", tiny_spec(tmp_path, "store"), "--trials", "3")
+    assert out.startswith("3 trials, each:")
+    table = rows(out, "in-memory") + rows(out, "SQLite")
+    assert len(table) == 3 and all(float(r[1]) > 0 for r in table)
+
+
+def case_bench_ensemble(tmp_path: Path, warm_cache: Path) -> None:
+    studies = tmp_path / "studies"
+    tiny_spec(studies, "ens", epochs=2)
+    run = subprocess.run([sys.executable, "-m", "search.run", "--study", "ens", "--studies-dir", str(studies),
+                          "--trials", "3", "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = bench("bench_ensemble.py", "--study", "ens", "--studies-dir", studies, "--ensemble", "2",
+                "--reuse-checkpoints", "--device", "cpu", "--out", tmp_path / "bench")
+    (row,) = rows(out, "ens")
+    assert row[1] == "2" and re.fullmatch(r"(#\d+ x[0-9.]+)(, #\d+ x[0-9.]+)*", row[2])
+    for cell in (row[3].split()[0], row[4], row[5], row[6]):
+        assert 0.0 < float(cell) <= 1.0
+    assert (tmp_path / "bench" / "single" / "submission.csv").is_file()
+    assert (tmp_path / "bench" / "ensemble-2" / "submission.csv").is_file()
+
+
+def case_bench_quickstart(tmp_path: Path, warm_cache: Path) -> None:
+    spec = tiny_spec(tmp_path / "spec", "quickstart", epochs=2)
+    out_dir = tmp_path / "bench"
+    out = bench("bench_quickstart.py", "--data", "demo", "--repeats", "1", "--trials", "2", "--jobs", "1",
+                "--spec", spec, "--out", out_dir)
+    record = json.loads((out_dir / "records" / "quickstart-demo-r0.json").read_text())
+    assert record["trials"] == 2 and record["wall_s"] > 0
+    for key in ("val_baseline", "val_best", "test_baseline", "test_best"):
+        assert 0.0 < record[key] <= 1.0
+    (row,) = rows(out, "demo")
+    assert row[1] == "0" and row[3] == f"{record['test_baseline']:.4f} → {record['test_best']:.4f}"
+    assert "demo: the search beat its baseline on held-out test in" in out and "of 1 repeats" in out
+    table = bench("bench_quickstart.py", "--data", "demo", "--out", out_dir, "--table", timeout=60)
+    assert rows(table, "demo") == [row]
+
+
+def case_scale(tmp_path: Path) -> None:
+    out = bench("scale.py", "--root", tmp_path / "scale", "--fraction", "0.01", "--mels", "16", "--workers", "2",
+                "--steps", "1", "--epochs", "1", "--fill-clips", "4", "--per-item-clips", "2", timeout=600)
+    (data,) = rows(out, "data set")
+    assert "50 curated" in data[1] and "198 noisy" in data[1]
+    (fill,) = rows(out, "cache fill")
+    assert "4 wavs" in fill[0] and float(re.match(NUMBER, fill[1]).group(1)) > 0
+    (plan,) = rows(out, "memory plan")
+    assert "(exact)" in plan[1]  # the plan predicts the banks' file sizes to the byte
+    (many,) = rows(out, "2 workers at once")
+    ratio = float(re.search(r"\*\*([0-9.]+)x\*\*", many[1]).group(1))
+    assert 0.5 < ratio < 3.0
+    assert "build status lines:" in out
+
+
+def case_stress(tmp_path: Path, warm_cache: Path) -> None:
+    out = bench("stress.py", "--backends", "sqlite", "--workers", "2", "--trials", "3", "--chaos-s", "3",
+                "--scale", "0.05", "--epochs", "2", "--full-disk-epochs", "8", timeout=600)
+    results = [json.loads(block) for block in re.findall(r"^\{\n.*?^\}$", out, flags=re.M | re.S)]
+    storm, disk = results
+    assert storm["backend"] == "sqlite" and storm["finished"] >= storm["asked"] == 3
+    assert storm["duplicates"] == 0 and storm["running"] == 0 and storm["unloadable"] == 0
+    assert storm["dashboard_polls"] > 0 and storm["dashboard_errors"] == 0
+    assert storm["orphans"] == 0 and storm["temp_files_left"] == 0
+    assert disk["scenario"] == "full disk"
+    if "skipped" not in disk:  # the tmpfs mount needs root and a kernel that lets this container mount
+        assert disk["exit_code"] != 0 and disk["retry_exit_code"] == 0 and disk["retry_state"] == "COMPLETE"
+        assert disk["retry_resumed_from_epoch"] >= 1 and disk["temp_files_left"] == 0
+    (finished,) = rows(out, "trials finished / asked")
+    assert finished[1] == f"{storm['finished']} / 3"
+
+
+CASES = {
+    "bench_report.py": case_bench_report,
+    "bench_features.py": case_bench_features,
+    "bench_training.py": case_bench_training,
+    "bench_search.py pruning": case_bench_search_pruning,
+    "bench_search.py workers": case_bench_search_workers,
+    "bench_search.py storage": case_bench_search_storage,
+    "bench_ensemble.py": case_bench_ensemble,
+    "bench_quickstart.py": case_bench_quickstart,
+    "scale.py": case_scale,
+    "stress.py": case_stress,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_benchmark_runs_at_its_smallest_size(case, request, tmp_path, session_cache):
+    function = CASES[case]
+    fixtures = [name for name in function.__code__.co_varnames[:function.__code__.co_argcount] if name != "tmp_path"]
+    function(tmp_path, *(request.getfixturevalue(name) for name in fixtures))
+
+
+def test_every_benchmark_script_has_a_case():
+    """A new benchmarks/*.py without a case here (or a test elsewhere) fails this."""
+    scripts = {p.name for p in BENCH.glob("*.py")}
+    cased = {name.split()[0] for name in CASES}
+    assert scripts - cased - set(COVERED_ELSEWHERE) - set(LIBRARIES) == set()
+    assert cased | set(COVERED_ELSEWHERE) | set(LIBRARIES) <= scripts  # no case for a script that is gone
+    for other, test in COVERED_ELSEWHERE.items():
+        assert f'"{other}"' in (ROOT / test).read_text(encoding="utf-8")
+    for library, user in LIBRARIES.items():
+        assert "__main__" not in (BENCH / library).read_text(encoding="utf-8")  # not a script
+        assert f"from {library.removesuffix('.py')} import" in (BENCH / user).read_text(encoding="utf-8")
