@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.search import conftest as search_fixtures
 from tests.search.conftest import write_spec
+
+warm_cache = search_fixtures.warm_cache  # the search tests' warm feature cache, as a fixture of this module too
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
