@@ -20,10 +20,10 @@ from pathlib import Path
 
 
 from search.locate import locate_args
-from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
-from search.ensemble import select_from_study
-from search.export import run_kernel, score_submission
-from search.kernel_main import POOLINGS
+from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
+from search.kaggle.ensemble import select_from_study
+from search.kaggle.export import run_kernel, score_submission
+from search.kaggle.kernel_main import POOLINGS
 from search.storage import add_study_arguments
 from search.study import resolve_data
 

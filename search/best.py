@@ -1,12 +1,12 @@
 """``python -m search.best --study NAME``: the study's top trials and best config; ``--export`` writes it for Kaggle.
 
 Only COMPLETE trials that satisfy the study's constraints (the Kaggle kernel time budget) are chosen.
-``--ensemble K`` selects a weighted ensemble from the whole study instead (``search.ensemble``: greedy
+``--ensemble K`` selects a weighted ensemble from the whole study instead (``search.kaggle.ensemble``: greedy
 selection on the stored validation predictions within the kernel budget) and prints the path, the members
 and the gain over the single best trial. The export retrains each member's exact config (the single trial
 optionally as a seed or fold ensemble), or with ``--reuse-checkpoints`` takes the trials' own best.pth,
 prints the validation lwlrap beside the one each trial reported, and writes the folder described in
-``search.export``: weights, config.json, the generated kernel.py, dataset-metadata.json, SUBMIT.md.
+``search.kaggle.export``: weights, config.json, the generated kernel.py, dataset-metadata.json, SUBMIT.md.
 """
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ from typing import Sequence
 import optuna
 
 from search.console import format_value
-from search.ensemble import EnsembleError, select_from_study
-from search.ensemble_report import TEST_LABELS, describe, held_out_or_reason
-from search.export import KernelRunError
-from search.kernel import KernelGenerationError
-from search.kernel_main import POOLINGS
+from search.kaggle.ensemble import EnsembleError, select_from_study
+from search.kaggle.ensemble_report import TEST_LABELS, describe, held_out_or_reason
+from search.kaggle.export import KernelRunError
+from search.kaggle.kernel import KernelGenerationError
+from search.kaggle.kernel_main import POOLINGS
 from search.locate import locate_args
 from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments
 from search.study import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, ranked_trials,
                           resolve_data, trial_config)
-from search.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
+from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from trainer import CheckpointError, ConfigError, DataError
 
 TOP_N = 10

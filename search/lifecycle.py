@@ -42,7 +42,7 @@ from search.artifacts import WORKING_FILES, TrialFiles
 from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
 from search.console import Console
 from search.spec import SpecError, StudySpec
-from search.spec_checks import load_spec
+from search.spec import load_spec
 from search.study import FINISHED, StudyHandle, count_finished, trials_keeping_weights
 from search.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainConfig, feature_cache_key,

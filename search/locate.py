@@ -13,7 +13,7 @@ from pathlib import Path
 
 from search.artifacts import TrialFiles, open_artifact_store
 from search.spec import StudySpec, find_spec
-from search.spec_checks import load_spec
+from search.spec import load_spec
 from search.storage import default_storage_url, studies_dir
 from search.study import StudyHandle, load_study
 

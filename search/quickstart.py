@@ -21,11 +21,11 @@ from typing import Sequence
 from optuna.trial import FrozenTrial, TrialState
 
 from search.console import format_duration
-from search.export import KernelRunError, run_kernel, score_submission
+from search.kaggle.export import KernelRunError, run_kernel, score_submission
 from search.locate import locate
 from search.storage import studies_dir
 from search.study import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
-from search.study_export import ExportOptions, export_trial
+from search.kaggle.study_export import ExportOptions, export_trial
 from search.tunnel import tunnel_line
 
 STUDY = "quickstart"

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.artifacts import TrialFiles
 from search.checks import check_lines
 from search.console import format_duration, format_value
-from search.ensemble_report import report_section
+from search.kaggle.ensemble_report import report_section
 from search.spec import StudySpec
 from search.plots import Plot, write_plots
 from search.study import (StudyHandle, baseline_trial, best_trial, config_diff, is_feasible,

@@ -10,7 +10,7 @@ Candidates are the COMPLETE feasible trials with a stored ``val_predictions.npz`
 skipped with a note, and predictions of different validation splits are refused. A member costs its
 network's time (``model_cost``) plus, once per distinct log-mel setting, the features' (``feature_cost``);
 a trial whose addition would push the projected kernel time over the budget is refused. Selection is
-scored on the split it chose on, so its validation gain is optimistic: ``search.ensemble_report`` adds the
+scored on the split it chose on, so its validation gain is optimistic: ``search.kaggle.ensemble_report`` adds the
 held-out test gain where test labels exist.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles
-from search.kernel_main import POOLINGS, pool_probabilities
+from search.kaggle.kernel_main import POOLINGS, pool_probabilities
 from search.spec import Kernel, StudySpec
 from search.study import best_trial, is_feasible, trial_config
 from trainer import VAL_PREDICTIONS, ConfigError, DataError, TrainConfig, feature_cache_key, lwlrap, \

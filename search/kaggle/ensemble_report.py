@@ -19,8 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.artifacts import TrialFiles
-from search.ensemble import BAG_FRACTION, EnsembleError, Selection, select_from_study
-from search.kernel_main import pool_probabilities
+from search.kaggle.ensemble import BAG_FRACTION, EnsembleError, Selection, select_from_study
+from search.kaggle.kernel_main import pool_probabilities
 from search.spec import StudySpec
 from search.study import resolve_data
 from trainer import (VAL_PREDICTIONS, CheckpointError, ConfigError, DataError, FeatureBank, TrainConfig, atomic_path,

@@ -1,6 +1,6 @@
 """The Kaggle kernel's driver: load the exported members, score every test clip, write submission.csv.
 
-This is the only kernel-specific code. ``search.kernel`` carries it, with the ``trainer`` package it
+This is the only kernel-specific code. ``search.kaggle.kernel`` carries it, with the ``trainer`` package it
 imports, inside the generated kernel.py, so the kernel runs exactly the code that trained and validated
 the models. Members of an ensemble may differ in feature parameters, model and head: each distinct
 log-mel setting is computed once per clip, every member runs on the clips' features, and the members'

@@ -1,5 +1,5 @@
 """Exporting a study's trial or ensemble for Kaggle: which trial, its members' weights (retrained or reused), the
-folder ``search.export`` writes, the kernel's timing and the printed comparison. ``search.best`` is its CLI; the
+folder ``search.kaggle.export`` writes, the kernel's timing and the printed comparison. ``search.best`` is its CLI; the
 quickstart and the benchmarks call it too."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles
-from search.ensemble import Selection
-from search.export import (ExportPlan, Member, TrainedMember, check_dataset_identity, check_reusable, measure_kernel,
+from search.kaggle.ensemble import Selection
+from search.kaggle.export import (ExportPlan, Member, TrainedMember, check_dataset_identity, check_reusable, measure_kernel,
                            member_configs, retrain, retrain_config, reuse_checkpoints, write_export, write_record)
-from search.kernel_main import pool_probabilities
+from search.kaggle.kernel_main import pool_probabilities
 from search.spec import StudySpec
 from search.study import best_trial, ranked_trials, trial_config
 from trainer import ConfigError, TrainConfig, lwlrap

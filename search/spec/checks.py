@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from search import strategy
-from search.spec import Kernel, Param, SpecError, StudySpec, builtin_data
+import search.spec.strategy as strategy
+from search.spec.model import Kernel, Param, SpecError, StudySpec, builtin_data
 from trainer import ConfigError, TrainConfig, read_toml
 
 _SECTIONS = {"study", "base", "sampler", "pruner", "startup", "kernel", "space"}

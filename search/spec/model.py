@@ -9,8 +9,8 @@ retention, and the search space as dotted ``TrainConfig`` keys::
     "model.head" = { choices = ["linear", "mlp"] }
     "model.head_hidden" = { int = [64, 512], step = 64, when = { "model.head" = "mlp" } }
 
-This module is the spec model; ``search.spec_checks`` reads and validates the file (``load_spec``; every error
-names the file, the key and what was expected); ``search.strategy`` builds the sampler, pruner and startup.
+This module is the spec model; ``search.spec`` reads and validates the file (``load_spec``; every error
+names the file, the key and what was expected); ``search.spec.strategy`` builds the sampler, pruner and startup.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from search import strategy
+import search.spec.strategy as strategy
 from trainer import BUILTIN_DATASETS, ConfigError, TrainConfig, ensure_builtin, flatten
 
 DATA_ENV = "FAT2019_DATA"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from search.spec_checks import load_spec
+from search.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_search_quality.py"

@@ -11,8 +11,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.best import main
-from search.study_export import choose_trial
-from search.export import member_configs
+from search.kaggle.study_export import choose_trial
+from search.kaggle.export import member_configs
 from search.storage import default_storage_url, open_storage
 from trainer import train_and_evaluate
 from trainer.config import ConfigError, TrainConfig

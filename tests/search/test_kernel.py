@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.ensemble_report import predict_models
-from search.export import ExportPlan, KernelRunError, Member, isolated_env, retrain, run_kernel, write_export
-from search.kernel import ALLOWED_THIRD_PARTY, KernelGenerationError, bundle_files, generate_kernel
-from search.kernel_main import EXPORT_FORMAT, KernelError, find_models_dir, load_export, pool_probabilities
+from search.kaggle.ensemble_report import predict_models
+from search.kaggle.export import ExportPlan, KernelRunError, Member, isolated_env, retrain, run_kernel, write_export
+from search.kaggle.kernel import ALLOWED_THIRD_PARTY, KernelGenerationError, bundle_files, generate_kernel
+from search.kaggle.kernel_main import EXPORT_FORMAT, KernelError, find_models_dir, load_export, pool_probabilities
 from trainer import feature_cache_key
 from trainer.config import TrainConfig
 from trainer.data import read_labelled_csv, read_test_fnames
@@ -78,9 +78,9 @@ def test_generated_kernel_is_one_deterministic_file_carrying_the_project_unchang
         carried = {name: bundle.read(name) for name in bundle.namelist()}
     assert carried == bundle_files()
     root = Path(__file__).resolve().parents[2]
-    for name in ("trainer/models.py", "trainer/features.py", "trainer/labels.txt", "search/kernel_main.py"):
+    for name in ("trainer/models.py", "trainer/features.py", "trainer/labels.txt", "search/kaggle/kernel_main.py"):
         assert carried[name] == (root / name).read_bytes()  # byte for byte what was validated
-    assert not [n for n in carried if n.startswith("search/") and n not in ("search/__init__.py", "search/kernel_main.py")]
+    assert not [n for n in carried if n.startswith("search/") and n not in ("search/__init__.py", "search/kaggle/__init__.py", "search/kaggle/kernel_main.py")]
     assert ALLOWED_THIRD_PARTY == {"torch", "numpy", "librosa", "soundfile", "tqdm"}
 
 

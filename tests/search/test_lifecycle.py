@@ -17,7 +17,7 @@ from search.failures import DEFAULT_MAX_RETRY, requeue
 from search.lifecycle import Worker
 from search.objective import Objective, Trainer
 from search.join import join_study
-from search.spec_checks import load_spec
+from search.spec import load_spec
 from search.storage import default_storage_url, open_storage
 from search.study import StudyHandle
 from trainer import DataError, NonFiniteLossError, train_and_evaluate

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from search import plots
 from search.figures import PRUNED_LABEL
-from search.spec_checks import load_spec
+from search.spec import load_spec
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "studies" / "demo.toml"
 EPOCHS = 4

@@ -295,7 +295,7 @@ def test_an_infeasible_top_trial_is_never_called_best(tmp_path):
     feasible trial instead."""
     import io
 
-    from search.study_export import choose_trial
+    from search.kaggle.study_export import choose_trial
     from search.console import Console
     from search.study import KERNEL_CONSTRAINT, best_trial
 

@@ -9,9 +9,9 @@ import optuna
 import pytest
 
 from search.spec import DATA_ENV, SpecError, find_spec, spec_differences
-from search.spec_checks import load_spec
-from search.spec_checks import parse_spec
-from search.strategy import RungQuorumPruner
+from search.spec import load_spec
+from search.spec import parse_spec
+from search.spec.strategy import RungQuorumPruner
 from trainer import TrainConfig
 
 from tests.search.conftest import write_spec
