@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handle = location.open()
         study = handle.study
         files = location.trial_files(handle.uid())
+        trial = choose_trial(study, args.trial) if args.trial is not None else None  # a wrong --trial: one line
         print(describe_top(study, args.top, spec))
         out = Path(args.out) if args.out else location.folder / "export"
         if args.ensemble is not None:
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.export:
             return 0
-        trial = choose_trial(study, args.trial)
+        trial = trial or choose_trial(study)
         if not is_feasible(trial):
             print(f"warning: trial {trial.number} exceeds the kernel time budget; exporting it as asked",
                   file=sys.stderr)

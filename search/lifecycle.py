@@ -226,6 +226,7 @@ class Worker:
         self.current_run = run
         run.resumed_from_epoch = self._resume_hand_off(trial, config, workdir)
         run.first_epoch = run.resumed_from_epoch + 1
+        run.epochs_done = run.resumed_from_epoch
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
                            "resumed_from_epoch": run.resumed_from_epoch}.items():
@@ -236,7 +237,8 @@ class Worker:
             trial.set_user_attr("reason", str(exc) or "pruned")
             run.register_files()
             raise
-        except NonFiniteLossError:
+        except NonFiniteLossError:  # diverged within an epoch: the epochs before it count
+            trial.set_user_attr("epochs_run", run.epochs_done)
             run.register_files()
             raise
         else:

@@ -199,6 +199,9 @@ def read_sample_submission(path: Path) -> tuple[list[str], list[str]]:
             rows = list(csv.reader(handle))
     except FileNotFoundError:
         raise KernelError(f"{path}: sample submission not found (pass --sample-submission CSV)") from None
+    except UnicodeDecodeError as exc:
+        raise KernelError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          f"expected the competition's sample_submission.csv") from None
     if not rows or not rows[0] or rows[0][0].lstrip("\ufeff") != "fname":
         raise KernelError(f"{path}:1: expected a header starting with 'fname'")
     return rows[0], [row[0] for row in rows[1:] if row]
@@ -207,10 +210,15 @@ def read_sample_submission(path: Path) -> tuple[list[str], list[str]]:
 def label_order(header: list[str], labels: list[str], sample_submission: Path) -> list[int]:
     """For each submission column after fname, the index of that label in the models' output."""
     position = {label: i for i, label in enumerate(labels)}
-    missing = [name for name in header[1:] if name not in position]
-    if missing or len(header) - 1 != len(labels):
+    columns = header[1:]
+    unknown = [name for name in columns if name not in position]
+    absent = [label for label in labels if label not in columns]
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if unknown or absent or repeated:
+        found = [f"{what}: {names[:3]}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                 for what, names in (("unknown", unknown), ("missing", absent), ("repeated", repeated)) if names]
         raise KernelError(f"{sample_submission}:1: columns do not match the models' {len(labels)} labels "
-                          f"(unknown: {missing[:3]})")
+                          f"({'; '.join(found)})")
     return [position[name] for name in header[1:]]
 
 

@@ -156,6 +156,9 @@ def test_cli_errors_are_one_line(studies, tmp_path, capsys):
                  "--dataset-slug", "Bad Slug"])
     assert code == 2
     assert "--dataset-slug 'Bad Slug'" in capsys.readouterr().err
+    assert main(["--study", "demo", "--studies-dir", str(studies), "--export", "--trial", "999"]) == 2
+    printed = capsys.readouterr()
+    assert "--trial 999: study 'demo' has no such trial" in printed.err and printed.out == ""  # no listing first
 
 
 @pytest.mark.parametrize("flags, message", [

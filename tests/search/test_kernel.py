@@ -274,3 +274,21 @@ def test_carried_modules_keep_their_imports_names_and_files(fake_package, tmp_pa
     run = subprocess.run([sys.executable, "-S", "kernel.py"], capture_output=True, text=True, cwd=elsewhere)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [str(3.141592653589793), "-2", "carried", "fakeproj.b"]
+
+
+def test_a_bad_sample_submission_is_one_line_naming_what_is_wrong(tmp_path):
+    from search.kaggle.kernel_main import label_order, read_sample_submission
+
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("fname,Bark\ncaf\xe9.wav,0\n".encode("latin-1"))
+    with pytest.raises(KernelError, match=r"latin1\.csv: not UTF-8 text \(byte \d+: b'\\xe9'\)"):
+        read_sample_submission(latin1)
+    path = tmp_path / "sample_submission.csv"
+    labels = ["Bark", "Purr", "Hiss"]
+    assert label_order(["fname", "Hiss", "Bark", "Purr"], labels, path) == [2, 0, 1]
+    with pytest.raises(KernelError, match=r"\(missing: \['Purr'\]\)"):
+        label_order(["fname", "Bark", "Hiss"], labels, path)
+    with pytest.raises(KernelError, match=r"\(unknown: \['Meow'\]; missing: \['Purr'\]\)"):
+        label_order(["fname", "Bark", "Hiss", "Meow"], labels, path)
+    with pytest.raises(KernelError, match=r"\(repeated: \['Bark'\]\)"):
+        label_order(["fname", "Bark", "Bark", "Purr", "Hiss"], labels, path)

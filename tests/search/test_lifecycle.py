@@ -125,6 +125,14 @@ def test_a_trial_over_the_kernel_budget_stops_after_epoch_one_as_infeasible(tmp_
 
 
 # -- failures: recorded on the trial, the worker goes on ---------------------------------------------
+def test_a_trial_diverging_in_its_first_epoch_records_zero_epochs_run(tmp_path):
+    setup = Setup(tmp_path, epochs=3, train=fake_training(error=NonFiniteLossError("training loss became nan")))
+    setup.run(trials=1)
+    trial = setup.study.trials[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["reason"].startswith("diverged: ")
+    assert trial.user_attrs["epochs_run"] == 0
+
+
 @pytest.mark.parametrize("error, state, reason", [
     (NonFiniteLossError("training loss became nan at step 3"), TrialState.PRUNED, "diverged: training loss became nan"),
     (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), TrialState.FAIL,
