@@ -49,16 +49,21 @@ def clip_seconds(seed: int = 0, fraction: float = 1.0) -> dict[str, np.ndarray]:
     return {"train_curated": curated, "train_noisy": noisy}
 
 
-def make_dataset(root: Path, cfg: FeatureConfig, *, seed: int = 0, fraction: float = 1.0, log=print) -> dict:
+def make_dataset(root: Path, cfg: FeatureConfig, *, seed: int = 0, fraction: float = 1.0, noisy: bool = True,
+                 log=print) -> dict:
     """Write (or reuse) the data folder ``root/data`` and the filled cache ``root/cache``; return a summary.
-    ``fraction`` < 1 writes that share of the clips and hours (see ``clip_seconds``)."""
+    ``fraction`` < 1 writes that share of the clips and hours (see ``clip_seconds``); ``noisy`` False writes
+    the curated clips only (a training run without ``data.use_noisy`` reads no more)."""
     summary_path = root / "dataset.json"
     key = feature_cache_key(cfg)
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if summary.get("feature_key") == key and summary.get("fraction", 1.0) == fraction:
+        if (summary.get("feature_key") == key and summary.get("fraction", 1.0) == fraction
+                and summary.get("noisy", True) == noisy):
             return summary
     lengths = clip_seconds(seed, fraction)
+    if not noisy:
+        del lengths["train_noisy"]
     data, cache = root / "data", root / "cache"
     entry_dir = cache / "features" / key
     entry_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,7 @@ def make_dataset(root: Path, cfg: FeatureConfig, *, seed: int = 0, fraction: flo
             writer.writerows(rows)
     atomic_write_text(cache / "features" / "digests.json", json.dumps({"version": 1, "entries": digests}))
     summary = {
-        "feature_key": key, "fraction": fraction, "n_mels": cfg.n_mels, "hop": cfg.hop,
+        "feature_key": key, "fraction": fraction, "noisy": noisy, "n_mels": cfg.n_mels, "hop": cfg.hop,
         "clips": {split: len(s) for split, s in lengths.items()},
         "hours": {split: round(float(s.sum()) / 3600, 2) for split, s in lengths.items()},
         "mean_s": {split: round(float(s.mean()), 2) for split, s in lengths.items()},

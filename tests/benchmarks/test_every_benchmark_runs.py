@@ -19,7 +19,8 @@ warm_cache = search_fixtures.warm_cache  # the search tests' warm feature cache,
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
-COVERED_ELSEWHERE = {"bench_search_quality.py": "tests/benchmarks/test_search_quality.py"}
+COVERED_ELSEWHERE = {"bench_search_quality.py": "tests/benchmarks/test_search_quality.py",
+                     "gpu_check.py": "tests/benchmarks/test_gpu_check.py"}
 LIBRARIES = {"scale_data.py": "scale.py"}  # imported by the named script, never run itself
 NUMBER = r"([0-9][0-9,]*\.?[0-9]*)"
 
