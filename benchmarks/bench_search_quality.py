@@ -335,6 +335,8 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda run: measure(run, args.out, budget(run), args.scale), runs))
     records = load_records(args.out, args.data, args.strategies)
+    if not records:
+        sys.exit(f"error: {args.out / 'records'}: no records of {', '.join(args.data)} (run the benchmark first)")
     print(table(records, budgets))
     plot(records, budgets[-1], args.plot or args.out / "anytime.png")
 
