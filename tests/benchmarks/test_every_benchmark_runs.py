@@ -189,6 +189,7 @@ CASES = {
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # scale.py and stress.py get 600 s of their own on a loaded box
 @pytest.mark.parametrize("case", list(CASES))
 def test_benchmark_runs_at_its_smallest_size(case, request, tmp_path, session_cache):
     function = CASES[case]

@@ -16,9 +16,11 @@ STEPS = ("tests", "baseline", "panes", "kernel")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the subprocess's own limit is 540 s
 def test_gpu_check_tiny_runs_every_step(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--out", str(out)],
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--panes", "1,2",
+                          "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=540,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     assert run.returncode == 0, f"gpu_check exited {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
@@ -41,7 +43,7 @@ def test_gpu_check_tiny_runs_every_step(tmp_path):
     assert base["peak_gpu_mib"] == "skipped: no CUDA" and base["bf16_fraction_of_peak"] == "skipped: no CUDA"
     assert base["channels_last"].startswith("not supported by the trainer")
     runs = steps["panes"]["figures"]["runs"]
-    assert [r["panes"] for r in runs] == [1, 2, 4]
+    assert [r["panes"] for r in runs] == [1, 2]
     for r in runs:
         assert r["finished"] >= 1 and r["trials_per_hour"] > 0 and r["peak_rss_mib_per_pane"] > 50
     kernel = steps["kernel"]["figures"]

@@ -68,6 +68,7 @@ def test_what_a_study_would_have_exported_at_a_budget():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # six studies, one of 30-epoch trials, on a loaded 2-core box
 def test_a_tiny_run_of_every_strategy_end_to_end(tmp_path, session_cache):
     bench = _bench()
     out = tmp_path / "bench"
