@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| pipeline | seconds | clips/s | vs per-item | target |")
     print("|---|---:|---:|---:|---:|")
     for name, seconds, speedup, target in rows:
-        print(f"| {name} | {seconds:.3g} | {n / seconds:,.0f} | {speedup} | {target} |")  # .3g: a fast row is never 0
+        rate = n / seconds  # a slow row (a cold numba JIT, a tiny run) must not print 0 clips/s
+        print(f"| {name} | {seconds:.3g} | {rate:,.0f} | {speedup} | {target} |" if rate >= 10 else
+              f"| {name} | {seconds:.3g} | {rate:.2g} | {speedup} | {target} |")
     return 0
 
 
