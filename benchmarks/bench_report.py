@@ -19,8 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.study_report import write_report
-from search.spec import StudySpec
-from search.spec import load_spec
+from search.spec import StudySpec, load_spec
 from search.study import StudyHandle
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"

@@ -12,10 +12,8 @@ studies folder and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,34 +23,37 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.console import Console
 from search.join import join_study
-from search.lifecycle import Worker
-from search.locate import StudyLocation
-from search.objective import Objective
 from search.spec import load_spec
 from search.storage import default_storage_url, open_storage
-from search.study import StudyHandle, resolve_data
+from search.study import resolve_data
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def run_study(spec, studies: Path, *, trials: int, threads: int) -> optuna.Study:
-    """``trials`` finished trials of ``spec`` by one in-process worker, built as ``search.run`` builds it."""
-    location = StudyLocation(spec.name, spec, studies, None, None)
-    url = location.storage_url()
-    storage = open_storage(url)
-    handle = StudyHandle(join_study(storage, spec, sampler=spec.make_sampler(0)), storage, url)
-    uid = handle.uid()
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    data_dir = resolve_data(spec, None)
-    worker = Worker(handle, spec, location.trial_files(uid), location.folder.resolve() / "runs" / uid,
-                    Console(baseline=spec.baseline_params(), worker_id=worker_id), worker_id, data_dir, threads=threads)
-    status = worker.run(Objective(spec, data_dir, worker), trials=trials)
-    if status != 0:
-        raise SystemExit(f"error: the worker stopped with status {status}")
-    return handle.study
+def unpruned_spec(spec_path: str | Path, folder: Path) -> Path:
+    """A copy of the spec in ``folder`` with pruning off, so every trial trains its whole budget."""
+    text = Path(spec_path).read_text(encoding="utf-8")
+    path = folder / "bench.toml"
+    path.write_text(text[:text.index("[pruner]")] + '[pruner]\nname = "none"\n\n' + text[text.index("[space]"):],
+                    encoding="utf-8")
+    return path
+
+
+def run_workers(spec_path: Path, folder: Path, *, workers: int, trials: int, threads: int, seed: int | None = None
+                ) -> float:
+    """``workers`` ``python -m search.run`` processes on the spec's study in ``folder``; returns their wall time."""
+    command = [sys.executable, "-m", "search.run", "--study", str(spec_path), "--studies-dir", str(folder),
+               "--trials", str(trials), "--threads", str(threads), *(["--seed", str(seed)] if seed is not None else [])]
+    started = time.perf_counter()
+    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(workers)]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"error: a worker exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
+    return time.perf_counter() - started
 
 
 def replay(curves: list[list[float]], pruner: optuna.pruners.BasePruner) -> tuple[int, float, int]:
@@ -96,8 +97,10 @@ def pruning(args: argparse.Namespace) -> None:
         curves = json.loads(Path(args.curves).read_text())
     else:
         with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
-            study = run_study(dataclasses.replace(base, pruner={"name": "none"}), Path(tmp), trials=args.trials,
-                              threads=args.threads)
+            spec_path = unpruned_spec(args.spec, Path(tmp))
+            run_workers(spec_path, Path(tmp), workers=1, trials=args.trials, threads=args.threads, seed=0)
+            name = load_spec(spec_path).name
+            study = optuna.load_study(study_name=name, storage=default_storage_url(name, Path(tmp)))
             curves = [[t.intermediate_values[e] for e in sorted(t.intermediate_values)]
                       for t in study.get_trials(deepcopy=False, states=FINISHED)]
         if args.curves:
@@ -116,14 +119,11 @@ def pruning(args: argparse.Namespace) -> None:
 def workers(args: argparse.Namespace) -> None:
     """The same fixed list of trials (the baseline + random points of the demo space, no pruning, so every
     trial's work is decided in advance) finished by 1 worker and by 2 workers sharing one SQLite study."""
-    text = Path(args.spec).read_text(encoding="utf-8")
-    fixed = text[:text.index("[pruner]")] + '[pruner]\nname = "none"\n\n' + text[text.index("[space]"):]
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []
     for n_workers in (1, 2):
         with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-            spec_path = Path(tmp) / "bench.toml"
-            spec_path.write_text(fixed, encoding="utf-8")
+            spec_path = unpruned_spec(args.spec, Path(tmp))
             spec = load_spec(spec_path)
             resolve_data(spec, None)  # a built-in set is generated here, not timed in the workers
             study = join_study(open_storage(default_storage_url(spec.name, Path(tmp))), spec)
@@ -136,14 +136,7 @@ def workers(args: argparse.Namespace) -> None:
             for params in points:
                 study.enqueue_trial(params)
             threads = max(1, (os.cpu_count() or 2) // n_workers)
-            command = [sys.executable, "-m", "search.run", "--study", str(spec_path), "--studies-dir", tmp,
-                       "--trials", str(args.trials), "--threads", str(threads)]
-            started = time.perf_counter()
-            procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                     for _ in range(n_workers)]
-            for proc in procs:
-                proc.wait()
-            elapsed = time.perf_counter() - started
+            elapsed = run_workers(spec_path, Path(tmp), workers=n_workers, trials=args.trials, threads=threads)
             finished = len(study.get_trials(deepcopy=False, states=FINISHED))
             rows.append((n_workers, threads, finished, elapsed, finished / elapsed * 3600))
     print(f"demo space, the same {args.trials} trials (baseline + random points, seed {args.seed}, "

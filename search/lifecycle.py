@@ -41,8 +41,7 @@ from search import notes
 from search.artifacts import WORKING_FILES, TrialFiles
 from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
 from search.console import Console
-from search.spec import SpecError, StudySpec
-from search.spec import load_spec
+from search.spec import SpecError, StudySpec, load_spec
 from search.study import FINISHED, StudyHandle, count_finished, trials_keeping_weights
 from search.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainConfig, feature_cache_key,
@@ -226,7 +225,6 @@ class Worker:
         self.current_run = run
         run.resumed_from_epoch = self._resume_hand_off(trial, config, workdir)
         run.first_epoch = run.resumed_from_epoch + 1
-        run.epochs_done = run.resumed_from_epoch
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
                            "resumed_from_epoch": run.resumed_from_epoch}.items():

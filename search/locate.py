@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.artifacts import TrialFiles, open_artifact_store
-from search.spec import StudySpec, find_spec
-from search.spec import load_spec
+from search.spec import SpecError, StudySpec, find_spec, load_spec
 from search.storage import default_storage_url, studies_dir
 from search.study import StudyHandle, load_study
 
@@ -51,11 +50,14 @@ def locate(study: str, studies: str | os.PathLike | None = None, storage: str | 
     """Resolve ``--study``; ``spec_required`` (a worker) turns a missing spec file into the ``SpecError`` that
     lists the specs there. A spec that exists but is invalid always raises."""
     folder = studies_dir(studies)
-    path = Path(study) if study.endswith(".toml") else folder / f"{study}.toml"
-    if spec_required or path.is_file():
-        spec = load_spec(find_spec(study, folder))
-        return StudyLocation(spec.name, spec, folder, storage, artifacts)
-    return StudyLocation(study, None, folder, storage, artifacts)
+    try:
+        path = find_spec(study, folder)
+    except SpecError:  # no <folder>/<study>.toml
+        if spec_required:
+            raise
+        return StudyLocation(study, None, folder, storage, artifacts)
+    spec = load_spec(path)
+    return StudyLocation(spec.name, spec, folder, storage, artifacts)
 
 
 def locate_args(args: argparse.Namespace, *, spec_required: bool = False) -> StudyLocation:

@@ -1,4 +1,4 @@
-"""python -m search.quickstart: what this tool is for, in a few minutes on a laptop CPU.
+"""python -m search.quickstart: what this tool is for, on a laptop CPU, with no data to download.
 
 Runs a small study of the built-in demo data (no download) with one worker, exports its best trial and its
 baseline with their own weights, runs each generated Kaggle kernel as Kaggle would (a separate process, the
@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.console import format_duration
 from search.kaggle.export import KernelRunError, run_kernel, score_submission
 from search.locate import locate
+from search.spec import SpecError
 from search.storage import studies_dir
 from search.study import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
 from search.kaggle.study_export import ExportOptions, export_trial
@@ -41,12 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     worker_args = ["--study", STUDY, "--studies-dir", str(args.studies_dir), "--trials", str(args.trials),
                    "--device", "cpu", *(["--threads", str(args.threads)] if args.threads else [])]
-    print(f"1/3 searching: a {args.trials}-trial study of the demo data (one worker; a few minutes)", flush=True)
+    try:
+        location = locate(STUDY, args.studies_dir, spec_required=True)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    spec = location.spec
+    print(f"1/3 searching: a {args.trials}-trial study of the {spec.data} data (one worker, trials of up to "
+          f"{spec.epochs} epochs)", flush=True)
     status = _run_worker(worker_args)
     if status != 0:
         return status
-    location = locate(STUDY, args.studies_dir, spec_required=True)
-    spec = location.spec
     handle = location.open()
     study = handle.study
     files = location.trial_files(handle.uid())

@@ -65,7 +65,6 @@ class TrialRun:
     best_seen: float = float("-inf")
     started: float = field(default_factory=time.perf_counter)
     costs: list[float] = field(default_factory=list)
-    epochs_done: int = 0  # the last epoch handed off (resumed ones included)
 
     def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
         """After the trainer saved this epoch: hand its checkpoints to the store, then show the epoch."""
@@ -76,10 +75,14 @@ class TrialRun:
             for name in ("best.pth", "val_predictions.npz"):
                 if (self.workdir / name).exists():
                     files.push(self.trial.number, self.workdir / name)
-        self.epochs_done = epoch
         self.trial.set_user_attr("epochs_run", epoch)  # progress survives a kill -9 of this worker
         self.costs.append(float(metrics["inference_cost"]))
         self.worker.console.epoch(self.trial.number, epoch, self.config.optim.epochs, metrics)
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs completed so far, resumed ones included (one cost is measured per epoch handed off)."""
+        return self.resumed_from_epoch + len(self.costs)
 
     def status(self, line: str) -> None:
         """Progress of the data preparation (cache fill, bank packing, where the banks went), in the pane."""

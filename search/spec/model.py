@@ -9,7 +9,7 @@ retention, and the search space as dotted ``TrainConfig`` keys::
     "model.head" = { choices = ["linear", "mlp"] }
     "model.head_hidden" = { int = [64, 512], step = 64, when = { "model.head" = "mlp" } }
 
-This module is the spec model; ``search.spec`` reads and validates the file (``load_spec``; every error
+This module is the spec model; ``search.spec.checks`` reads and validates the file (``load_spec``; every error
 names the file, the key and what was expected); ``search.spec.strategy`` builds the sampler, pruner and startup.
 """
 from __future__ import annotations

@@ -8,9 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.spec import DATA_ENV, SpecError, find_spec, spec_differences
-from search.spec import load_spec
-from search.spec import parse_spec
+from search.spec import DATA_ENV, SpecError, find_spec, load_spec, parse_spec, spec_differences
 from search.spec.strategy import RungQuorumPruner
 from trainer import TrainConfig
 
