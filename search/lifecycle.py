@@ -17,7 +17,11 @@
   re-queued until it completes. Impossible configs are never retried.
 - **failures**: NaN -> PRUNED ("diverged"); out of memory / impossible config -> FAILED with the reason and
   the worker goes on; what would fail every later trial too (data, disk full, storage, a changed spec
-  file) fails the trial, queues its retry and stops the worker with one line (exit 2).
+  file) fails the trial, queues its retry and stops the worker with one line (exit 2). A SQLite database
+  on a full disk still takes those writes: the worker frees the database's reserve file first
+  (``storage.DiskReserve``).
+- **exact totals**: with ``--trials N`` a worker counts the study's trials and starts its own under the
+  study's slot lock (``search.slots``), so panes racing for the last slot never overshoot N.
 """
 from __future__ import annotations
 
@@ -41,8 +45,10 @@ from search import notes
 from search.artifacts import WORKING_FILES, TrialFiles
 from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
 from search.console import Console
+from search.slots import SlotLock
 from search.spec import SpecError, StudySpec, load_spec
-from search.study import FINISHED, StudyHandle, count_finished, trials_keeping_weights
+from search.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
+from search.study import FINISHED, StudyHandle, trials_keeping_weights
 from search.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainConfig, feature_cache_key,
                      load_checkpoint)
@@ -78,6 +84,13 @@ class Worker:
     stop: StopWorker | None = None
     signals: int = 0
     evicted: set[int] = field(default_factory=set)
+    slots: SlotLock = field(init=False)
+    reserve: DiskReserve | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = SlotLock(self.handle.url, getattr(self.handle.storage, "engine", None), self.handle.name)
+        database = sqlite_database(self.handle.url)
+        self.reserve = DiskReserve(database) if database is not None else None
 
     @property
     def study(self) -> optuna.Study:
@@ -89,6 +102,8 @@ class Worker:
         """Take trials until done; returns the exit status (0 done, 130/143 interrupted, 2 stopped)."""
         self.objective = objective
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.reserve is not None:
+            self.reserve.ensure()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
@@ -96,8 +111,11 @@ class Worker:
                 if reason is not None:
                     self.console.summary(self.study, reason)
                     return 0
-                self.study.optimize(self._attempt, n_trials=1, catch=(TrialFailed,),
-                                    callbacks=[self._after_trial], gc_after_trial=True)
+                try:
+                    self.study.optimize(self._attempt, n_trials=1, catch=(TrialFailed,),
+                                        callbacks=[self._after_trial], gc_after_trial=True)
+                finally:
+                    self.slots.release()  # held from the count until the trial started (or failed to)
                 if self.stop is not None:
                     raise self.stop
         except KeyboardInterrupt as exc:
@@ -112,32 +130,46 @@ class Worker:
                 self._abandon_current(str(exc).split(":")[0])
             self.console.error(str(exc))
             return exc.code
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-            text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
-            what = "disk full" if "full" in text.lower() else "unreachable or failing"
-            self.console.error(f"storage {what}: {text} (the running trial is retried by the next worker "
-                               f"after the heartbeat grace period)")
+        except Exception as exc:
+            # Optuna's loop re-raises a failed write of the trial's state as its own AssertionError; the
+            # storage error is in the chain either way.
+            failure = storage_failure(exc)
+            if failure is None:
+                raise
+            with _signals_blocked():
+                self.console.error(self._storage_failed(failure))
             return 2
         finally:
+            self.slots.release()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _wait_for_work(self, trials: int | None, deadline: float | None) -> str | None:
-        """None when a trial may start; else why the worker is done. Keeps the study's total exact: a
-        worker only starts a trial while finished + running trials are fewer than ``trials``."""
+        """None when a trial may start, with the slot lock held; else why the worker is done. Keeps the
+        study's total exact: a worker only starts a trial while finished + running trials, counted in one
+        query under the lock, are fewer than ``trials``."""
         told = False
+        if trials is not None and not self.slots.exact:
+            self.console.message(f"note: {self.handle.url.split(':', 1)[0]} storage has no slot lock here; "
+                                 f"with panes racing the study may end a few trials over {trials}")
         while True:
             self._check_environment()
             if deadline is not None and time.monotonic() >= deadline:
                 return "timeout reached"
             if trials is None:
                 return None
-            finished = count_finished(self.study)
+            self.slots.acquire()
+            states = [t.state for t in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
+            running = states.count(TrialState.RUNNING)
+            finished = len(states) - running
             if finished >= trials:
-                return f"done: the study has its {trials} finished trials"
-            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                self.slots.release()
+                if finished == trials:
+                    return f"done: the study has its {trials} finished trials"
+                return f"done: the study has {finished} finished trials (more than --trials {trials} asks)"
             if finished + running < trials:
                 return None
+            self.slots.release()
             if not told:
                 self.console.message(f"waiting: {running} running trial(s) of other workers will bring the study "
                                      f"to {trials}; this pane takes one if any fails")
@@ -161,8 +193,11 @@ class Worker:
     def _attempt(self, trial: optuna.Trial) -> float:
         """The objective, with every known failure turned into the trial's state and ``reason``."""
         self.current, self.current_run = trial, None
+        self.slots.release()  # the trial is RUNNING: it counts, so the next worker may look
         try:
             value = self.objective(trial)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            raise  # nothing more can be recorded: ``run`` says so in one line
         except optuna.TrialPruned:
             self._note(trial, "PRUNED")
             raise
@@ -303,6 +338,35 @@ class Worker:
         elif not reason.startswith(NEVER_RETRIED) and not any(
                 t.user_attrs.get("retry_of") == trial.number for t in self.study.get_trials(deepcopy=False)):
             self.console.message(f"#{trial.number} dropped: {self.max_retry} attempts failed without progress")
+
+    def _storage_failed(self, failure: BaseException) -> str:
+        """The one line for a storage that failed a write; on a full disk the reserve is freed first so that
+        the running trial can still be failed and queued for retry."""
+        text = storage_failure_text(failure)
+        full = "full" in text.lower()
+        freed = full and self.reserve is not None and self.reserve.release()
+        where = f"the study database {sqlite_database(self.handle.url)}" if self.reserve is not None else "the storage"
+        number = self.current.number if self.current is not None else None
+        try:
+            if self.current is not None and full:
+                self.current.set_user_attr("reason", f"disk full: {where} ({text})")
+            self._abandon_current("disk full" if full else "storage")
+            queued = number is not None
+        except Exception as again:
+            if storage_failure(again) is None:
+                raise
+            queued = False
+        if number is None:
+            then = ""
+        elif queued and freed:
+            then = f"; freed its {DiskReserve.SIZE >> 20} MiB reserve ({self.reserve.path.name}) to queue trial {number} for retry"
+        elif queued:
+            then = f"; trial {number} is queued for retry"
+        else:
+            then = f"; trial {number} is retried by the next worker after the heartbeat grace period"
+        if full:
+            return f"disk full: {where} cannot be written ({text}){then}; free space and start the worker again"
+        return f"storage unreachable or failing: {text}{then}"
 
     def _abandon_current(self, reason: str) -> None:
         """Fail the running trial (if the interrupt landed outside the objective) and queue its retry."""

@@ -78,7 +78,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     """
     given, url = url, _with_available_driver(url)
     engine_kwargs: dict[str, Any] = {}
-    database = _sqlite_file(url)
+    database = sqlite_database(url)
     if database is not None:
         try:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +119,62 @@ def _retry_schema_race(create: Callable[[], _T], url: str) -> _T:
             raise StorageError(f"{_masked(url)}: the database driver {exc.name!r} is not installed "
                                f"(for PostgreSQL: pip install -e '.[postgres]')") from None
     raise AssertionError("unreachable")
+
+
+def storage_failure(exc: BaseException) -> BaseException | None:
+    """The storage error in ``exc``'s chain (Optuna wraps SQLAlchemy's, and a failed write inside an
+    ``except`` chains the trial's own error before it), or None when the storage is not involved."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def storage_failure_text(exc: BaseException) -> str:
+    """The database's own first line for a storage error (not Optuna's generic commit message)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            return _first_line(orig)
+        if isinstance(seen, sqlite3.Error):
+            return _first_line(seen)
+        seen = seen.__cause__ or seen.__context__
+    return _first_line(exc)
+
+
+class DiskReserve:
+    """A small file kept beside a SQLite database, deleted when the disk fills up so that the worker can
+    still record the failed trial and queue its retry (SQLite needs a little space for any write). Every
+    worker of the database re-creates it at start once there is room again."""
+
+    SIZE = 1 << 20  # a few state writes need a few pages of journal; 1 MiB is hundreds of them
+
+    def __init__(self, database: str | os.PathLike) -> None:
+        self.path = Path(f"{database}-reserve")
+
+    def ensure(self) -> None:
+        if self.path.exists() and self.path.stat().st_size == self.SIZE:
+            return
+        temp = self.path.with_name(f".tmp-{self.path.name}-{os.getpid()}")
+        try:
+            with open(temp, "wb") as out:
+                out.write(bytes(self.SIZE))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self.path)
+        except OSError:  # no room for it now: the disk is already full, and the worker will say so
+            temp.unlink(missing_ok=True)
+
+    def release(self) -> bool:
+        """Free the reserve; True when it was there to free."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
 
 def _masked(url: str) -> str:
@@ -173,7 +229,8 @@ class _SQLiteConnection(sqlite3.Connection):
 _IMMEDIATE_ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
 
 
-def _sqlite_file(url: str) -> str | None:
+def sqlite_database(url: str) -> str | None:
+    """The database file of a ``sqlite:///`` URL; None for other backends and in-memory SQLite."""
     parsed = sqlalchemy.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None

@@ -1,6 +1,7 @@
 """The trial lifecycle in one worker process: what a trial records, how each failure ends, retries, resuming."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import time
@@ -326,3 +327,48 @@ def test_trials_stops_at_exactly_the_total(tmp_path, monkeypatch):
     assert setup.run(trials=3) == 0
     assert len(setup.study.trials) == 3
     assert "done: the study has its 3 finished trials" in setup.out.getvalue()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a disk that really fills up (root only; CI runs as root)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_under_the_study_database_fails_the_trial_queues_its_retry_and_exits_2(small_disk, capsys):
+    """The default layout: studies/<study>.db beside the trial folders, and the disk fills mid-trial."""
+    filler = small_disk / "filler"
+    inner, filled = fake_training(), []
+
+    def train(config, data_dir=None, *, on_epoch=None, **kwargs):
+        def fill_at_epoch_2(epoch, metrics):
+            if epoch == 2 and not filled:
+                filled.append(epoch)
+                with open(filler, "wb") as out:
+                    with contextlib.suppress(OSError):
+                        while True:
+                            out.write(bytes(1 << 16))
+            on_epoch(epoch, metrics)
+        return inner(config, data_dir, on_epoch=fill_at_epoch_2, **kwargs)
+
+    setup = Setup(small_disk, train=train, epochs=4)
+    assert setup.worker.reserve is not None
+    assert setup.run(trials=2) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: disk full: the study database ")
+    assert "to queue trial 0 for retry" in lines[0] and "free space and start the worker again" in lines[0]
+    failed, retry = setup.study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["reason"].startswith("disk full: the study database")
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert not list(small_disk.rglob(".tmp-*"))
+    filler.unlink()  # space again: the next worker restores the reserve and runs the retry
+    assert setup.run(trials=1) == 0
+    assert setup.worker.reserve.path.stat().st_size == setup.worker.reserve.SIZE
+    assert setup.study.trials[1].state == TrialState.COMPLETE
