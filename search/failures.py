@@ -14,7 +14,7 @@ NEVER_RETRIED = ("config",)  # the same params fail the same way
 
 def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = DEFAULT_MAX_RETRY
             ) -> int | None:
-    """Queue a FAILED ``trial`` again as WAITING with its params and epochs; returns the new trial number,
+    """Queue a FAILED ``trial`` again as WAITING with its params; returns the new trial number,
     or None when the trial is dropped (an impossible config, or ``max_retry`` attempts failed for a reason
     of the trial's own without progress). Idempotent: a trial already re-queued is not queued twice."""
     trials = study.get_trials(deepcopy=False)
@@ -33,7 +33,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: 
             user_attrs[kept] = trial.user_attrs[kept]
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
+        user_attrs=user_attrs,  # no curve: the retry reports the epochs its resume really keeps (lifecycle)
         system_attrs={"failed_trial": history[0], "retry_history": history}))
     return max(t.number for t in study.get_trials(deepcopy=False))
 

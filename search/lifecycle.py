@@ -303,6 +303,11 @@ class Worker:
             local_tb = self.trial_dir(number) / "tb"
             if local_tb.is_dir():  # the curves of the earlier attempt, when it ran on this machine
                 shutil.copytree(local_tb, workdir / "tb", dirs_exist_ok=True)
+            # The curve of the epochs this attempt keeps, and no later one: a resume from an older checkpoint
+            # must not show (or let the pruner see) epochs it will train again.
+            kept = self.study.get_trials(deepcopy=False)[number].intermediate_values
+            for step in sorted(step for step in kept if step <= epoch):
+                trial.report(kept[step], step)
             trial.set_user_attr("resumed_from_trial", number)
             self.console.message(f"#{trial.number} resumes trial {number} after epoch {epoch}")
             return epoch

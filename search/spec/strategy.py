@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
@@ -48,7 +49,9 @@ def make_sampler(settings: Mapping[str, Any], seed: int | None = None) -> optuna
     values = {**SAMPLER_DEFAULTS[settings["name"]], **{k: v for k, v in settings.items() if k != "name"}}
     if seed is not None:
         values["seed"] = seed
-    return _SAMPLERS[settings["name"]](values)
+    with warnings.catch_warnings():  # the spec chose its settings (TPE's ``group``): every CLI would print it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _SAMPLERS[settings["name"]](values)
 
 
 _SAMPLERS: dict[str, Callable[[dict[str, Any]], optuna.samplers.BaseSampler]] = {

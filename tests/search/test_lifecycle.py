@@ -5,6 +5,7 @@ import contextlib
 import errno
 import io
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -267,9 +268,14 @@ def test_an_unloadable_checkpoint_restarts_the_trial_from_epoch_zero_saying_so(t
     corrupt.write_bytes(b"PK\x03\x04 truncated")
     setup.files.push(0, corrupt)
     requeue(setup.study, setup.study.trials[0], reason="heartbeat")
-    assert setup.run(trials=1) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert setup.run(trials=1) == 0
+    # the failed attempt's epoch-1 value is not the retry's: it reports its own curve, with no value ignored
+    assert not [w for w in caught if "already reported" in str(w.message)]
     retry = setup.study.trials[1]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 0
+    assert sorted(retry.intermediate_values) == [1, 2]
     assert retry.user_attrs["resume_note"].startswith("last.pth of trial 0 could not be loaded (")
     assert "starting from epoch 0" in setup.out.getvalue()
 

@@ -109,7 +109,7 @@ def test_a_signal_fails_the_trial_as_interrupted_queues_its_retry_and_exits(tmp_
     retry = trials[1]
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
     assert retry.user_attrs["baseline"] is True  # the study still gets its baseline
-    assert retry.intermediate_values == trials[0].intermediate_values
+    assert retry.intermediate_values == {}  # until it resumes: then the epochs its checkpoint keeps
 
 
 @pytest.mark.slow

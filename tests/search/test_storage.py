@@ -98,7 +98,7 @@ def test_stale_trial_is_failed_and_retried_with_a_link(storage_url):
     assert retry.params == failed.params
     assert retry.user_attrs == {"retry_of": failed.number, "retry_reason": "heartbeat", "baseline": True}
     assert retry.system_attrs["failed_trial"] == failed.number
-    assert retry.intermediate_values == {1: 0.25}
+    assert retry.intermediate_values == {}  # its resume re-reports the epochs it keeps
 
 
 def _open_on_fresh_database(url: str, name: str, queue) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import warnings
 
 import optuna
 import pytest
@@ -101,3 +102,13 @@ def test_quorum_counts_running_trials_that_reached_the_epoch():
     assert not pruner.prune(study, study.get_trials(deepcopy=False)[trial.number])
     running.report(0.9, 1)  # another trial, still running, has reached epoch 1
     assert pruner.prune(study, study.get_trials(deepcopy=False)[trial.number])
+
+
+@pytest.mark.parametrize("name", ["demo", "quickstart", "fat2019"])
+def test_a_shipped_specs_sampler_is_made_without_an_experimental_warning(name):
+    """``search.report`` on a study with no complete trial printed Optuna's ExperimentalWarning for TPE's ``group``."""
+    spec = load_spec(Path(__file__).parents[2] / "studies" / f"{name}.toml")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec.make_sampler()
+    assert [str(w.message) for w in caught] == []
