@@ -1,14 +1,19 @@
 """Stress the service as a hostile user would, bounded in time, and count what went wrong.
 
     python benchmarks/stress.py [--workers 4] [--trials 24] [--chaos-s 90] [--backends sqlite postgresql]
-        [--scale 0.1] [--epochs 4] [--full-disk-epochs 12]
+        [--scale 0.1] [--epochs 4] [--full-disk-epochs 12] [--scenarios storm full-disk oom]
+        [--oom-limit-mb 3072] [--oom-max-starts 8]
 
 For each backend (a SQLite file; a fresh PostgreSQL database), N ``search.run`` workers start at the same
 moment on one new study, with ``search.dashboard`` serving it and a client polling the dashboard's API.
 For ``--chaos-s`` seconds workers are SIGKILLed at random moments (and replaced), and so are the feature
 cache's fill processes. Then workers are started until the study has its trials. Last, a full disk: a worker
 whose trial folders sit on a small tmpfs (root only; else a simulated ENOSPC) must stop with one line, its
-trial re-queued, and a worker started after space is freed must finish it from its last epoch.
+trial re-queued, and a worker started after space is freed must finish it from its last epoch; the same with only
+the artifact store (``--artifacts``) on the small disk. Then out of memory on the CPU: a trial asking for tens of
+GB after a baseline that fits, once under a capped address space (``prlimit --as``: torch's allocation fails)
+and once in a memory cgroup (the kernel's OOM killer SIGKILLs the worker), workers restarted one after another as
+a user would restart a dead pane.
 
 Prints: trials finished vs asked, duplicates, trials left RUNNING, lock errors, worker exits other than 0
 (and the SIGKILLs it sent), unloadable checkpoints, temp files left, orphan processes, lost trained epochs,
@@ -317,26 +322,44 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
     return result
 
 
-def full_disk(args: argparse.Namespace, root: Path) -> dict:
-    """Trial folders and artifacts on a 40 MB tmpfs filled to the brim while a trial trains."""
-    studies = root / "full"
-    studies.mkdir()
-    mount = root / "tmpfs"
+@contextlib.contextmanager
+def small_tmpfs(root: Path, name: str, size: str = "40m"):
+    """A ``size`` tmpfs at ``root/name``, or None where mounting is not permitted (not root)."""
+    mount = root / name
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
-                             capture_output=True).returncode == 0
-    if not mounted:
-        return {"scenario": "full disk", "skipped": "tmpfs mount not permitted (not root?)"}
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        yield None
+        return
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def full_disk(args: argparse.Namespace, root: Path, *, artifacts_only: bool) -> dict:
+    """A 40 MB tmpfs filled to the brim while a trial trains: under the trial folders and the artifact store
+    (the default layout), or under the artifact store alone (``--artifacts`` on its own disk)."""
+    scenario = "full disk: artifact store only" if artifacts_only else "full disk"
+    label = "artifacts" if artifacts_only else "folders"
+    with small_tmpfs(root, f"tmpfs-{label}") as mount:
+        if mount is None:
+            return {"scenario": scenario, "skipped": "tmpfs mount not permitted (not root?)"}
         name = "full"
-        (mount / f"{name}.toml").write_text(spec_text(args, args.full_disk_epochs), encoding="utf-8")
-        url = f"sqlite:///{studies / 'full.db'}"  # the study database itself stays on a disk with space
+        studies = root / f"full-{label}"  # the study database itself stays on a disk with space
+        studies.mkdir()
+        trial_dir = studies if artifacts_only else mount
+        artifacts = mount / "artifacts" if artifacts_only else trial_dir / name / "artifacts"
+        (trial_dir / f"{name}.toml").write_text(spec_text(args, args.full_disk_epochs), encoding="utf-8")
+        url = f"sqlite:///{studies / 'full.db'}"
         env = {**os.environ, "FAT2019_SEARCH_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
+
         def worker(trials: int) -> list[str]:
-            return [sys.executable, "-m", "search.run", "--study", name, "--studies-dir", str(mount), "--storage", url,
-                    "--trials", str(trials), "--threads", "1", "--heartbeat", "1", "--grace", "3"]
-        command = worker(1)
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            return [sys.executable, "-m", "search.run", "--study", name, "--studies-dir", str(trial_dir),
+                    "--storage", url, "--artifacts", str(artifacts), "--trials", str(trials), "--threads", "1",
+                    "--heartbeat", "1", "--grace", "3"]
+        proc = subprocess.Popen(worker(1), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
         filler = mount / "filler"
         while proc.poll() is None:  # once the trial has trained two epochs, take the rest of the space
             try:
@@ -349,24 +372,108 @@ def full_disk(args: argparse.Namespace, root: Path) -> dict:
                 break
             time.sleep(0.2)
         output = proc.communicate(timeout=300)[0]
+        if args.keep_logs:
+            Path(args.keep_logs, f"full-disk-{label}.log").write_text(output, encoding="utf-8")
         study = optuna.load_study(study_name=name, storage=open_storage(url))
         first = study.trials[0]
-        last_line = output.strip().splitlines()[-1] if output.strip() else ""
         filler.unlink(missing_ok=True)
         # retries join the queue behind the startup trials queued at creation: ask for all three
-        again = subprocess.run(worker(3), cwd=REPO, env=env,
-                               capture_output=True, text=True, timeout=600)
+        again = subprocess.run(worker(3), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         study = optuna.load_study(study_name=name, storage=open_storage(url))
         retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
-        return {"scenario": "full disk", "exit_code": proc.returncode, "last_line": last_line,
+        return {"scenario": scenario, "exit_code": proc.returncode, "output_lines": len(output.strip().splitlines()),
+                "tracebacks": output.count("Traceback"),
+                "last_line": output.strip().splitlines()[-1] if output.strip() else "",
                 "trial_state": first.state.name, "reason": first.user_attrs.get("reason"),
                 "epochs_before": len(first.intermediate_values),
                 "retry_exit_code": again.returncode,
                 "retry_state": retry[0].state.name if retry else None,
                 "retry_resumed_from_epoch": retry[0].user_attrs.get("resumed_from_epoch") if retry else None,
-                "temp_files_left": len(list(mount.rglob(".tmp-*")))}
+                "temp_files_left": len(list(mount.rglob(".tmp-*"))) + len(list(studies.rglob(".tmp-*")))}
+
+
+OOM_SPEC = SPEC.split("[sampler]")[0] + """[sampler]
+name = "random"
+seed = 0
+
+[startup]
+near_baseline = 0
+
+[space]
+"optim.lr" = { float = [1e-4, 1e-2], log = true }
+"model.width" = { choices = [0.0625, 4.0] }
+"features.crop_frames" = { choices = [64, 4096] }
+"""
+# A trial asking for more memory than there is: width 4 on 4096-frame crops, tens of GB of activations. It is queued
+# by hand; the workers' sampler seed (OOM_SEED, used as given by every worker) draws tiny points first, so each
+# worker started after the hog is dropped finishes the study instead of drawing another hog.
+MEMORY_HOG = {"optim.lr": 3e-3, "model.width": 4.0, "features.crop_frames": 4096}
+OOM_SEED = 5
+
+
+def out_of_memory(args: argparse.Namespace, root: Path, *, killer: str) -> dict:
+    """A trial asking for more memory than the worker may have, after a baseline that fits. ``killer``:
+    ``allocation`` - the worker's address space is capped (prlimit --as), so the allocation fails in torch;
+    ``oom-killer`` - the worker runs in a memory cgroup, so the kernel SIGKILLs it mid-trial (as on a box
+    without swap). Workers are started one after another, as a user restarting a dead pane would, until the
+    study has its trials or ``max_starts`` workers ran."""
+    scenario = f"out of memory: {killer}"
+    name = f"oom-{killer}"
+    studies = root / name
+    studies.mkdir()
+    (studies / f"{name}.toml").write_text(OOM_SPEC.replace("data_scale = 0.1", f"data_scale = {args.scale}")
+                                          .replace("epochs = 4", f"epochs = {args.epochs}"), encoding="utf-8")
+    url = f"sqlite:///{studies / (name + '.db')}"
+    env = {**os.environ, "FAT2019_SEARCH_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
+    trials = 3
+
+    def worker(wrapper: list[str], trials: int = trials) -> subprocess.CompletedProcess:
+        return subprocess.run([*wrapper, sys.executable, "-m", "search.run", "--study", name, "--studies-dir",
+                               str(studies), "--storage", url, "--trials", str(trials), "--threads", "1",
+                               "--heartbeat", "1", "--grace", "2", "--seed", str(OOM_SEED)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    first = worker([], trials=1)  # the baseline, unconstrained; then the hog is queued next
+    if first.returncode != 0:
+        return {"scenario": scenario, "error": first.stdout[-500:] + first.stderr[-500:]}
+    optuna.load_study(study_name=name, storage=open_storage(url)).enqueue_trial(MEMORY_HOG)
+    cgroup = None
+    if killer == "allocation":
+        wrapper = ["prlimit", f"--as={args.oom_limit_mb * 2**20}"]
+    else:
+        cgroup = Path("/sys/fs/cgroup/memory") / f"fat2019-stress-{uuid.uuid4().hex[:8]}"
+        try:
+            cgroup.mkdir()
+            (cgroup / "memory.limit_in_bytes").write_text(str(args.oom_limit_mb * 2**20))
+            (cgroup / "memory.memsw.limit_in_bytes").exists() and (
+                cgroup / "memory.memsw.limit_in_bytes").write_text(str(args.oom_limit_mb * 2**20))
+        except OSError as exc:
+            return {"scenario": scenario, "skipped": f"no memory cgroup ({exc.strerror}; cgroup v1 and root needed)"}
+        wrapper = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"]
+    exits, outputs = [], []
+    try:
+        for _ in range(args.oom_max_starts):
+            done = worker(wrapper)
+            exits.append(done.returncode)
+            outputs.append(done.stdout + done.stderr)
+            study = optuna.load_study(study_name=name, storage=open_storage(url))
+            if sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) >= trials:
+                break
+            time.sleep(3)  # the heartbeat grace: the next worker fails a dead worker's trial and re-queues it
     finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
+        if cgroup is not None:
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    hog = [t for t in study.trials if t.params.get("model.width") == MEMORY_HOG["model.width"]
+           and t.params.get("features.crop_frames") == MEMORY_HOG["features.crop_frames"]]
+    text = "".join(outputs)
+    return {"scenario": scenario, "limit_mb": args.oom_limit_mb, "worker_starts": len(exits),
+            "worker_exits": exits, "tracebacks": text.count("Traceback"),
+            "last_lines": [out.strip().splitlines()[-1][:160] if out.strip() else "" for out in outputs],
+            "finished": sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials),
+            "asked": trials, "running": sum(t.state == TrialState.RUNNING for t in study.trials),
+            "hog_attempts": [(t.state.name, str(t.user_attrs.get("reason", "heartbeat"))[:80]) for t in hog],
+            "dropped_line": next((line for line in text.splitlines() if "dropped" in line), None)}
 
 
 def main() -> None:
@@ -379,17 +486,31 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.1, help="size of the demo set the trials train on")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per trial of the storm")
     parser.add_argument("--full-disk-epochs", type=int, default=12, help="epochs of the full-disk scenario's trial")
+    parser.add_argument("--oom-limit-mb", type=int, default=3072,
+                        help="memory a worker of the out-of-memory scenarios may have")
+    parser.add_argument("--oom-max-starts", type=int, default=8,
+                        help="workers the out-of-memory scenarios start, one after another, at most")
+    parser.add_argument("--keep-logs", help="a folder to keep the full-disk workers' output in")
+    parser.add_argument("--scenarios", nargs="+", default=["storm", "full-disk", "oom"],
+                        choices=["storm", "full-disk", "oom"])
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fat2019-stress-"))
     os.environ["FAT2019_SEARCH_CACHE"] = str(root / "cache")
     ensure_demo_data(scale=args.scale)
     results = []
-    for backend in args.backends:  # each result printed as it comes, so a later failure loses nothing
+    for backend in args.backends if "storm" in args.scenarios else ():  # each printed as it comes
         results.append(storm(backend, args, root))
         print(json.dumps(results[-1], indent=1), flush=True)
-    disk = full_disk(args, root)
-    print(json.dumps(disk, indent=1), flush=True)
+    if "full-disk" in args.scenarios:
+        for artifacts_only in (False, True):
+            print(json.dumps(full_disk(args, root, artifacts_only=artifacts_only), indent=1), flush=True)
+    if "oom" in args.scenarios:
+        for killer in ("allocation", "oom-killer"):
+            print(json.dumps(out_of_memory(args, root, killer=killer), indent=1), flush=True)
     print()
+    if not results:
+        shutil.rmtree(root, ignore_errors=True)
+        return
     print("| check | " + " | ".join(r["backend"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     rows = [("trials finished / asked", lambda r: f"{r['finished']} / {r['asked']}"),

@@ -7,8 +7,11 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
-# Reasons (prefixes of the ``reason`` attr) that say nothing about the trial itself: never counted.
-ENVIRONMENT_REASONS = ("interrupted", "heartbeat", "data", "disk full")
+# Reasons (prefixes of the ``reason`` attr) that say nothing about the trial itself: never counted. A dead
+# worker ("heartbeat") is not among them: one that dies before its trial's first new epoch was most often killed
+# by the kernel's OOM killer for that trial's memory, and uncounted, such a trial would take down every pane
+# in turn for ever (benchmarks/stress.py, out of memory: oom-killer).
+ENVIRONMENT_REASONS = ("interrupted", "data", "disk full")
 NEVER_RETRIED = ("config",)  # the same params fail the same way
 
 
@@ -38,8 +41,13 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: 
     return max(t.number for t in study.get_trials(deepcopy=False))
 
 
+def dropped_text(max_retry: int) -> str:
+    """Why ``requeue`` dropped a trial, as the worker prints it after the trial's number."""
+    return f"dropped: {max_retry + 1} attempts failed without progress (--max-retry {max_retry})"
+
+
 def _counts_against(attempt: FrozenTrial) -> bool:
-    reason = str(attempt.user_attrs.get("reason", "heartbeat"))
+    reason = str(attempt.user_attrs.get("reason", "heartbeat"))  # a dead worker's trial carries no reason
     if attempt.state != TrialState.FAIL or reason.startswith(ENVIRONMENT_REASONS):
         return False
     return int(attempt.user_attrs.get("epochs_run", 0)) <= int(attempt.user_attrs.get("resumed_from_epoch", 0))

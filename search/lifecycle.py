@@ -8,13 +8,14 @@
   an unloadable checkpoint is set aside and the trial starts from epoch 0, saying so.
 - **heartbeat**: Optuna's storage heartbeat. A worker that dies stops beating; the next worker fails its
   trial and re-queues it through ``stale_trial_retry`` (``requeue``), the same policy as every other failure.
-- **interrupt**: Ctrl-C or SIGTERM stops the running trial at once; it is marked FAILED ("interrupted")
-  and its retry queued before the worker exits (130 / 143). A second signal only skips the summary; a
+- **interrupt**: Ctrl-C, SIGTERM or SIGHUP (the pane's terminal closed: ``tmux kill-session``, a dropped SSH;
+  left alone under ``nohup``) stops the running trial at once; it is marked FAILED ("interrupted") and its
+  retry queued before the worker exits (130 / 143 / 129). A second signal only skips the summary; a
   third exits at once.
-- **retry**: ``requeue`` queues a FAILED trial again with its params, epochs and checkpoints. Only
-  attempts that failed for a reason of the trial's own (out of memory) without making progress count
-  against ``max_retry``; interruptions, dead workers, data and disk problems never do, so a baseline is
-  re-queued until it completes. Impossible configs are never retried.
+- **retry**: ``requeue`` queues a FAILED trial again with its params and checkpoints. Only attempts that
+  failed without making progress for a reason that may be the trial's own (out of memory, or a worker that
+  died: the kernel's OOM killer) count against ``max_retry``; interruptions, data and disk problems never do.
+  Impossible configs are never retried.
 - **failures**: NaN -> PRUNED ("diverged"); out of memory / impossible config -> FAILED with the reason and
   the worker goes on; what would fail every later trial too (data, disk full, storage, a changed spec
   file) fails the trial, queues its retry and stops the worker with one line (exit 2). A SQLite database
@@ -43,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import notes
 from search.artifacts import WORKING_FILES, TrialFiles
-from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, is_out_of_memory, requeue
+from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, dropped_text, is_out_of_memory, requeue
 from search.console import Console
 from search.slots import SlotLock
 from search.spec import SpecError, StudySpec, load_spec
@@ -61,6 +62,8 @@ def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.St
         number = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
         if number is not None:
             print(f"#{trial.number} stopped beating (its worker died): queued for retry as #{number}", flush=True)
+        elif not any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
+            print(f"#{trial.number} stopped beating (its worker died) and is {dropped_text(max_retry)}", flush=True)
     return retry
 
 
@@ -104,7 +107,7 @@ class Worker:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.reserve is not None:
             self.reserve.ensure()
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _stop_signals()}
         try:
             while True:
                 reason = self._wait_for_work(trials, deadline)
@@ -217,8 +220,9 @@ class Worker:
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
+            # A copy (shutil, into the artifact store) names its source first and the full destination second;
             # torch.save and buffered writes raise ENOSPC without a file name: name where the trial writes
-            where = exc.filename or (f"the files of trial {trial.number} (its folder {self.trial_dir(trial.number)}, "
+            where = exc.filename2 or exc.filename or (f"the files of trial {trial.number} (its folder {self.trial_dir(trial.number)}, "
                                      f"the feature cache or the artifact store)")
             self._end(trial, f"disk full: {where}")
             self.stop = StopWorker(f"disk full: no space left for {where}; free space and start the worker "
@@ -249,8 +253,9 @@ class Worker:
         notes.save(trial, notes.trial_note(trial.number, outcome, config, self.spec.base_config(), trial.user_attrs))
 
     @contextlib.contextmanager
-    def start(self, trial: optuna.Trial, config: TrainConfig) -> Iterator[TrialRun]:
-        """Prepare an attempt: folder, resume hand-off from the predecessor, the trial's starting record."""
+    def start(self, trial: optuna.Trial, config: TrainConfig, *, device: str) -> Iterator[TrialRun]:
+        """Prepare an attempt: folder, resume hand-off from the predecessor, the trial's starting record
+        (``device``: what it trains on, ``cuda:1`` or ``cpu``; the next pane's GPU choice counts it)."""
         workdir = self.trial_dir(trial.number)
         if workdir.exists():  # numbers are unique within a study: an earlier start of this very attempt
             shutil.rmtree(workdir)
@@ -262,7 +267,7 @@ class Worker:
         run.first_epoch = run.resumed_from_epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
-                           "resumed_from_epoch": run.resumed_from_epoch}.items():
+                           "resumed_from_epoch": run.resumed_from_epoch, "device": device}.items():
             trial.set_user_attr(key, value)
         try:
             yield run
@@ -342,7 +347,7 @@ class Worker:
                                  f"resumes from its last epoch)")
         elif not reason.startswith(NEVER_RETRIED) and not any(
                 t.user_attrs.get("retry_of") == trial.number for t in self.study.get_trials(deepcopy=False)):
-            self.console.message(f"#{trial.number} dropped: {self.max_retry} attempts failed without progress")
+            self.console.message(f"#{trial.number} {dropped_text(self.max_retry)}")
 
     def _storage_failed(self, failure: BaseException) -> str:
         """The one line for a storage that failed a write; on a full disk the reserve is freed first so that
@@ -402,6 +407,8 @@ class Worker:
     # -- signals -------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals += 1
+        if signum == signal.SIGHUP:
+            _leave_hung_up_terminal()
         if self.signals == 1:
             print(f"\n{signal.Signals(signum).name}: stopping the running trial and queueing its retry "
                   f"(again: skip the summary; a third time: exit at once)", file=sys.stderr, flush=True)
@@ -412,11 +419,34 @@ class Worker:
         os._exit(128 + signum)
 
 
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop the worker the same way. SIGHUP is one unless the worker was started to ignore it
+    (``nohup``): then it must keep ignoring it and outlive its terminal."""
+    hang_up = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hang_up)
+
+
+def _leave_hung_up_terminal() -> None:
+    """After SIGHUP the pane's terminal may be gone (``tmux kill-session``): every write to it then fails with
+    EIO, which would cut short failing the trial and queueing its retry. stdout/stderr that fail so (a
+    zero-byte write tells) now go to /dev/null; a pipe or a file (nohup.out, a test) keeps its output."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            try:
+                os.write(fd, b"")
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # anything else (a closed fd) is no hung-up terminal: left as it is
+                    os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 @contextlib.contextmanager
 def _signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while the running trial is failed and re-queued (a few storage writes), so an
+    """Hold the stop signals while the running trial is failed and re-queued (a few storage writes), so an
     impatient second Ctrl-C cannot cut that short; they are delivered afterwards."""
-    signals = {signal.SIGINT, signal.SIGTERM}
+    signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield

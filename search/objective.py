@@ -13,7 +13,7 @@ import optuna
 
 from search.lifecycle import Worker
 from search.spec import StudySpec
-from trainer import DEVICE_BANK_SHARE, Result, train_and_evaluate
+from trainer import DEVICE_BANK_SHARE, Result, resolve_device, train_and_evaluate
 
 Trainer = Callable[..., Result]  # train_and_evaluate's signature: (config, data_dir, *, on_epoch, workdir, ...)
 
@@ -25,14 +25,15 @@ class Objective:
     spec: StudySpec
     data_dir: Path
     worker: Worker
-    device: str | None = None
+    device: str | None = None  # the worker's (search.run picks a GPU); None: each config's own, resolved
     cache_dir: Path | None = None
     device_bank_share: float = DEVICE_BANK_SHARE  # share of free GPU memory feature banks may take
     train: Trainer = train_and_evaluate  # tests give a scripted one
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.spec.config_for(self.spec.suggest(trial))
-        with self.worker.start(trial, config) as run:
+        device = self.device or str(resolve_device(config.device))  # what the trial trains on and records
+        with self.worker.start(trial, config, device=device) as run:
             def on_epoch(epoch: int, metrics: dict) -> None:
                 run.epoch_done(epoch, metrics)
                 # The running best: what a pruner compares is what the trial returns, and it never falls.
@@ -44,7 +45,7 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (best lwlrap {metrics['best_lwlrap']:.4f})")
 
             result = self.train(config, self.data_dir, on_epoch=on_epoch, workdir=run.workdir,
-                                device=self.device, threads=run.threads, progress=False, verbose=False,
+                                device=device, threads=run.threads, progress=False, verbose=False,
                                 cache_dir=self.cache_dir, device_bank_share=self.device_bank_share,
                                 status=run.status)
             run.finish(result)

@@ -3,17 +3,24 @@
     python -m search.run --study demo --trials 20                    # built-in demo data, CPU is fine
     python -m search.run --study fat2019 --trials 50 --data /data/fat2019 --device cuda
 
+``--device cuda`` (and ``auto``, the default config's, on a box where torch sees a GPU) picks the GPU with the
+fewest of this study's running trials from this host, then the most free memory (``search.gpu_choice``);
+``--device cuda:N`` pins one.
+
 ``--trials N`` is the study's total of finished (complete + pruned) trials across all workers; a worker
 starts a trial only while finished + running trials are fewer than N, so the study ends at exactly N.
-Exit codes: 0 done, 130 Ctrl-C, 143 SIGTERM (the running trial is re-queued first), 2 a problem to fix
-(spec, arguments, data, storage, disk), printed as one line.
+Exit codes: 0 done, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the pane's terminal closed: tmux kill-session, a
+dropped SSH; each re-queues the running trial first), 2 a problem to fix (spec, arguments, data, storage,
+disk), printed as one line.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import sys
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -22,6 +29,7 @@ import optuna
 
 from search.console import Console, eta_line
 from search.failures import DEFAULT_MAX_RETRY
+from search.gpu_choice import check_device, device_for_worker, use_device
 from search.join import UsageError, join_study
 from search.lifecycle import Worker, stale_trial_retry
 from search.locate import locate_args
@@ -30,13 +38,14 @@ from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments, open_storage
 from search.study import StudyHandle, redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
-                     remove_stale_temp_files, resolve_device)
+                     remove_stale_temp_files)
 
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     _quiet_optuna()
+    threading.excepthook = quiet_full_disk_in_threads
     try:
         return _run(args)
     except (UsageError, ConfigError, DataError, StorageError, ValueError) as exc:  # SpecError is a ConfigError
@@ -54,7 +63,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     parser.add_argument("--data", help="FAT2019 data folder or a built-in set (default: $FAT2019_DATA, then the "
                                        "spec's [study] data)")
-    parser.add_argument("--device", help="auto|cpu|cuda|mps (default: the config's)")
+    parser.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (default: the config's); cuda and auto pick "
+                                         "the GPU with the fewest of this study's workers, cuda:N pins one")
     parser.add_argument("--device-bank-share", type=float, default=DEVICE_BANK_SHARE,
                         help="share of the free GPU memory the feature banks may take; a larger bank stays memory-mapped "
                              "on the host and feeds batches through pinned memory (default 0.5)")
@@ -82,8 +92,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _run(args: argparse.Namespace) -> int:
     location = locate_args(args, spec_required=True)
     spec = location.spec
-    if args.device is not None:
-        resolve_device(args.device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
+    requested_device = args.device or spec.base_config().device
+    check_device(requested_device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
     data_dir = resolve_data(spec, args.data)
     _check_data_memory(spec, data_dir)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -99,12 +109,17 @@ def _run(args: argparse.Namespace) -> int:
     files = location.trial_files(uid)
     runs_dir = study_dir / "runs" / uid
     leftovers = remove_stale_temp_files(study_dir)
+    # Chosen once, after joining (the study's running trials say which GPUs its panes use): the pane keeps its
+    # GPU for every trial, since its CUDA context and cached banks live on that one device.
+    device = device_for_worker(requested_device, handle.study, worker_id)
+    use_device(device.device)
     console = Console(baseline=spec.baseline_params(), worker_id=worker_id)
     worker = Worker(handle, spec, files, runs_dir, console, worker_id, data_dir, max_retry=max_retry,
                     threads=args.threads)
-    objective = Objective(spec, data_dir, worker, device=args.device, device_bank_share=args.device_bank_share)
+    objective = Objective(spec, data_dir, worker, device=device.device, device_bank_share=args.device_bank_share)
     panes = worker.panes_on_host()
-    console.message(f"worker {worker_id} joined study {spec.name} ({redact(url)}), data {data_dir}; "
+    console.message(f"worker {worker_id} joined study {spec.name} ({redact(url)}), data {data_dir}, "
+                    f"device {device}; "
                     f"{eta_line(handle.study, args.trials, panes)}"
                     + (f"; removed {len(leftovers)} temp file(s) of killed writers" if leftovers else ""))
     return worker.run(objective, trials=args.trials, timeout=args.timeout)
@@ -128,6 +143,14 @@ def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:
 def _worker_seed(spec_seed: int | None, worker_id: str) -> int | None:
     """Panes of one study must not propose the same points: the spec seed is mixed with the worker's id."""
     return None if spec_seed is None else (spec_seed + zlib.crc32(worker_id.encode())) % 2**32
+
+
+def quiet_full_disk_in_threads(hook_args: threading.ExceptHookArgs) -> None:
+    """A background writer (TensorBoard's event thread) that hits a full disk would print its traceback; the
+    writer hands the error to the training thread, whose worker reports the full disk in one line (exit 2)."""
+    if isinstance(hook_args.exc_value, OSError) and hook_args.exc_value.errno == errno.ENOSPC:
+        return
+    threading.__excepthook__(hook_args)
 
 
 def _quiet_optuna() -> None:

@@ -31,7 +31,7 @@ class StopWorker(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the running trial stops and is re-queued, the worker exits."""
+    """Ctrl-C, SIGTERM or SIGHUP: the running trial stops and is re-queued, the worker exits."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

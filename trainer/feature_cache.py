@@ -332,8 +332,9 @@ def _init_worker(parent: int) -> None:
     # (kill -9 of a worker would otherwise leave its fill processes running, writing, holding memory).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM is how the pool stops its processes when one of them died: a handler inherited from the parent
-    # (a search worker's "stop the trial, queue its retry") must not run here
+    # (a search worker's "stop the trial, queue its retry", also bound to SIGHUP) must not run here
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect

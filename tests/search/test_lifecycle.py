@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console
 from search.failures import DEFAULT_MAX_RETRY, requeue
-from search.lifecycle import Worker
+from search.lifecycle import Worker, stale_trial_retry
 from search.objective import Objective, Trainer
 from search.join import join_study
 from search.spec import load_spec
@@ -186,6 +186,9 @@ def test_a_bug_is_recorded_and_surfaces(tmp_path, monkeypatch):
     (DataError("train_curated: 30 of 100 clips are unreadable"), "error: data: train_curated: 30 of 100"),
     (OSError(errno.ENOSPC, "No space left on device", "/studies/life/runs/x/trial-0/last.pth"),
      "error: disk full: no space left for /studies/life/runs/x/trial-0/last.pth"),
+    # a copy into the artifact store names its source first: the full disk is the destination's
+    (OSError(errno.ENOSPC, "No space left on device", "/studies/life/runs/x/trial-0/last.pth", None,
+             "/artifacts/uid/0/last.pth.tmp"), "error: disk full: no space left for /artifacts/uid/0/last.pth.tmp"),
     # torch.save raises ENOSPC without a file name: the places the trial writes to are named instead
     (OSError(errno.ENOSPC, "No space left on device"), "no space left for the files of trial 0 (its folder "),
 ])
@@ -244,6 +247,28 @@ def test_retries_count_only_fruitless_failures_of_the_trial_itself(tmp_path):
     # max_retry fruitless out-of-memory attempts after the first: dropped
     assert requeue(study, chain[-1], reason="out of memory", max_retry=DEFAULT_MAX_RETRY) is None
     assert study.trials[-1].system_attrs["retry_history"] == [c.number for c in chain[:-1]]
+
+
+def test_a_trial_whose_worker_dies_before_its_first_epoch_every_time_is_dropped(tmp_path):
+    """The kernel's OOM killer takes the worker down at the trial's first batch, attempt after attempt: the trial
+    is dropped after max_retry such deaths instead of killing every pane in turn."""
+    study = optuna.create_study(storage=open_storage(default_storage_url("k", tmp_path)), study_name="k")
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.set_user_attr("baseline", True)
+    study.tell(trial, state=TrialState.FAIL)  # what the storage's stale-trial check leaves: no reason, no epoch
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for _ in range(DEFAULT_MAX_RETRY):
+            stale_trial_retry(DEFAULT_MAX_RETRY)(study, study.trials[-1])
+            died = study.ask()  # the retry, taken by the next worker, which dies too
+            assert died.number == study.trials[-1].number and study.trials[-1].user_attrs["retry_reason"] == "heartbeat"
+            study.tell(died, state=TrialState.FAIL)
+        stale_trial_retry(DEFAULT_MAX_RETRY)(study, study.trials[-1])
+    assert len(study.trials) == DEFAULT_MAX_RETRY + 1 and study.trials[-1].state == TrialState.FAIL
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last == (f"#{DEFAULT_MAX_RETRY} stopped beating (its worker died) and is dropped: {DEFAULT_MAX_RETRY + 1} "
+                    f"attempts failed without progress (--max-retry {DEFAULT_MAX_RETRY})")
 
 
 def test_attempts_that_made_progress_or_were_interrupted_never_count(tmp_path):

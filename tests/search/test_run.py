@@ -157,3 +157,28 @@ def test_a_studies_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     assert main(["--study", "ro", "--studies-dir", str(tmp_path), "--trials", "1"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(tmp_path / "ro") in err
+
+
+def test_a_background_writer_on_a_full_disk_prints_no_traceback(capsys):
+    """TensorBoard's event thread dies on a full disk and hands the error to the training thread (one line, exit 2);
+    its own traceback would bury that line. Other errors in threads still print theirs."""
+    import errno
+    import threading
+
+    from search.run import quiet_full_disk_in_threads
+
+    def die(exc: BaseException) -> None:
+        def run() -> None:
+            raise exc
+        thread = threading.Thread(target=run)
+        previous, threading.excepthook = threading.excepthook, quiet_full_disk_in_threads
+        try:
+            thread.start()
+            thread.join()
+        finally:
+            threading.excepthook = previous
+
+    die(OSError(errno.ENOSPC, "No space left on device"))
+    assert capsys.readouterr().err == ""
+    die(ZeroDivisionError("a bug"))
+    assert "ZeroDivisionError: a bug" in capsys.readouterr().err
