@@ -257,6 +257,9 @@ def audit(studies: Path, name: str, url: str, trials: int) -> dict:
     return {"asked": trials, "finished": len(finished), "duplicates": sum(n - 1 for n in roots.values() if n > 1),
             "running": sum(t.state == TrialState.RUNNING for t in all_trials),
             "failed": sum(t.state == TrialState.FAIL for t in all_trials), "lost_epochs": lost,
+            # failed attempts nobody queued again: dropped after --max-retry fruitless attempts
+            "dropped": sum(t.state == TrialState.FAIL and not any(o.user_attrs.get("retry_of") == t.number
+                                                                 for o in all_trials) for t in all_trials),
             "checkpoints_checked": checked, "unloadable": unloadable,
             "stored_bytes": files.disk_bytes()}
 
@@ -316,6 +319,8 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
         "orphans": len(marked_processes(marker)),
         "dashboard_polls": dashboard.polls, "dashboard_errors": len(dashboard.errors),
     })
+    if args.keep_logs:
+        Path(args.keep_logs, f"storm-{backend}.log").write_text(text, encoding="utf-8")
     if database is not None:
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc",
                         f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=False)
@@ -490,7 +495,7 @@ def main() -> None:
                         help="memory a worker of the out-of-memory scenarios may have")
     parser.add_argument("--oom-max-starts", type=int, default=8,
                         help="workers the out-of-memory scenarios start, one after another, at most")
-    parser.add_argument("--keep-logs", help="a folder to keep the full-disk workers' output in")
+    parser.add_argument("--keep-logs", help="a folder to keep the workers' output in (storm, full disk)")
     parser.add_argument("--scenarios", nargs="+", default=["storm", "full-disk", "oom"],
                         choices=["storm", "full-disk", "oom"])
     args = parser.parse_args()
@@ -519,6 +524,7 @@ def main() -> None:
             ("tracebacks in worker output", lambda r: r["tracebacks"]),
             ("duplicates (a trial finished twice)", lambda r: r["duplicates"]),
             ("trials left RUNNING", lambda r: r["running"]),
+            ("trials dropped (--max-retry fruitless attempts)", lambda r: r["dropped"]),
             ("lost trained epochs", lambda r: r["lost_epochs"]),
             ("lock errors", lambda r: r["lock_errors"]),
             ("unloadable checkpoints (of checked)", lambda r: f"{r['unloadable']} ({r['checkpoints_checked']})"),
