@@ -11,7 +11,7 @@ from typing import Any, Mapping, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study import FINISHED, baseline_trial, best_trial, trial_seconds
+from search.study import FINISHED, baseline_trial, best_trial, last_reported, trial_seconds
 
 NUMBER_WIDTH = 4  # "#12 " and "#123" keep the columns of later lines aligned
 
@@ -111,7 +111,7 @@ class Console:
         self.states[state] = self.states.get(state, 0) + 1
         value = f"lwlrap {trial.value:.4f}" if trial.value is not None else "lwlrap   -   "
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
-            value = f"lwlrap {trial.intermediate_values[max(trial.intermediate_values)]:.4f}"
+            value = f"lwlrap {last_reported(trial):.4f}"
         best = best_trial(study)
         best_text = f"best {best.value:.4f} ({_tag(best.number).strip()})" if best is not None else "best -"
         duration = trial_seconds(trial) or 0.0

@@ -2,6 +2,8 @@
 (a worker's own trial, or a dead worker's trial found by the storage heartbeat)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
@@ -15,11 +17,22 @@ ENVIRONMENT_REASONS = ("interrupted", "data", "disk full")
 NEVER_RETRIED = ("config",)  # the same params fail the same way
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """``requeue``'s answer for a trial it will not queue again: ``attempts`` of it failed without progress."""
+
+    attempts: int
+    max_retry: int
+
+    def __str__(self) -> str:
+        return f"dropped: {self.attempts} attempts failed without progress (--max-retry {self.max_retry})"
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = DEFAULT_MAX_RETRY
-            ) -> int | None:
-    """Queue a FAILED ``trial`` again as WAITING with its params; returns the new trial number,
-    or None when the trial is dropped (an impossible config, or ``max_retry`` attempts failed for a reason
-    of the trial's own without progress). Idempotent: a trial already re-queued is not queued twice."""
+            ) -> int | Dropped | None:
+    """Queue a FAILED ``trial`` again as WAITING with its params; returns the new trial number, ``Dropped``
+    when more than ``max_retry`` attempts failed for a reason of the trial's own without progress, or None when
+    there is nothing to queue (an impossible config; a trial already re-queued is not queued twice)."""
     trials = study.get_trials(deepcopy=False)
     if any(t.user_attrs.get("retry_of") == trial.number for t in trials):
         return None
@@ -29,7 +42,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: 
     by_number = {t.number: t for t in trials}
     fruitless = sum(1 for number in history if number in by_number and _counts_against(by_number[number]))
     if fruitless > max_retry:
-        return None
+        return Dropped(fruitless, max_retry)
     user_attrs = {"retry_of": trial.number, "retry_reason": reason}
     for kept in ("baseline", "startup"):
         if kept in trial.user_attrs:
@@ -39,11 +52,6 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: 
         user_attrs=user_attrs,  # no curve: the retry reports the epochs its resume really keeps (lifecycle)
         system_attrs={"failed_trial": history[0], "retry_history": history}))
     return max(t.number for t in study.get_trials(deepcopy=False))
-
-
-def dropped_text(max_retry: int) -> str:
-    """Why ``requeue`` dropped a trial, as the worker prints it after the trial's number."""
-    return f"dropped: {max_retry + 1} attempts failed without progress (--max-retry {max_retry})"
 
 
 def _counts_against(attempt: FrozenTrial) -> bool:

@@ -19,7 +19,8 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer import ConfigError, resolve_device
+from search.study import on_host
+from trainer import resolve_device
 
 CHOOSING = ("cuda", "auto")  # the requests that leave the GPU to the worker
 
@@ -54,22 +55,6 @@ def cuda_gpus() -> list[GpuInfo]:
     return [GpuInfo(index, *torch.cuda.mem_get_info(index)) for index in range(torch.cuda.device_count())]
 
 
-def check_device(requested: str, gpu_count: Callable[[], int] = torch.cuda.device_count) -> None:
-    """Refuse, before the worker touches the study, a device torch cannot see: ``cuda`` on a box without a
-    GPU, ``cuda:N`` past the GPUs it sees, a name it does not know (one line: ConfigError)."""
-    pinned = gpu_index(requested) if requested.startswith("cuda:") else None
-    if pinned is not None and pinned >= (seen := gpu_count()):
-        raise ConfigError(f"--device {requested}: {_gpus_seen(seen)} (CUDA_VISIBLE_DEVICES restricts and "
-                          f"renumbers them)")
-    resolve_device(requested)
-
-
-def _gpus_seen(n: int) -> str:
-    if n == 0:
-        return "torch sees no CUDA GPU"
-    return "torch sees 1 GPU, cuda:0" if n == 1 else f"torch sees {n} GPUs, cuda:0 to cuda:{n - 1}"
-
-
 def choose_gpu(gpus: list[GpuInfo], running_devices: Iterable[str]) -> DeviceChoice:
     """The GPU with the fewest of ``running_devices`` on it (this study's running trials on this host), then
     the most free memory, then the lowest index."""
@@ -94,13 +79,16 @@ def gpu_index(device: str) -> int | None:
     return int(index) if kind == "cuda" and index.isdigit() else None
 
 
+def pinned_gpu(requested: str) -> int | None:
+    """``cuda:2`` -> 2: a GPU named by index, which pins; a bare ``cuda`` (a choice) and the rest -> None."""
+    return gpu_index(requested) if requested.startswith("cuda:") else None
+
+
 def running_devices_on_host(trials: Iterable[FrozenTrial], worker_id: str) -> list[str]:
-    """The ``device`` of each trial whose worker (``host:pid``) runs on the host of ``worker_id``; trials of
-    other machines share no GPU with this one."""
-    host = worker_id.rsplit(":", 1)[0]
-    return [trial.user_attrs["device"] for trial in trials
-            if str(trial.user_attrs.get("worker_id", "")).rsplit(":", 1)[0] == host
-            and isinstance(trial.user_attrs.get("device"), str)]
+    """The ``device`` of each trial whose worker runs on the host of ``worker_id``; trials of other machines
+    share no GPU with this one."""
+    return [trial.user_attrs["device"] for trial in on_host(list(trials), worker_id)
+            if isinstance(trial.user_attrs.get("device"), str)]
 
 
 def device_for_worker(requested: str, study: optuna.Study, worker_id: str,
@@ -113,7 +101,7 @@ def device_for_worker(requested: str, study: optuna.Study, worker_id: str,
         if gpus:
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             return choose_gpu(gpus, running_devices_on_host(running, worker_id))
-    pinned = gpu_index(requested) if requested.startswith("cuda:") else None
+    pinned = pinned_gpu(requested)
     if pinned is not None:
         return DeviceChoice(f"cuda:{pinned}", "pinned by --device")
     return DeviceChoice(str(resolve_device(requested)), "auto: torch sees no CUDA GPU" if requested == "auto" else "")

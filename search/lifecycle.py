@@ -44,12 +44,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import notes
 from search.artifacts import WORKING_FILES, TrialFiles
-from search.failures import DEFAULT_MAX_RETRY, NEVER_RETRIED, dropped_text, is_out_of_memory, requeue
+from search.failures import DEFAULT_MAX_RETRY, Dropped, is_out_of_memory, requeue
 from search.console import Console
 from search.slots import SlotLock
 from search.spec import SpecError, StudySpec, load_spec
 from search.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
-from search.study import FINISHED, StudyHandle, trials_keeping_weights
+from search.study import FINISHED, StudyHandle, on_host, trials_keeping_weights
 from search.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainConfig, feature_cache_key,
                      load_checkpoint)
@@ -59,11 +59,11 @@ def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.St
     """The storage's ``on_stale_trial``: a trial whose worker died (its heartbeat stopped) is retried like any
     other failure, by whichever worker noticed."""
     def retry(study: optuna.Study, trial: FrozenTrial) -> None:
-        number = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
-        if number is not None:
-            print(f"#{trial.number} stopped beating (its worker died): queued for retry as #{number}", flush=True)
-        elif not any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
-            print(f"#{trial.number} stopped beating (its worker died) and is {dropped_text(max_retry)}", flush=True)
+        outcome = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
+        if isinstance(outcome, Dropped):
+            print(f"#{trial.number} stopped beating (its worker died) and is {outcome}", flush=True)
+        elif outcome is not None:
+            print(f"#{trial.number} stopped beating (its worker died): queued for retry as #{outcome}", flush=True)
     return retry
 
 
@@ -323,10 +323,8 @@ class Worker:
         return self.runs_dir / f"trial-{number}"
 
     def panes_on_host(self) -> int:
-        host = self.worker_id.rsplit(":", 1)[0]
-        others = {t.user_attrs.get("worker_id") for t in self.study.get_trials(deepcopy=False,
-                                                                              states=(TrialState.RUNNING,))}
-        return 1 + sum(1 for w in others if isinstance(w, str) and w != self.worker_id and w.startswith(host + ":"))
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return 1 + len({t.user_attrs["worker_id"] for t in on_host(running, self.worker_id)} - {self.worker_id})
 
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna callback once a trial is told: print it, retry a failure, apply checkpoint retention."""
@@ -341,13 +339,12 @@ class Worker:
             self._retain_top_weights()
 
     def _requeue(self, trial: FrozenTrial, reason: str) -> None:
-        number = requeue(self.study, trial, reason=reason, max_retry=self.max_retry)
-        if number is not None:
-            self.console.message(f"#{trial.number} queued for retry as #{number} ({reason.split(':')[0]}; it "
+        outcome = requeue(self.study, trial, reason=reason, max_retry=self.max_retry)
+        if isinstance(outcome, Dropped):
+            self.console.message(f"#{trial.number} {outcome}")
+        elif outcome is not None:
+            self.console.message(f"#{trial.number} queued for retry as #{outcome} ({reason.split(':')[0]}; it "
                                  f"resumes from its last epoch)")
-        elif not reason.startswith(NEVER_RETRIED) and not any(
-                t.user_attrs.get("retry_of") == trial.number for t in self.study.get_trials(deepcopy=False)):
-            self.console.message(f"#{trial.number} {dropped_text(self.max_retry)}")
 
     def _storage_failed(self, failure: BaseException) -> str:
         """The one line for a storage that failed a write; on a full disk the reserve is freed first so that

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import figures as draw
 from search.figures import ParamScale, TrialPoint
+from search.study import last_reported
 from trainer import atomic_path
 
 # PED-ANOVA (Optuna 5's default importance evaluator) looks at the top 10% of trials and is stable with
@@ -50,7 +51,7 @@ def plotted_trials(trials: Sequence[FrozenTrial]) -> list[TrialPoint]:
         if trial.state == TrialState.COMPLETE:
             value = trial.value
         elif trial.state == TrialState.PRUNED and trial.intermediate_values:
-            value = trial.intermediate_values[max(trial.intermediate_values)]
+            value = last_reported(trial)
         else:
             continue
         if value is not None and math.isfinite(value):

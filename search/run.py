@@ -29,7 +29,7 @@ import optuna
 
 from search.console import Console, eta_line
 from search.failures import DEFAULT_MAX_RETRY
-from search.gpu_choice import check_device, device_for_worker, use_device
+from search.gpu_choice import device_for_worker, use_device
 from search.join import UsageError, join_study
 from search.lifecycle import Worker, stale_trial_retry
 from search.locate import locate_args
@@ -38,7 +38,7 @@ from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments, open_storage
 from search.study import StudyHandle, redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
-                     remove_stale_temp_files)
+                     remove_stale_temp_files, resolve_device)
 
 
 
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     location = locate_args(args, spec_required=True)
     spec = location.spec
     requested_device = args.device or spec.base_config().device
-    check_device(requested_device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
+    resolve_device(requested_device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
     data_dir = resolve_data(spec, args.data)
     _check_data_memory(spec, data_dir)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"

@@ -2,12 +2,11 @@
 
 The screen: the trials by state; each running trial's epoch, latest lwlrap, ETA, device and worker; the best
 trial against the baseline and what it changed; the last trials to end with their reasons; what pruning
-saved. Every line fits an 80-column pane, and one redraw reads the trials once.
+saved. Every line fits an 80-column pane; one redraw reads the trials once (and Optuna's best trial).
 """
 from __future__ import annotations
 
 import datetime as dt
-import math
 import textwrap
 import time
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.console import format_duration, param_changes
 from search.spec import StudySpec
-from search.study import StudyHandle, baseline_trial, best_trial, pruning_saved, redact, trial_config
+from search.study import (StudyHandle, baseline_trial, best_trial, last_reported, pruning_saved, redact,
+                          trial_config)
 
 WIDTH = 80  # a tmux pane split in two on a laptop screen
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, then erase the screen: a redraw in place
@@ -36,8 +36,7 @@ _STATE, _VALUE, _EPOCHS = 9, 9, 7
 
 def fit(text: str, width: int = WIDTH) -> str:
     """``text`` on one line of at most ``width`` columns (whitespace runs, newlines included, become one space)."""
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:max(0, width - len(ELLIPSIS))] + ELLIPSIS
+    return clip(" ".join(text.split()), width)
 
 
 def fit_tail(text: str, width: int = WIDTH) -> str:
@@ -62,12 +61,7 @@ def fit_middle(text: str, width: int = WIDTH) -> str:
 
 def clip(line: str, width: int = WIDTH) -> str:
     """``line`` cut to ``width`` columns, its spacing kept (the columns of a table line)."""
-    return line if len(line) <= width else line[:width - len(ELLIPSIS)] + ELLIPSIS
-
-
-def latest_value(trial: FrozenTrial) -> float | None:
-    """The last reported lwlrap (the running best: the objective reports ``best_lwlrap``); None before any."""
-    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+    return line if len(line) <= width else line[:max(0, width - len(ELLIPSIS))] + ELLIPSIS
 
 
 def epoch_budget(trial: FrozenTrial, spec: StudySpec | None) -> int | None:
@@ -142,7 +136,7 @@ class StatusView:
 
     def _running_line(self, trial: FrozenTrial, now: dt.datetime) -> str:
         epochs = epoch_budget(trial, self.spec)
-        value = latest_value(trial)
+        value = last_reported(trial)
         eta = eta_seconds(trial, epochs, now)
         cells = (fit(f"#{trial.number}", _TAG - 1), fit(f"{epochs_done(trial)}/{epochs or '?'}", _EPOCH - 1),
                  f"{value:.4f}" if value is not None else "-", format_duration(eta) if eta is not None else "-",
@@ -174,7 +168,7 @@ class StatusView:
         return [f"last {len(last)} to end", *(self._ended_line(t, reference) for t in reversed(last))]
 
     def _ended_line(self, trial: FrozenTrial, reference: Mapping[str, Any]) -> str:
-        value = {TrialState.COMPLETE: trial.value, TrialState.PRUNED: latest_value(trial)}.get(trial.state)
+        value = {TrialState.COMPLETE: trial.value, TrialState.PRUNED: last_reported(trial)}.get(trial.state)
         reason = trial.user_attrs.get("reason")
         # a trial that did not complete: why; one that did: what it tried (as the worker's pane line does)
         detail = str(reason) if reason and trial.state != TrialState.COMPLETE else param_changes(trial.params,
@@ -197,9 +191,7 @@ class StatusView:
 def watch(frame: Callable[[], Sequence[str]], interval: float, out: TextIO, *, max_frames: int | None = None) -> int:
     """Print ``frame()`` every ``interval`` seconds: in place on a terminal, else as blocks separated by a blank
     line (a log file or a pipe keeps every frame). Runs until Ctrl-C (the caller's to catch) or ``max_frames``
-    frames; returns the number printed."""
-    if not (interval > 0 and math.isfinite(interval)):
-        raise ValueError(f"redraw interval {interval!r}: expected a number of seconds > 0")
+    frames; returns the number printed (``interval`` > 0: search.status checks it)."""
     frames = 0
     while max_frames is None or frames < max_frames:
         text = "\n".join(frame()) + "\n"

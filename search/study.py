@@ -122,6 +122,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
+def last_reported(trial: FrozenTrial) -> float | None:
+    """The value a trial reported at its last epoch (the running best: the objective reports ``best_lwlrap``),
+    what a PRUNED trial is ranked by; None before its first report."""
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+
+
 def baseline_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     """The baseline: the COMPLETE trial of the ``baseline``-marked chain (retries keep the mark), else the
     first marked trial, else the study's first trial (the search enqueues the baseline first)."""
@@ -144,6 +150,13 @@ def trials_keeping_weights(study: optuna.Study, keep: int) -> set[int]:
     if baseline is not None and baseline.state == TrialState.COMPLETE:
         kept.add(baseline.number)
     return kept
+
+
+def on_host(trials: Sequence[FrozenTrial], worker_id: str) -> list[FrozenTrial]:
+    """The trials whose worker (user attr ``worker_id``, ``host:pid``) runs on the host of ``worker_id``: the
+    ones that share its cores and GPUs."""
+    host = worker_id.rsplit(":", 1)[0]
+    return [t for t in trials if str(t.user_attrs.get("worker_id", "")).rsplit(":", 1)[0] == host]
 
 
 def pruning_saved(trials: Sequence[FrozenTrial], epochs: int) -> float | None:

@@ -25,9 +25,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: torch sees no CUDA GPU (use auto or cpu)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and device.index is not None and device.index >= (seen := torch.cuda.device_count()):
+        gpus = "1 GPU, cuda:0" if seen == 1 else f"{seen} GPUs, cuda:0 to cuda:{seen - 1}"
+        raise ConfigError(f"device {name!r}: torch sees {gpus} (CUDA_VISIBLE_DEVICES restricts and renumbers them)")
+    return device
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:

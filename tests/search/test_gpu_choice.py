@@ -7,7 +7,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.gpu_choice import (DeviceChoice, GpuInfo, check_device, choose_gpu, device_for_worker, gpu_index,
+from search.gpu_choice import (DeviceChoice, GpuInfo, choose_gpu, device_for_worker, gpu_index,
                                running_devices_on_host)
 from search.run import main
 from trainer import ConfigError, resolve_device
@@ -97,12 +97,14 @@ def test_cuda_n_pins_however_busy_its_gpu_is():
     assert str(pinned) == "cuda:1 (pinned by --device)"
 
 
-@pytest.mark.parametrize("seen, says", [(2, "torch sees 2 GPUs, cuda:0 to cuda:1"), (1, "torch sees 1 GPU, cuda:0"),
-                                        (0, "torch sees no CUDA GPU")])
-def test_a_pinned_gpu_torch_does_not_see_is_refused_in_one_line(seen, says):
+@pytest.mark.parametrize("seen, says", [(2, "torch sees 2 GPUs, cuda:0 to cuda:1"), (1, "torch sees 1 GPU, cuda:0")])
+def test_a_pinned_gpu_torch_does_not_see_is_refused_in_one_line(monkeypatch, seen, says):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a box with ``seen`` GPUs, as torch reports it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: seen)
     with pytest.raises(ConfigError) as refused:
-        check_device("cuda:2", gpu_count=lambda: seen)
-    assert str(refused.value) == f"--device cuda:2: {says} (CUDA_VISIBLE_DEVICES restricts and renumbers them)"
+        resolve_device("cuda:2")
+    assert str(refused.value) == f"device 'cuda:2': {says} (CUDA_VISIBLE_DEVICES restricts and renumbers them)"
+    assert str(resolve_device(f"cuda:{seen - 1}")) == f"cuda:{seen - 1}"  # the last GPU it sees is fine
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 2, reason="needs a machine where torch sees at most 2 GPUs")
@@ -110,7 +112,7 @@ def test_the_cli_refuses_a_pinned_gpu_torch_does_not_see_before_it_touches_the_s
     write_spec(tmp_path, "pin")
     assert main(["--study", "pin", "--studies-dir", str(tmp_path), "--trials", "1", "--device", "cuda:2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --device cuda:2: torch sees ") and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: device 'cuda:2': torch sees ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "pin.db").exists()
 
 

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console
-from search.failures import DEFAULT_MAX_RETRY, requeue
+from search.failures import DEFAULT_MAX_RETRY, Dropped, requeue
 from search.lifecycle import Worker, stale_trial_retry
 from search.objective import Objective, Trainer
 from search.join import join_study
@@ -245,7 +245,8 @@ def test_retries_count_only_fruitless_failures_of_the_trial_itself(tmp_path):
         assert requeue(study, chain[-1], reason="out of memory", max_retry=DEFAULT_MAX_RETRY) is not None
         chain.append(_attempt(study, reason="out of memory: CUDA", epochs_run=0, resumed_from=0))
     # max_retry fruitless out-of-memory attempts after the first: dropped
-    assert requeue(study, chain[-1], reason="out of memory", max_retry=DEFAULT_MAX_RETRY) is None
+    assert requeue(study, chain[-1], reason="out of memory", max_retry=DEFAULT_MAX_RETRY) == Dropped(
+        DEFAULT_MAX_RETRY + 1, DEFAULT_MAX_RETRY)
     assert study.trials[-1].system_attrs["retry_history"] == [c.number for c in chain[:-1]]
 
 
