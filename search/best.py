@@ -20,9 +20,10 @@ import optuna
 from search.console import format_value
 from search.kaggle.ensemble import EnsembleError, select_from_study
 from search.kaggle.ensemble_report import TEST_LABELS, describe, held_out_or_reason
-from search.kaggle.export import KernelRunError
+from search.kaggle.export import KernelRunError, write_record
 from search.kaggle.kernel import KernelGenerationError
 from search.kaggle.kernel_main import POOLINGS
+from search.kaggle.recipes import DEFAULT_RECIPE, DEFAULT_TRIAL_RECIPE, DEFAULT_WHY, RECIPES, Recipe, recipe_named
 from search.locate import locate_args
 from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bags", type=int, default=1, help="--ensemble: average this many selections, each over a "
                         "random half of the trials (against overfitting the validation split)")
     parser.add_argument("--export", action="store_true", help="write the Kaggle folder for the chosen trial or ensemble")
+    parser.add_argument("--recipe", choices=list(RECIPES), metavar="NAME",
+                        help=f"what --export trains: {', '.join(RECIPES)} (default {DEFAULT_RECIPE}, the measured "
+                             f"best on held-out clips; explicit --epochs/--folds/--seeds/--full-curated/--ensemble/"
+                             f"--reuse-checkpoints export exactly what they say instead)")
     parser.add_argument("--reuse-checkpoints", action="store_true", help="export the trials' own best.pth instead of "
                         "retraining (with --ensemble: selects only among trials whose weights are kept)")
     parser.add_argument("--out", help="export folder (default studies/<study>/export)")
@@ -91,9 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kaggle-user", help="your Kaggle user name (dataset id <user>/<slug>)")
     parser.add_argument("--dataset-slug", help="Kaggle dataset slug (default fat2019-<study>)")
     args = parser.parse_args(argv)
-    options = ExportOptions(args.pooling, args.reuse_checkpoints, args.epochs, args.full_curated, args.threads,
-                            args.kaggle_user, args.dataset_slug)
     try:
+        recipe = _recipe(args)
+        if recipe is not None:
+            args.ensemble, args.seeds, args.folds = recipe.ensemble, recipe.seeds, recipe.folds
+            args.full_curated = recipe.full_curated
+        options = ExportOptions(args.pooling, args.reuse_checkpoints, args.epochs,
+                                recipe.epochs_scale if recipe is not None else 1, args.full_curated, args.threads,
+                                args.kaggle_user, args.dataset_slug)
         _check_flags(args)
         options.check()
         location = locate_args(args)
@@ -114,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)
             print("\n" + "\n".join(describe(selection, held_out_or_reason(selection, files, data_dir))))
             if args.export:
-                export_ensemble(study, selection, data_dir, out, options, files=files)
+                record = export_ensemble(study, selection, data_dir, out, options, files=files)
+                _record_recipe(out, record, recipe, args)
             return 0
         if not args.export:
             return 0
@@ -122,13 +133,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_feasible(trial):
             print(f"warning: trial {trial.number} exceeds the kernel time budget; exporting it as asked",
                   file=sys.stderr)
-        export_trial(study, trial, resolve_data(spec, args.data), out, options, spec=spec, files=files,
-                     seeds=args.seeds, folds=args.folds)
+        record = export_trial(study, trial, resolve_data(spec, args.data), out, options, spec=spec, files=files,
+                              seeds=args.seeds, folds=args.folds,
+                              asked=f"--recipe {recipe.name}" if recipe is not None else None)
+        _record_recipe(out, record, recipe, args)
     except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError, StorageError,
             CheckpointError, EnsembleError, KernelRunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _explicit_flags(args: argparse.Namespace) -> list[str]:
+    """The export flags that say what to train, as given (each one opts out of the default recipe)."""
+    given = [("--epochs", args.epochs is not None), ("--seeds", args.seeds != 1), ("--folds", args.folds is not None),
+             ("--full-curated", args.full_curated), ("--ensemble", args.ensemble is not None),
+             ("--reuse-checkpoints", args.reuse_checkpoints)]
+    return [flag for flag, present in given if present]
+
+
+def _recipe(args: argparse.Namespace) -> Recipe | None:
+    """The recipe this export trains: ``--recipe``, else the default when no flag says what to train; None when
+    the explicit flags decide (or nothing is exported). Prints which, and why."""
+    explicit = _explicit_flags(args)
+    if args.recipe is None:
+        if not args.export or explicit:
+            return None
+        name = DEFAULT_RECIPE
+        if args.trial is not None and RECIPES[name].ensemble is not None:
+            name = DEFAULT_TRIAL_RECIPE  # --trial asks for one trial's config: the best recipe of one config
+        recipe = RECIPES[name]
+        print(f"recipe {name} (the default: {DEFAULT_WHY}): {recipe.summary}; --recipe NAME for another",
+              file=sys.stderr)
+        return recipe
+    recipe = recipe_named(args.recipe)
+    if not args.export:
+        raise ConfigError(f"--recipe {recipe.name} says what --export trains: add --export")
+    conflicting = [f for f in explicit if not (f == "--reuse-checkpoints" and recipe.as_trained)]
+    if conflicting:
+        raise ConfigError(f"--recipe {recipe.name} decides what is trained; {conflicting[0]} too: choose one (the "
+                          f"flags alone export exactly what they say)")
+    if recipe.ensemble is not None and args.trial is not None:
+        raise ConfigError(f"--recipe {recipe.name} selects its members from the whole study; --trial exports one "
+                          f"trial's config: choose one")
+    print(f"recipe {recipe.name}: {recipe.summary}", file=sys.stderr)
+    return recipe
+
+
+def _record_recipe(out: Path, record: dict, recipe: Recipe | None, args: argparse.Namespace) -> None:
+    record["recipe"] = recipe.name if recipe is not None else {"flags": _explicit_flags(args)}
+    write_record(out, record)
 
 
 def _check_flags(args: argparse.Namespace) -> None:

@@ -78,7 +78,7 @@ class ExportPlan:
 
 
 def member_configs(base: TrainConfig, *, seeds: int = 1, folds: int | None = None, full_curated: bool = False,
-                   epochs: int | None = None) -> list[TrainConfig]:
+                   epochs: int | None = None, epochs_scale: int = 1) -> list[TrainConfig]:
     """The configs of an export of one config: ``seeds`` models (seed, seed+1, ...) or one per curated fold."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: expected at least 1")
@@ -86,7 +86,7 @@ def member_configs(base: TrainConfig, *, seeds: int = 1, folds: int | None = Non
         raise ConfigError("--seeds and --folds both ask for an ensemble; choose one")
     if folds is not None and full_curated:
         raise ConfigError("--folds with --full-curated would train every fold model on the same clips; choose one")
-    base = retrain_config(base, full_curated=full_curated, epochs=epochs)
+    base = retrain_config(base, full_curated=full_curated, epochs=epochs, epochs_scale=epochs_scale)
     if folds is not None:
         if folds < 2:
             raise ConfigError(f"--folds {folds}: expected at least 2")
@@ -94,11 +94,20 @@ def member_configs(base: TrainConfig, *, seeds: int = 1, folds: int | None = Non
     return [base.with_overrides({"seed": base.seed + k}, source="--seeds") for k in range(seeds)]
 
 
-def retrain_config(config: TrainConfig, *, full_curated: bool = False, epochs: int | None = None) -> TrainConfig:
-    """``config`` with the export's retraining options (``--epochs``, ``--full-curated``) applied."""
+def retrain_config(config: TrainConfig, *, full_curated: bool = False, epochs: int | None = None,
+                   epochs_scale: int = 1) -> TrainConfig:
+    """``config`` with the export's retraining options (``--epochs``, a recipe's epoch scale, ``--full-curated``)
+    applied. A scaled budget scales the warm-up with it, and the cosine schedule spans the epochs it is given:
+    a longer training follows the same curve, stretched."""
+    if epochs is not None and epochs_scale != 1:
+        raise ConfigError(f"--epochs {epochs} and a recipe at {epochs_scale}x its trial's epochs: choose one")
     overrides: dict[str, Any] = {}
     if epochs is not None:
         overrides["optim.epochs"] = epochs
+    elif epochs_scale != 1:
+        overrides["optim.epochs"] = config.optim.epochs * epochs_scale
+        if config.optim.warmup_epochs:
+            overrides["optim.warmup_epochs"] = config.optim.warmup_epochs * epochs_scale
     if full_curated:
         overrides["data.full_curated"] = True
     return config.with_overrides(overrides, source="export") if overrides else config

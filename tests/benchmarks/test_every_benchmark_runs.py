@@ -126,6 +126,32 @@ def case_bench_ensemble(tmp_path: Path, warm_cache: Path) -> None:
     assert (tmp_path / "bench" / "ensemble-2" / "submission.csv").is_file()
 
 
+def case_bench_export(tmp_path: Path, warm_cache: Path) -> None:
+    """Every recipe of a tiny finished study, named as the search-quality benchmark names its studies."""
+    from search.kaggle.recipes import RECIPES
+
+    studies = tmp_path / "quality" / "studies"
+    tiny_spec(studies, "q-demo-ours-r0", epochs=2, study="keep_weights = 10")
+    run = subprocess.run([sys.executable, "-m", "search.run", "--study", "q-demo-ours-r0", "--studies-dir",
+                          str(studies), "--trials", "3", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = bench("bench_export.py", "--from", tmp_path / "quality", "--jobs", "2", "--out", tmp_path / "bench",
+                timeout=600)
+    records = {name: json.loads((tmp_path / "bench" / "records" / f"q-demo-ours-r0-{name}.json").read_text())
+               for name in RECIPES}
+    for name, record in records.items():
+        recipe = RECIPES[name]
+        assert 0.0 < record["test_lwlrap"] <= 1.0  # its kernel ran on the held-out clips and was scored
+        if recipe.models is not None:
+            assert record["models"] == recipe.models
+            assert record["recipe_epochs"] == 2 * recipe.epochs_scale * recipe.models
+        assert record["trained_epochs"] == (0 if recipe.as_trained else record["recipe_epochs"])
+        assert record["validation"]["held_out"] is not recipe.full_curated
+    assert [r[1] for r in rows(out, "demo")] == list(RECIPES)
+    assert rows(out, "demo")[0][4] == "+0.0000"  # single against itself
+
+
 def case_bench_quickstart(tmp_path: Path, warm_cache: Path) -> None:
     spec = tiny_spec(tmp_path / "spec", "quickstart", epochs=2)
     out_dir = tmp_path / "bench"
@@ -184,6 +210,7 @@ CASES = {
     "bench_search.py workers": case_bench_search_workers,
     "bench_search.py storage": case_bench_search_storage,
     "bench_ensemble.py": case_bench_ensemble,
+    "bench_export.py": case_bench_export,
     "bench_quickstart.py": case_bench_quickstart,
     "scale.py": case_scale,
     "stress.py": case_stress,

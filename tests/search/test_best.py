@@ -12,7 +12,8 @@ from optuna.trial import TrialState, create_trial
 
 from search.best import main
 from search.kaggle.study_export import choose_trial
-from search.kaggle.export import member_configs
+from search.kaggle.export import member_configs, retrain_config
+from search.kaggle.recipes import DEFAULT_RECIPE, DEFAULT_TRIAL_RECIPE, RECIPES
 from search.storage import default_storage_url, open_storage
 from trainer import train_and_evaluate
 from trainer.config import ConfigError, TrainConfig
@@ -175,4 +176,95 @@ def test_conflicting_export_flags_are_refused_in_one_line(studies, tmp_path, cap
     assert main(["--study", "demo", "--studies-dir", str(studies), "--out", str(tmp_path / "x"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_export_without_recipe_flags_trains_the_default_recipe(studies, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    record = json.loads((out / "export.json").read_text())
+    assert record["recipe"] == DEFAULT_RECIPE and f"recipe {DEFAULT_RECIPE} (the default: " in err
+    assert record["trained_epochs"] >= 2 and record["train_wall_s"] > 0
+
+
+@pytest.mark.slow
+def test_a_longer_recipe_stretches_the_trial_and_full_curated_says_what_stands_in(studies, tmp_path, capsys):
+    out = tmp_path / "longer"
+    assert main(["--study", "demo", "--studies-dir", str(studies), "--export", "--recipe", "single-2x",
+                 "--out", str(out)]) == 0
+    member = json.loads((out / "config.json").read_text())["members"][0]
+    assert member["train_config"]["optim"]["epochs"] == 4  # the trial's 2, doubled
+    record = json.loads((out / "export.json").read_text())
+    assert record["recipe"] == "single-2x" and record["validation"] == {"held_out": True}
+    assert record["trained_epochs"] == 4
+
+    out = tmp_path / "full"
+    assert main(["--study", "demo", "--studies-dir", str(studies), "--export", "--recipe", "full-curated",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    study = optuna.load_study(study_name="demo", storage=open_storage(default_storage_url("demo", studies)))
+    validation = json.loads((out / "export.json").read_text())["validation"]
+    assert validation["held_out"] is False and validation["stands_in"] == study.trials[0].value
+    assert "trial 0's reported lwlrap" in validation["stands_in_source"]
+    assert "no held-out validation: the models trained on the validation clips" in printed
+
+
+def test_retrain_config_scales_epochs_and_warmup():
+    base = TrainConfig().with_overrides({**TINY_OVERRIDES, "optim.epochs": 10, "optim.warmup_epochs": 2,
+                                         "optim.schedule": "cosine"})
+    longer = retrain_config(base, epochs_scale=3)
+    assert (longer.optim.epochs, longer.optim.warmup_epochs) == (30, 6)
+    assert longer.diff(base).keys() == {"optim.epochs", "optim.warmup_epochs"}
+    with pytest.raises(ConfigError, match="--epochs 5 and a recipe at 3x"):
+        retrain_config(base, epochs=5, epochs_scale=3)
+
+
+def test_every_recipe_is_consistent():
+    for name, recipe in RECIPES.items():
+        assert recipe.name == name and recipe.epochs_scale >= 1
+        assert not (recipe.folds and recipe.seeds > 1) and not (recipe.folds and recipe.full_curated)
+        assert recipe.as_trained == (name in ("single", "ensemble-8"))
+    assert DEFAULT_RECIPE in RECIPES and RECIPES[DEFAULT_TRIAL_RECIPE].ensemble is None
+
+
+@pytest.fixture()
+def costly_study(tmp_path) -> Path:
+    """One COMPLETE trial whose model alone takes 1,000 of the budget's 1,800 kernel seconds."""
+    (tmp_path / "demo.toml").write_text(SPEC.format(base='"optim.lr" = 3e-3').replace("test_audio_s = 10000",
+                                                                                "test_audio_s = 10000\nsafety = 0.5"))
+    study = optuna.create_study(storage=open_storage(default_storage_url("demo", tmp_path)), study_name="demo",
+                                direction="maximize")
+    study.add_trial(_trial(0.7, 3e-3, kernel_time_s=1000.0, config=TrainConfig().with_overrides(
+        TINY_OVERRIDES).to_json()))
+    return tmp_path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--recipe", "folds-5"], "--recipe folds-5: 5 models x 1,000 s (trial 0's projected kernel time) = 5,000 s > "
+                              "the kernel budget of 1,800 s"),
+    (["--seeds", "2"], "--seeds 2: 2 models x 1,000 s"),
+])
+def test_a_recipe_over_the_kernel_budget_is_refused_before_training(costly_study, tmp_path, capsys, flags, message):
+    out = tmp_path / "x"
+    assert main(["--study", "demo", "--studies-dir", str(costly_study), "--export", "--out", str(out), *flags]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and err[0].startswith(f"error: {message}") and err[0].endswith("; choose fewer models")
+    assert not out.exists() and not (tmp_path / "x-runs").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--export", "--recipe", "single-2x", "--epochs", "3"], "--recipe single-2x decides what is trained; --epochs "
+                                                             "too: choose one"),
+    (["--export", "--recipe", "seeds-3", "--reuse-checkpoints"], "--recipe seeds-3 decides what is trained; "
+                                                                 "--reuse-checkpoints too"),
+    (["--export", "--recipe", "ensemble-8", "--trial", "0"], "--recipe ensemble-8 selects its members from the whole "
+                                                             "study; --trial exports one trial's config"),
+    (["--recipe", "single-3x"], "--recipe single-3x says what --export trains: add --export"),
+])
+def test_conflicting_recipe_flags_are_refused_in_one_line(studies, tmp_path, capsys, flags, message):
+    assert main(["--study", "demo", "--studies-dir", str(studies), "--out", str(tmp_path / "x"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
     assert not (tmp_path / "x").exists()
