@@ -7,6 +7,7 @@ import time
 
 import optuna
 
+from search.inherit import INHERITED_ATTR, inherit
 from search.spec import StudySpec, spec_differences
 from search.storage import create_or_load_study
 from search.study import FINGERPRINT_ATTR, SPEC_ATTR, new_uid
@@ -19,17 +20,23 @@ class UsageError(Exception):
 
 
 def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
-               sampler: optuna.samplers.BaseSampler | None = None, force: bool = False) -> optuna.Study:
+               sampler: optuna.samplers.BaseSampler | None = None, force: bool = False,
+               inherit_from: optuna.Study | None = None) -> optuna.Study:
     """Create the study or join it; refuse (UsageError) when its stored spec differs, unless ``force``.
 
-    The creator gives the study its identity, enqueues the baseline (trial 0) and the startup trials near
-    it, and only then stores the spec, so a joiner that sees the spec also sees them: they are enqueued
-    exactly once however many workers start together.
+    The creator gives the study its identity, enqueues the baseline (trial 0), inherits the finished trials
+    of ``inherit_from`` (``search.inherit``: a revised space's next round), enqueues the startup trials near the
+    baseline, and only then stores the spec, so a joiner that sees the spec also sees them: they are enqueued
+    and inherited exactly once however many workers start together.
     """
     def setup(study: optuna.Study) -> None:
         study_id = storage.get_study_id_from_name(study.study_name)
         new_uid(storage, study_id)
         study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
+        if inherit_from is not None:
+            inheritance = inherit(study, spec, inherit_from)
+            storage.set_study_system_attr(study_id, INHERITED_ATTR, inheritance.record())
+            print(inheritance.line(), flush=True)
         for params, changed in spec.startup_points():
             study.enqueue_trial(params, user_attrs={"startup": ", ".join(changed)})
         storage.set_study_system_attr(study_id, SPEC_ATTR, spec.canonical())
@@ -40,6 +47,8 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
     if created:
         return study
     study_id = storage.get_study_id_from_name(spec.name)
+    if inherit_from is not None:
+        _check_inherited(storage, study_id, spec.name, inherit_from.study_name)
     deadline = time.monotonic() + SPEC_WAIT_S
     while FINGERPRINT_ATTR not in storage.get_study_system_attrs(study_id):
         if time.monotonic() > deadline:  # its creator died before storing the spec: adopt the study
@@ -59,3 +68,17 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
             raise UsageError(message + " (use --force to join anyway, or another [study] name)")
         print(f"warning: {message}; joining anyway (--force)", file=sys.stderr)
     return study
+
+
+def _check_inherited(storage: optuna.storages.BaseStorage, study_id: int, name: str, source: str) -> None:
+    """A worker joining with ``--from``: the study inherited from that study when it was created, or refuse."""
+    deadline = time.monotonic() + SPEC_WAIT_S
+    while FINGERPRINT_ATTR not in (attrs := storage.get_study_system_attrs(study_id)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    record = attrs.get(INHERITED_ATTR)
+    if record is None or record.get("study") != source:
+        had = f"from study {record['study']!r}" if record else "without --from"
+        raise UsageError(f"--from {source}: study {name!r} exists already (created {had}); a study inherits only "
+                         f"when it is created: give this round another [study] name")

@@ -44,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import notes
 from search.artifacts import WORKING_FILES, TrialFiles
+from search.inherit import inherited
 from search.failures import DEFAULT_MAX_RETRY, Dropped, is_out_of_memory, requeue
 from search.console import Console
 from search.slots import SlotLock
@@ -162,14 +163,16 @@ class Worker:
             if trials is None:
                 return None
             self.slots.acquire()
-            states = [t.state for t in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
+            counted = self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+            states = [t.state for t in counted if not inherited(t)]  # --trials counts the study's own trials
             running = states.count(TrialState.RUNNING)
             finished = len(states) - running
             if finished >= trials:
                 self.slots.release()
+                own = "" if len(states) == len(counted) else " of its own"
                 if finished == trials:
-                    return f"done: the study has its {trials} finished trials"
-                return f"done: the study has {finished} finished trials (more than --trials {trials} asks)"
+                    return f"done: the study has its {trials} finished trials{own}"
+                return f"done: the study has {finished} finished trials{own} (more than --trials {trials} asks)"
             if finished + running < trials:
                 return None
             self.slots.release()

@@ -81,8 +81,11 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: P
     check_kernel_budget(asked, len(configs), trial,
                         spec.kernel if spec is not None else None)
     members = [Member(c, 1.0, trial.number, trial.value, trial.user_attrs.get("threads")) for c in configs]
-    announce = (f"exporting trial {trial.number} of study {study.study_name} (reported lwlrap {trial.value:.4f}): "
-                f"{len(configs)} model(s) on {data_dir}")
+    origin = trial.user_attrs.get("from_study")
+    inherited = (f", inherited from study {origin!r} (its trial {trial.user_attrs.get('from_trial')}): its files "
+                 f"stay there") if origin else ""
+    announce = (f"exporting trial {trial.number} of study {study.study_name} (reported lwlrap {trial.value:.4f}"
+                f"{inherited}): {len(configs)} model(s) on {data_dir}")
     source = {"study": study.study_name, "trial": trial.number, "trial_lwlrap": trial.value,
               "retrained_config_equals_trial": configs[0] == base,
               "trial_kernel_time_s": trial.user_attrs.get("kernel_time_s"), "data": str(data_dir)}
