@@ -11,6 +11,7 @@ from typing import Any, Mapping, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.inherit import inherited_text
 from search.study import FINISHED, baseline_trial, best_trial, last_reported, trial_seconds
 
 NUMBER_WIDTH = 4  # "#12 " and "#123" keep the columns of later lines aligned
@@ -140,4 +141,5 @@ class Console:
                 best_text += " (the baseline)"
         pane = f"this pane ran {mine} trial{'s' if mine != 1 else ''}" + (f" ({mine_text})" if mine else "")
         self._print(f"worker {self.worker_id} {exit_reason} after {format_duration(time.monotonic() - self.started)}: "
-                    f"{pane}; study {study.study_name}: {_states(trials)}; {best_text}")
+                    f"{pane}; study {study.study_name}: {_states(trials)}"
+                    + (f" ({text})" if (text := inherited_text(trials)) else "") + f"; {best_text}")

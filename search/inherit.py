@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -134,3 +134,16 @@ def _copy(trial: FrozenTrial, params: dict[str, Any], distributions: dict[str, B
 
 def inherited(trial: FrozenTrial) -> bool:
     return "from_study" in trial.user_attrs
+
+
+def inherited_text(trials: Sequence[FrozenTrial]) -> str:
+    """"12 of them inherited from study 'round1'" for the trials a ``--from`` brought in; "" when none."""
+    sources: dict[str, int] = {}
+    for trial in trials:
+        if inherited(trial):
+            source = str(trial.user_attrs["from_study"])
+            sources[source] = sources.get(source, 0) + 1
+    if not sources:
+        return ""
+    return f"{sum(sources.values())} of them inherited from " + ", ".join(
+        f"study {name!r}" + (f" ({n})" if len(sources) > 1 else "") for name, n in sources.items())

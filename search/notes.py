@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from search.checks import check_lines
 from search.console import format_duration, format_value
+from search.inherit import inherited_text
 from search.study import baseline_trial, best_trial, config_diff, pruning_saved, ranked_trials, trial_seconds
 from trainer import TrainConfig
 
@@ -67,7 +68,9 @@ def study_note(study: optuna.Study, *, spec_epochs: int | None = None) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(t.state == s for t in trials) for s in TrialState}
     state_text = ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n)
-    lines = [f"## Study {study.study_name}", "", f"{len(trials)} trials: {state_text or 'none yet'}.", ""]
+    inherited = inherited_text(trials)
+    lines = [f"## Study {study.study_name}", "", f"{len(trials)} trials: {state_text or 'none yet'}"
+             + (f"; {inherited} (`search.run --from`)" if inherited else "") + ".", ""]
     best, baseline = best_trial(study), baseline_trial(trials)
     if best is None:
         ranked = ranked_trials(study)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 from optuna.trial import FrozenTrial, TrialState
 
 from search.console import format_duration, param_changes
+from search.inherit import inherited_text
 from search.spec import StudySpec
 from search.study import (StudyHandle, baseline_trial, best_trial, last_reported, pruning_saved, redact,
                           trial_config)
@@ -126,7 +127,8 @@ class StatusView:
         counts = ", ".join(f"{sum(t.state == state for t in trials)} {name}" for state, name in COUNTED)
         return [clip(f"study {self.handle.name}   {now:%Y-%m-%d %H:%M:%S}"),
                 "storage " + fit_tail(redact(self.handle.url), WIDTH - len("storage ")),
-                clip(f"trials   {counts} ({len(trials)} in all)")]
+                *wrapped("trials   ", f"{counts} ({len(trials)} in all"
+                         + (f"; {text}" if (text := inherited_text(trials)) else "") + ")")]
 
     def _running(self, trials: Sequence[FrozenTrial], now: dt.datetime) -> list[str]:
         running = sorted((t for t in trials if t.state == TrialState.RUNNING), key=lambda t: t.number)

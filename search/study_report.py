@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.artifacts import TrialFiles
 from search.checks import check_lines
 from search.console import format_duration, format_value
+from search.inherit import inherited_text
 from search.kaggle.ensemble_report import report_section
 from search.spec import StudySpec
 from search.plots import Plot, write_plots
@@ -63,7 +64,9 @@ def render_markdown(handle: StudyHandle, plots: Sequence[Plot], out_dir: Path, *
     best = best_trial(study)
     lines = [f"# Study `{study.study_name}`", "",
              f"Generated {dt.datetime.now().isoformat(timespec='seconds')}; objective: validation lwlrap "
-             f"(maximised); {len(trials)} trials.", ""]
+             f"(maximised); {len(trials)} trials"
+             + (f", {text} (`search.run --from`: trained there, not retrained here)"
+                if (text := inherited_text(trials)) else "") + ".", ""]
 
     lines += ["## Trials by state", "", "| state | trials |", "|---|---|"]
     lines += [f"| {state.name} | {sum(t.state == state for t in trials)} |" for state in _STATES]

@@ -6,11 +6,15 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from search.console import Console
 from search.inherit import INHERITED_ATTR, inside
 from search.join import UsageError, join_study
 from search.run import main
+from search.notes import study_note
 from search.spec import load_spec
+from search.status_view import StatusView
 from search.storage import default_storage_url, open_storage
+from search.study import StudyHandle
 
 from tests.search.conftest import write_spec
 
@@ -147,3 +151,17 @@ def test_a_worker_from_a_real_round_counts_its_own_trials(tmp_path, warm_cache, 
                                              ("x", False), (True, False)])
 def test_inside_a_float_range(value, expected):
     assert inside(FloatDistribution(1e-3, 1e-2, log=True), value) is expected
+
+
+def test_the_status_view_note_and_pane_summary_count_inherited_trials(rounds, capsys):
+    studies, old, spec = rounds
+    url = default_storage_url("round2", studies)
+    storage = open_storage(url)
+    study = join_study(storage, spec, inherit_from=old)
+    capsys.readouterr()
+    screen = "\n".join(StatusView.of(StudyHandle(study, storage, url), spec).lines())
+    assert "3 of them inherited from study 'round1'" in " ".join(screen.split())
+    assert all(len(line) <= 80 for line in screen.splitlines())
+    assert "3 of them inherited from study 'round1' (`search.run --from`)" in study_note(study)
+    Console(baseline=spec.baseline_params(), worker_id="host:1").summary(study, "done")
+    assert "(3 of them inherited from study 'round1')" in capsys.readouterr().out
