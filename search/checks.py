@@ -74,9 +74,10 @@ def _is_zero_floor(value: Any, space: tuple[float, float, bool, tuple[float, ...
     return value == 0 and space[0] == 0
 
 
-def check_lines(best: FrozenTrial | None, trials: Sequence[FrozenTrial]) -> list[str]:
+def check_lines(best: FrozenTrial | None, trials: Sequence[FrozenTrial], study_name: str | None = None) -> list[str]:
     """The checks after a study as markdown bullets: the best point on the edge of the space (or with a
-    feature switched off), failed trials by reason, diverged trials."""
+    feature switched off) and, given the study's name, the next round that widens it; failed trials by reason,
+    diverged trials."""
     lines = []
     if best is None:
         lines.append("- Edge of the space: no completed trial to check.")
@@ -93,6 +94,8 @@ def check_lines(best: FrozenTrial | None, trials: Sequence[FrozenTrial]) -> list
             else:
                 lines.append(f"- Edge of the space: `{edge.name}` = {format_value(edge.value, 4)} is at the {edge.side} end of "
                              f"[{format_value(edge.low, 4)}, {format_value(edge.high, 4)}]; widen the range past it and search again.")
+        if study_name is not None:
+            lines += next_round_lines(best, study_name)
         if not flagged:
             lines.append(f"- Edge of the space: no numeric parameter of the best trial lies within "
                          f"{EDGE_FRACTION:.0%} of a bound or at an end of its numeric choices.")
@@ -117,3 +120,55 @@ def _reason(trial: FrozenTrial) -> str | None:
     """Why a trial failed or was pruned early (the worker's ``reason`` attr)."""
     reason = trial.user_attrs.get("reason")
     return None if reason is None else str(reason)
+
+
+# -- the next round ---------------------------------------------------------------------------------------------
+LOG_WIDEN = 3.0  # a log range at its edge is widened 3x past that bound
+LINEAR_WIDEN = 0.5  # a linear range by half its width
+
+
+def widened(edge: EdgeParam, dist: BaseDistribution) -> str | None:
+    """The ``[space]`` value that widens ``edge``'s range past the bound the best trial sits on, as TOML; None
+    where there is nothing to widen (a range next to 0: search finer instead; a choice set: add one by hand)."""
+    if edge.choices is not None or not isinstance(dist, (FloatDistribution, IntDistribution)):
+        return None
+    low, high = dist.low, dist.high
+    if edge.side == "low" and low == 0:
+        return None
+    if dist.log:
+        low, high = (low / LOG_WIDEN, high) if edge.side == "low" else (low, high * LOG_WIDEN)
+    else:
+        width = (high - low) * LINEAR_WIDEN
+        low, high = (max(0.0, low - width) if low >= 0 else low - width, high) if edge.side == "low" else \
+            (low, high + width)
+        low, high = round(low, 10), round(high, 10)  # 0.2 - 0.2 is 0, not 2.8e-17
+    kind = "int" if isinstance(dist, IntDistribution) else "float"
+    if kind == "int":
+        low, high = math.floor(low), math.ceil(high)
+        if dist.log:
+            low = max(1, low)
+    extras = (", log = true" if dist.log else "") + (f", step = {format_value(dist.step, 4)}"
+                                                      if dist.step not in (None, 1) else "")
+    return f"{{ {kind} = [{_toml_number(low)}, {_toml_number(high)}]{extras} }}"
+
+
+def _toml_number(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.3g}"
+
+
+def next_round_lines(best: FrozenTrial | None, study_name: str) -> list[str]:
+    """The round-2 recipe for the edges ``check_lines`` flags: the changed ``[space]`` lines and the command that
+    starts the next study from this one (``search.run --from``); [] when nothing is to widen."""
+    if best is None:
+        return []
+    changed = [(edge.name, value) for edge in edge_params(best)
+               if (value := widened(edge, best.distributions[edge.name])) is not None]
+    if not changed:
+        return []
+    name = f"{study_name}-r2"
+    return [f"- Next round: copy the spec with `[study] name = \"{name}\"` and these `[space]` lines (keep each "
+            f"line's `when`), then start it from this study, which it inherits without retraining:", "",
+            "  ```toml", *(f'  "{key}" = {value}' for key, value in changed), "  ```", "",
+            f"  `python -m search.run --study {name} --from {study_name} --trials N`"]

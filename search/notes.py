@@ -93,7 +93,7 @@ def study_note(study: optuna.Study, *, spec_epochs: int | None = None) -> str:
     saved = pruning_saved(trials, spec_epochs) if spec_epochs else None
     if saved is not None:
         lines += ["", f"Pruning saved {saved:.0%} of the training epochs of the finished trials."]
-    lines += ["", "### Checks after the study", "", *check_lines(best, trials), "", "### Next",
+    lines += ["", "### Checks after the study", "", *check_lines(best, trials, study.study_name), "", "### Next",
               "", f"- export the best for Kaggle: `python -m search.best --study {study.study_name} --export`",
               f"- the full report: `python -m search.report --study {study.study_name}`",
               "", f"_updated {dt.datetime.now().isoformat(timespec='seconds')}_"]

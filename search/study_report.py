@@ -81,7 +81,7 @@ def render_markdown(handle: StudyHandle, plots: Sequence[Plot], out_dir: Path, *
         lines += _best_section(study, best, trials, storage_arg)
     budget = handle.stored_spec().get("study.epochs")
     lines += _compute_section(trials, budget) + _time_section(trials) + _disk_section(runs_dir, files)
-    lines += _checks_section(best, trials)
+    lines += _checks_section(best, trials, study.study_name)
     lines += ["## Plots", ""]
     for plot in plots:
         if plot.path is None:
@@ -194,5 +194,5 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _checks_section(best: FrozenTrial | None, trials: Sequence[FrozenTrial]) -> list[str]:
-    return ["## Checks after the study", ""] + check_lines(best, trials) + [""]
+def _checks_section(best: FrozenTrial | None, trials: Sequence[FrozenTrial], study_name: str) -> list[str]:
+    return ["## Checks after the study", ""] + check_lines(best, trials, study_name) + [""]

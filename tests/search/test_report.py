@@ -13,7 +13,7 @@ from matplotlib import image as mpimg
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.checks import edge_params
+from search.checks import edge_params, widened
 from search.report import main
 from search.storage import open_storage
 from search.study import SPEC_ATTR, baseline_trial, config_diff, redact
@@ -235,6 +235,24 @@ def test_edge_check_speaks_of_choices_skips_strings_and_off_values(tmp_path):
     ]
     assert "- Switched off in the best trial (0 at the bottom of its range or choices, not an edge to widen): " \
            "`augment.time_masks`." in checks
+    # the next round widens the one range it can (choices and a range next to 0 are the user's to revise)
+    assert "- Next round: copy the spec with `[study] name = \"demo-r2\"`" in checks
+    assert '  "augment.freq_mask_bins" = { int = [0, 12] }' in checks.splitlines()
+    assert "  `python -m search.run --study demo-r2 --from demo --trials N`" in checks.splitlines()
+
+
+@pytest.mark.parametrize("dist, value, expected", [
+    (FloatDistribution(1e-4, 1e-1, log=True), 9e-2, "{ float = [0.0001, 0.3], log = true }"),
+    (FloatDistribution(1e-4, 1e-1, log=True), 1.1e-4, "{ float = [3.33e-05, 0.1], log = true }"),
+    (FloatDistribution(0.2, 0.6, step=0.05), 0.6, "{ float = [0.2, 0.8], step = 0.05 }"),
+    (FloatDistribution(0.2, 0.6), 0.2, "{ float = [0, 0.6] }"),
+    (IntDistribution(64, 1024, log=True), 1024, "{ int = [64, 3072], log = true }"),
+    (FloatDistribution(0.0, 1.0), 0.02, None),  # next to 0: search finer, not wider
+])
+def test_the_next_round_widens_past_the_bound(dist, value, expected):
+    trial = create_trial(state=TrialState.COMPLETE, value=0.5, params={"k": value}, distributions={"k": dist})
+    (edge,) = edge_params(trial)
+    assert widened(edge, dist) == expected
 
 
 @pytest.mark.parametrize("params, expected", [
