@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     location = locate_args(args)
     spec = location.spec
     handle = location.open()
-    files = location.trial_files(handle.uid())
+    files = location.reader_files(handle)
     data_dir = resolve_data(spec, args.data)
     if not (data_dir / "test_labels.csv").is_file():
         print(f"error: {data_dir / 'test_labels.csv'}: not found; the benchmark needs labelled test clips", file=sys.stderr)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Iterable, Mapping, Protocol
 
 import optuna
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial
 
 from trainer import atomic_path
 
@@ -107,12 +108,34 @@ def open_artifact_store(location: str | os.PathLike) -> ArtifactStore:
     return AtomicFileSystemArtifactStore(path)
 
 
+FILES_FROM_ATTR = "files_from"  # an inherited trial's user attr: {"artifacts", "uid", "trial"} of its files
+
+
 class TrialFiles:
-    """The files of one study's trials in ``store``, addressed by trial number and file name."""
+    """The files of one study's trials in ``store``, addressed by trial number and file name. A trial inherited
+    from an earlier round (``search.inherit``) has its files where that round kept them: ``with_references``
+    reads those in place, and nothing here ever writes or removes them."""
 
     def __init__(self, store: ArtifactStore, study_uid: str) -> None:
         self.store = store
         self.study_uid = study_uid
+        self.references: dict[int, tuple[TrialFiles, int]] = {}
+
+    def with_references(self, trials: Iterable[FrozenTrial]) -> "TrialFiles":
+        """These files plus, for each inherited trial of ``trials``, its own files read in place (readers)."""
+        stores: dict[str, ArtifactStore] = {}
+        for trial in trials:
+            source = trial.user_attrs.get(FILES_FROM_ATTR)
+            if not isinstance(source, Mapping) or not {"artifacts", "uid", "trial"} <= set(source):
+                continue
+            location = str(source["artifacts"])
+            if location not in stores:
+                try:
+                    stores[location] = open_artifact_store(location)
+                except (OSError, ValueError):
+                    continue  # the earlier round's store is gone or unreachable: the trial has no files here
+            self.references[trial.number] = (TrialFiles(stores[location], str(source["uid"])), int(source["trial"]))
+        return self
 
     def artifact_id(self, number: int, name: str) -> str:
         if name not in WORKING_FILES:
@@ -130,6 +153,9 @@ class TrialFiles:
 
     def pull(self, number: int, name: str, dest_dir: Path) -> Path | None:
         """Copy trial ``number``'s ``name`` to ``dest_dir/name`` (atomically); None when it is not stored."""
+        if number in self.references:
+            files, own = self.references[number]
+            return files.pull(own, name, dest_dir)
         try:
             reader = self.store.open_reader(self.artifact_id(number, name))
         except ArtifactNotFound:
@@ -140,6 +166,9 @@ class TrialFiles:
         return dest
 
     def has(self, number: int, name: str) -> bool:
+        if number in self.references:
+            files, own = self.references[number]
+            return files.has(own, name)
         if isinstance(self.store, AtomicFileSystemArtifactStore):
             return self.store.size(self.artifact_id(number, name)) is not None
         try:
@@ -149,7 +178,9 @@ class TrialFiles:
         return True
 
     def remove(self, number: int, name: str) -> bool:
-        """Delete a stored file; False when it was not there."""
+        """Delete a stored file; False when it was not there (or is an earlier round's: never removed here)."""
+        if number in self.references:
+            return False
         try:
             self.store.remove(self.artifact_id(number, name))
         except ArtifactNotFound:

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = location.spec
         handle = location.open()
         study = handle.study
-        files = location.trial_files(handle.uid())
+        files = location.reader_files(handle)
         trial = choose_trial(study, args.trial) if args.trial is not None else None  # a wrong --trial: one line
         print(describe_top(study, args.top, spec))
         out = Path(args.out) if args.out else location.folder / "export"

@@ -18,6 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from search.artifacts import FILES_FROM_ATTR
 from search.spec import StudySpec
 from search.study import best_trial, trial_config
 from trainer import ConfigError
@@ -68,6 +69,16 @@ def point_in(spec: StudySpec, trial: FrozenTrial) -> tuple[dict[str, Any] | None
 
 
 @dataclass(frozen=True)
+class Source:
+    """The previous round: its study, and where its trials' files are (artifact location, study uid), which the
+    inherited trials reference in place rather than copy."""
+
+    study: optuna.Study
+    artifacts: str | None = None
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
 class Inheritance:
     """What ``inherit`` did, for the worker's one line and the study's record."""
 
@@ -93,9 +104,11 @@ class Inheritance:
         return {"study": self.source, "added": sum(self.added.values()), "left_out": self.outside + self.other_config}
 
 
-def inherit(study: optuna.Study, spec: StudySpec, source: optuna.Study) -> Inheritance:
-    """Add ``source``'s finished trials that ``spec`` would train exactly to ``study`` (called once, when the
-    study is created, after its baseline was queued)."""
+def inherit(study: optuna.Study, spec: StudySpec, previous: Source) -> Inheritance:
+    """Add the previous round's finished trials that ``spec`` would train exactly to ``study`` (called once,
+    when the study is created, after its baseline was queued)."""
+    source = previous.study
+    files = (previous.artifacts, previous.uid) if previous.artifacts and previous.uid else None
     distributions = {p.key: p.distribution for p in spec.space}
     added: dict[str, int] = {}
     outside = other = 0
@@ -106,7 +119,7 @@ def inherit(study: optuna.Study, spec: StudySpec, source: optuna.Study) -> Inher
             outside += why == "outside"
             other += why == "config"
             continue
-        copies.append(_copy(trial, params, {k: distributions[k] for k in params}, source.study_name))
+        copies.append(_copy(trial, params, {k: distributions[k] for k in params}, source.study_name, files))
         inherited_numbers.add(trial.number)
         added[trial.state.name] = added.get(trial.state.name, 0) + 1
     best = best_trial(source)
@@ -122,9 +135,14 @@ def inherit(study: optuna.Study, spec: StudySpec, source: optuna.Study) -> Inher
 
 
 def _copy(trial: FrozenTrial, params: dict[str, Any], distributions: dict[str, BaseDistribution],
-          source: str) -> FrozenTrial:
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("baseline", "run_dir", "worker_id")}
+          source: str, files: tuple[str, str] | None) -> FrozenTrial:
+    user_attrs = {k: v for k, v in trial.user_attrs.items()
+                  if k not in ("baseline", "run_dir", "worker_id", FILES_FROM_ATTR)}
     user_attrs.update(from_study=source, from_trial=trial.number)
+    if files is not None:  # its checkpoints and predictions stay where the earlier round keeps them
+        previous = trial.user_attrs.get(FILES_FROM_ATTR)  # an inherited trial of that round: its original files
+        user_attrs[FILES_FROM_ATTR] = previous if isinstance(previous, Mapping) else {
+            "artifacts": files[0], "uid": files[1], "trial": trial.number}
     system_attrs = {k: v for k, v in trial.system_attrs.items()
                     if k.startswith((RUNG_ATTR_PREFIX, CONSTRAINTS_ATTR_PREFIX))}
     return create_trial(state=trial.state, value=trial.value, params=params, distributions=distributions,

@@ -7,7 +7,7 @@ import time
 
 import optuna
 
-from search.inherit import INHERITED_ATTR, inherit
+from search.inherit import INHERITED_ATTR, Source, inherit
 from search.spec import StudySpec, spec_differences
 from search.storage import create_or_load_study
 from search.study import FINGERPRINT_ATTR, SPEC_ATTR, new_uid
@@ -21,7 +21,7 @@ class UsageError(Exception):
 
 def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
                sampler: optuna.samplers.BaseSampler | None = None, force: bool = False,
-               inherit_from: optuna.Study | None = None) -> optuna.Study:
+               inherit_from: Source | None = None) -> optuna.Study:
     """Create the study or join it; refuse (UsageError) when its stored spec differs, unless ``force``.
 
     The creator gives the study its identity, enqueues the baseline (trial 0), inherits the finished trials
@@ -48,7 +48,7 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
         return study
     study_id = storage.get_study_id_from_name(spec.name)
     if inherit_from is not None:
-        _check_inherited(storage, study_id, spec.name, inherit_from.study_name)
+        _check_inherited(storage, study_id, spec.name, inherit_from.study.study_name)
     deadline = time.monotonic() + SPEC_WAIT_S
     while FINGERPRINT_ATTR not in storage.get_study_system_attrs(study_id):
         if time.monotonic() > deadline:  # its creator died before storing the spec: adopt the study

@@ -38,11 +38,20 @@ class StudyLocation:
         """The existing study (readers): never creates one; ``StudyNotFoundError`` names what exists."""
         return load_study(self.name, self.storage, self.studies)
 
+    @property
+    def artifacts_location(self) -> str:
+        """``--artifacts``, else ``<folder>/artifacts``."""
+        return self.artifacts or str(self.folder.resolve() / "artifacts")
+
     def artifact_store(self):
-        return open_artifact_store(self.artifacts or self.folder.resolve() / "artifacts")
+        return open_artifact_store(self.artifacts_location)
 
     def trial_files(self, uid: str) -> TrialFiles:
         return TrialFiles(self.artifact_store(), uid)
+
+    def reader_files(self, handle: StudyHandle) -> TrialFiles:
+        """The study's trial files for readers (export, ensemble, report), inherited trials' read in place."""
+        return self.trial_files(handle.uid()).with_references(handle.study.get_trials(deepcopy=False))
 
 
 def locate(study: str, studies: str | os.PathLike | None = None, storage: str | None = None,

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handle = location.open()
         out_dir = Path(args.out) if args.out else location.folder / "report"
         path = write_report(handle, out_dir, storage_arg=args.storage, runs_dir=location.folder / "runs" / handle.uid(),
-                            files=location.trial_files(handle.uid()), spec=location.spec)
+                            files=location.reader_files(handle), spec=location.spec)
     except (StudyNotFoundError, StorageError, ValueError) as error:  # SpecError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2

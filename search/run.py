@@ -30,13 +30,14 @@ import optuna
 from search.console import Console, eta_line
 from search.failures import DEFAULT_MAX_RETRY
 from search.gpu_choice import device_for_worker, use_device
+from search.inherit import Source
 from search.join import UsageError, join_study
 from search.lifecycle import Worker, stale_trial_retry
-from search.locate import StudyLocation, locate_args
+from search.locate import StudyLocation, locate, locate_args
 from search.objective import Objective
 from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments, open_storage
-from search.study import StudyHandle, StudyNotFoundError, load_study, redact, resolve_data
+from search.study import StudyHandle, StudyNotFoundError, redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
                      remove_stale_temp_files, resolve_device)
 
@@ -132,14 +133,16 @@ def _run(args: argparse.Namespace) -> int:
     return worker.run(objective, trials=args.trials, timeout=args.timeout)
 
 
-def _previous_round(args: argparse.Namespace, location: StudyLocation) -> optuna.Study:
-    """``--from OLD``: the study to inherit from (one line when it is missing)."""
+def _previous_round(args: argparse.Namespace, location: StudyLocation) -> Source:
+    """``--from OLD``: the study to inherit from and where its trials' files are (one line when it is missing)."""
     if args.inherit_from == location.name:
         raise UsageError(f"--from {args.inherit_from}: a study cannot inherit from itself")
+    old = locate(args.inherit_from, location.studies, args.from_storage or args.storage, args.artifacts)
     try:
-        return load_study(args.inherit_from, args.from_storage or args.storage, location.studies).study
+        handle = old.open()
     except StudyNotFoundError as exc:
         raise UsageError(f"--from {args.inherit_from}: {exc}") from None
+    return Source(handle.study, old.artifacts_location, handle.uid())
 
 
 def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import TrialFiles
+from search.inherit import inherited
 from search.kaggle.kernel_main import POOLINGS, pool_probabilities
 from search.spec import Kernel, StudySpec
 from search.study import best_trial, is_feasible, trial_config
@@ -184,6 +185,13 @@ def load_candidates(study: optuna.Study, files: TrialFiles, val_targets: Callabl
     if not loaded:
         raise EnsembleError(f"study {study.study_name!r}: no COMPLETE feasible trial has stored validation predictions "
                             f"to select from" + (f" ({'; '.join(notes)})" if notes else ""))
+    own_splits = {str(stored["split"]) for trial, stored in loaded if not inherited(trial)}
+    elsewhere = [trial.number for trial, stored in loaded if inherited(trial) and own_splits
+                 and str(stored["split"]) not in own_splits]
+    if elsewhere:  # an earlier round on another data set or split: its predictions are of other clips
+        notes.append(f"{len(elsewhere)} inherited trial(s) validated on another split than this study's (another "
+                     f"data set, split seed or fraction) left out: {_numbers(elsewhere)}")
+        loaded = [(trial, stored) for trial, stored in loaded if trial.number not in elsewhere]
     splits: dict[str, list[int]] = {}
     for trial, stored in loaded:
         splits.setdefault(str(stored["split"]), []).append(trial.number)

@@ -1,20 +1,26 @@
 """Tuning in rounds (search.inherit, search.run --from): what a new study takes from the previous one."""
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console
-from search.inherit import INHERITED_ATTR, inside
+from search.inherit import INHERITED_ATTR, Source, inside
 from search.join import UsageError, join_study
+from search.kaggle.ensemble import load_candidates
+from search.locate import locate
 from search.run import main
 from search.notes import study_note
 from search.spec import load_spec
 from search.status_view import StatusView
 from search.storage import default_storage_url, open_storage
 from search.study import StudyHandle
+
+from trainer import TrainConfig
 
 from tests.search.conftest import write_spec
 
@@ -58,7 +64,7 @@ def rounds(tmp_path):
 def test_the_new_round_takes_the_trials_its_space_holds_with_their_curves(rounds, capsys):
     studies, old, spec = rounds
     storage = open_storage(default_storage_url("round2", studies))
-    study = join_study(storage, spec, inherit_from=old)
+    study = join_study(storage, spec, inherit_from=Source(old))
     line = capsys.readouterr().out.strip()
     assert line == ("inherited 3 trials of study 'round1' (2 complete, 1 pruned); left out 1 outside this spec's "
                     "space, 1 trained another config (base or epochs differ)")
@@ -78,13 +84,13 @@ def test_the_new_round_takes_the_trials_its_space_holds_with_their_curves(rounds
     assert storage.get_study_system_attrs(study._study_id)[INHERITED_ATTR] == {
         "study": "round1", "added": 3, "left_out": 2}
 
-    again = join_study(open_storage(default_storage_url("round2", studies)), spec, inherit_from=old)
+    again = join_study(open_storage(default_storage_url("round2", studies)), spec, inherit_from=Source(old))
     assert len(again.get_trials(deepcopy=False)) == len(trials)  # a second --from adds nothing twice
 
 
 def test_inherited_pruned_trials_feed_the_pruner_rungs(rounds):
     studies, old, spec = rounds
-    warm = join_study(open_storage(default_storage_url("round2", studies)), spec, inherit_from=old)
+    warm = join_study(open_storage(default_storage_url("round2", studies)), spec, inherit_from=Source(old))
     cold_spec = load_spec(write_spec(studies, "cold", space=WIDE, pruner=ASHA))
     cold = join_study(open_storage(default_storage_url("cold", studies)), cold_spec)
     for study in (warm, cold):
@@ -104,7 +110,7 @@ def test_the_best_of_round_one_is_queued_when_it_was_not_inherited(tmp_path, cap
                               direction="maximize")
     old.add_trial(_old_trial(old_spec, {"optim.lr": 4e-3, "model.head": "linear"}, value=0.7, epochs=5))
     spec = load_spec(write_spec(studies, "r2", space=WIDE))  # 2 epochs: the 5-epoch trial is not its config
-    study = join_study(open_storage(default_storage_url("r2", studies)), spec, inherit_from=old)
+    study = join_study(open_storage(default_storage_url("r2", studies)), spec, inherit_from=Source(old))
     assert "its best, #0, queued first after the baseline" in capsys.readouterr().out
     waiting = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
     assert waiting[1].system_attrs["fixed_params"] == {"optim.lr": 4e-3, "model.head": "linear"}
@@ -123,8 +129,8 @@ def test_from_refusals_are_one_line(rounds, capsys):
     join_study(open_storage(default_storage_url("round2", studies)), spec)  # created without --from
     with pytest.raises(UsageError, match="--from round1: study 'round2' exists already \\(created without --from\\)"):
         join_study(open_storage(default_storage_url("round2", studies)), spec,
-                   inherit_from=optuna.load_study(study_name="round1",
-                                                  storage=open_storage(default_storage_url("round1", studies))))
+                   inherit_from=Source(optuna.load_study(study_name="round1",
+                                                  storage=open_storage(default_storage_url("round1", studies)))))
 
 
 @pytest.mark.slow
@@ -144,7 +150,13 @@ def test_a_worker_from_a_real_round_counts_its_own_trials(tmp_path, warm_cache, 
     study = optuna.load_study(study_name="second", storage=open_storage(default_storage_url("second", studies)))
     own = [t for t in study.trials if "from_study" not in t.user_attrs and t.state == TrialState.COMPLETE]
     assert len(own) == 1 and own[0].user_attrs.get("baseline") is True
-    assert len([t for t in study.trials if "from_study" in t.user_attrs]) == 2
+    copies = [t for t in study.trials if "from_study" in t.user_attrs]
+    assert len(copies) == 2
+    location = locate("second", studies)
+    files = location.reader_files(location.open())  # round 1's files, read where round 1 keeps them
+    assert all(files.has(t.number, "val_predictions.npz") and files.has(t.number, "best.pth") for t in copies)
+    assert all(t.user_attrs["files_from"]["artifacts"] == str((studies / "first" / "artifacts").resolve())
+               for t in copies)
 
 
 @pytest.mark.parametrize("value, expected", [(2e-3, True), (1e-2, True), (1.1e-2, False), (float("nan"), False),
@@ -157,7 +169,7 @@ def test_the_status_view_note_and_pane_summary_count_inherited_trials(rounds, ca
     studies, old, spec = rounds
     url = default_storage_url("round2", studies)
     storage = open_storage(url)
-    study = join_study(storage, spec, inherit_from=old)
+    study = join_study(storage, spec, inherit_from=Source(old))
     capsys.readouterr()
     screen = "\n".join(StatusView.of(StudyHandle(study, storage, url), spec).lines())
     assert "3 of them inherited from study 'round1'" in " ".join(screen.split())
@@ -165,3 +177,35 @@ def test_the_status_view_note_and_pane_summary_count_inherited_trials(rounds, ca
     assert "3 of them inherited from study 'round1' (`search.run --from`)" in study_note(study)
     Console(baseline=spec.baseline_params(), worker_id="host:1").summary(study, "done")
     assert "(3 of them inherited from study 'round1')" in capsys.readouterr().out
+
+
+def _predictions(folder, split):
+    folder.mkdir(parents=True, exist_ok=True)
+    probs = np.tile(np.linspace(0.1, 0.9, 80, dtype=np.float16), (4, 1))
+    np.savez(folder / "val_predictions.npz", probs=probs, fnames=np.array([f"{k}.wav" for k in range(4)]),
+             split=np.array(split), epoch=np.array(1), lwlrap=np.array(0.5))
+    return folder / "val_predictions.npz"
+
+
+def test_inherited_predictions_are_read_in_place_and_used_only_on_the_same_split(tmp_path):
+    """Round 2's own trial and two inherited ones, whose files stay in round 1's store: the one validated on
+    round 2's split is a candidate, the other (another data set) is left out with a note; nothing is copied."""
+    old_files = TrialFiles(open_artifact_store(tmp_path / "old-artifacts"), "old-uid")
+    new_files = TrialFiles(open_artifact_store(tmp_path / "new-artifacts"), "new-uid")
+    new_files.push(0, _predictions(tmp_path / "own", "split-A"))
+    old_files.push(5, _predictions(tmp_path / "old5", "split-A"))
+    old_files.push(6, _predictions(tmp_path / "old6", "split-B"))
+    config = TrainConfig().to_json()
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.6, user_attrs={"config": config}))
+    for number in (5, 6):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.7, user_attrs={
+            "config": config, "from_study": "round1", "from_trial": number,
+            "files_from": {"artifacts": str(tmp_path / "old-artifacts"), "uid": "old-uid", "trial": number}}))
+    files = new_files.with_references(study.get_trials(deepcopy=False))
+    pool = load_candidates(study, files, lambda fnames, split: np.eye(4, 80, dtype=np.float64))
+    assert sorted(c.number for c in pool.candidates) == [0, 1] and pool.split == "split-A"
+    assert any("1 inherited trial(s) validated on another split" in note and note.endswith(": 2")
+               for note in pool.notes)
+    assert not files.remove(1, "val_predictions.npz") and old_files.has(5, "val_predictions.npz")  # never removed
+    assert not (tmp_path / "new-artifacts" / "new-uid" / "1").exists()  # read in place, not copied
