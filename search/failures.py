@@ -47,10 +47,14 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: 
     for kept in ("baseline", "startup"):
         if kept in trial.user_attrs:
             user_attrs[kept] = trial.user_attrs[kept]
+    system_attrs: dict = {"failed_trial": history[0], "retry_history": history}
+    if isinstance(fixed := trial.system_attrs.get("fixed_params"), dict):
+        # a queued point (baseline, startup) whose worker died before suggesting it: the retry keeps the point
+        system_attrs["fixed_params"] = {**fixed, **trial.params}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs=user_attrs,  # no curve: the retry reports the epochs its resume really keeps (lifecycle)
-        system_attrs={"failed_trial": history[0], "retry_history": history}))
+        system_attrs=system_attrs))
     return max(t.number for t in study.get_trials(deepcopy=False))
 
 

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import os
 import shutil
@@ -56,6 +57,10 @@ from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError
                      load_checkpoint)
 
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
+# A trial's worker records itself (user attr worker_id) well within a second of taking it; an unclaimed RUNNING
+# trial is failed after the heartbeat grace period, and never sooner than this (a stalled box or a skewed clock
+# must not fail a live trial).
+UNCLAIMED_MIN_S = 30.0
 def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.Study, FrozenTrial], None]:
     """The storage's ``on_stale_trial``: a trial whose worker died (its heartbeat stopped) is retried like any
     other failure, by whichever worker noticed."""
@@ -66,6 +71,34 @@ def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.St
         elif outcome is not None:
             print(f"#{trial.number} stopped beating (its worker died): queued for retry as #{outcome}", flush=True)
     return retry
+
+
+def fail_unclaimed_trials(study: optuna.Study, *, older_than_s: float, max_retry: int = DEFAULT_MAX_RETRY,
+                          now: dt.datetime | None = None) -> list[int]:
+    """Fail and retry the RUNNING trials no worker ever claimed: no ``worker_id`` after ``older_than_s`` since they
+    started. A worker killed between taking a trial (RUNNING) and its first heartbeat leaves one that Optuna's
+    stale check never sees (it only looks at trials with a heartbeat), so without this every pane waits for it
+    for ever (benchmarks/stress.py, the PostgreSQL storm). Returns the numbers failed."""
+    now = now or dt.datetime.now()  # Optuna stamps datetime_start with the local clock
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "worker_id" in trial.user_attrs or trial.datetime_start is None:
+            continue
+        if (now - trial.datetime_start).total_seconds() < older_than_s:
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        except ValueError:  # claimed or finished in the meantime
+            continue
+        failed.append(trial.number)
+        outcome = requeue(study, study.get_trials(deepcopy=False)[trial.number], reason="heartbeat",
+                          max_retry=max_retry)
+        what = f"#{trial.number} was taken by a worker that died before its first heartbeat"
+        if isinstance(outcome, Dropped):
+            print(f"{what} and is {outcome}", flush=True)
+        elif outcome is not None:
+            print(f"{what}: queued for retry as #{outcome}", flush=True)
+    return failed
 
 
 # -- the worker --------------------------------------------------------------------------------------
@@ -82,6 +115,7 @@ class Worker:
     data_dir: Path
     max_retry: int = DEFAULT_MAX_RETRY
     threads: int | None = None
+    grace: float = 180.0  # the storage's heartbeat grace period (search.run --grace)
     current: optuna.Trial | None = None
     current_run: TrialRun | None = None  # the running attempt, once ``start`` prepared it
     objective: Callable[[optuna.Trial], float] | None = None  # given to ``run``
@@ -181,6 +215,7 @@ class Worker:
                                      f"to {trials}; this pane takes one if any fails")
                 told = True
             optuna.storages.fail_stale_trials(self.study)
+            fail_unclaimed_trials(self.study, older_than_s=max(self.grace, UNCLAIMED_MIN_S), max_retry=self.max_retry)
             time.sleep(WAIT_POLL_S)
 
     def _check_environment(self) -> None:

@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     use_device(device.device)
     console = Console(baseline=spec.baseline_params(), worker_id=worker_id)
     worker = Worker(handle, spec, files, runs_dir, console, worker_id, data_dir, max_retry=max_retry,
-                    threads=args.threads)
+                    threads=args.threads, grace=args.grace)
     objective = Objective(spec, data_dir, worker, device=device.device, device_bank_share=args.device_bank_share)
     panes = worker.panes_on_host()
     console.message(f"worker {worker_id} joined study {spec.name} ({redact(url)}), data {data_dir}, "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import io
 import time
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console
 from search.failures import DEFAULT_MAX_RETRY, Dropped, requeue
-from search.lifecycle import Worker, stale_trial_retry
+from search.lifecycle import Worker, fail_unclaimed_trials, stale_trial_retry
 from search.objective import Objective, Trainer
 from search.join import join_study
 from search.spec import load_spec
@@ -404,3 +405,36 @@ def test_a_full_disk_under_the_study_database_fails_the_trial_queues_its_retry_a
     assert setup.run(trials=1) == 0
     assert setup.worker.reserve.path.stat().st_size == setup.worker.reserve.SIZE
     assert setup.study.trials[1].state == TrialState.COMPLETE
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried_not_waited_for(tmp_path, monkeypatch):
+    """A worker SIGKILLed between taking the baseline (RUNNING) and its first heartbeat left a trial Optuna's stale
+    check never sees (no heartbeat at all): the panes waited for it for ever (the PostgreSQL storm). Now the
+    waiting worker fails it after the grace period and runs its retry, the same point."""
+    monkeypatch.setattr("search.lifecycle.UNCLAIMED_MIN_S", 0.5)
+    setup = Setup(tmp_path, train=fake_training())
+    setup.worker.grace = 0.5
+    taken = setup.study.ask()  # trial 0, the baseline, taken by a worker that then died
+    assert taken.number == 0 and setup.study.trials[0].state == TrialState.RUNNING
+    time.sleep(0.6)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert setup.run(trials=1, timeout=30) == 0
+    assert "#0 was taken by a worker that died before its first heartbeat: queued for retry as #1" in out.getvalue()
+    assert "done: the study has its 1 finished trials" in setup.out.getvalue()
+    trials = setup.study.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.COMPLETE
+    assert trials[1].user_attrs["baseline"] is True and trials[1].params == setup.spec.baseline_params()
+
+
+def test_only_old_unclaimed_running_trials_are_failed(tmp_path):
+    study = optuna.create_study(storage=open_storage(default_storage_url("u", tmp_path)), study_name="u")
+    claimed, unclaimed = study.ask(), study.ask()
+    claimed.set_user_attr("worker_id", "host:1")
+    soon = dt.datetime.now() + dt.timedelta(seconds=5)
+    assert fail_unclaimed_trials(study, older_than_s=10, now=soon) == []  # too recent to call dead
+    later = dt.datetime.now() + dt.timedelta(seconds=60)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert fail_unclaimed_trials(study, older_than_s=10, now=later) == [unclaimed.number]
+    assert [t.state for t in study.trials[:2]] == [TrialState.RUNNING, TrialState.FAIL]
+    assert study.trials[2].state == TrialState.WAITING and study.trials[2].user_attrs["retry_of"] == 1
