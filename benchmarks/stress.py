@@ -84,6 +84,7 @@ min_trials = 2
 "model.head_hidden" = { int = [8, 32], when = { "model.head" = "mlp" } }
 """
 PG = "postgresql://postgres@127.0.0.1:5432"
+HUNG_AFTER_S = 300.0  # a storm worker still running this long after the chaos waits for something that never comes
 
 
 def spec_text(args: argparse.Namespace, epochs: int | None = None) -> str:
@@ -99,6 +100,7 @@ class Fleet:
         self.studies, self.name, self.url, self.trials, self.env = studies, name, url, trials, env
         self.procs: list[subprocess.Popen] = []
         self.kills = 0
+        self.hung = 0
         self.logs = studies / "logs"
         self.logs.mkdir(exist_ok=True)
 
@@ -120,9 +122,16 @@ class Fleet:
             rng.choice(alive).send_signal(signal.SIGKILL)
             self.kills += 1
 
-    def wait(self) -> None:
+    def wait(self, timeout_s: float = HUNG_AFTER_S) -> None:
+        """Wait for every worker; one still running after ``timeout_s`` is hung (counted, then killed)."""
+        deadline = time.monotonic() + timeout_s
         for proc in self.procs:
-            proc.wait()
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.hung += 1
+                proc.kill()
+                proc.wait()
 
     def unexpected_exits(self) -> list[int]:
         return [p.returncode for p in self.procs if p.returncode not in (0, -signal.SIGKILL)]
@@ -316,7 +325,7 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
         "worker_exits_not_0": fleet.unexpected_exits(),
         "lock_errors": text.count("database is locked"), "tracebacks": text.count("Traceback"),
         "temp_files_left": len(list(studies.rglob(".tmp-*"))),
-        "orphans": len(marked_processes(marker)),
+        "orphans": len(marked_processes(marker)), "hung_workers": fleet.hung,
         "dashboard_polls": dashboard.polls, "dashboard_errors": len(dashboard.errors),
     })
     if args.keep_logs:
@@ -530,6 +539,8 @@ def main() -> None:
             ("unloadable checkpoints (of checked)", lambda r: f"{r['unloadable']} ({r['checkpoints_checked']})"),
             ("temp files left", lambda r: r["temp_files_left"]),
             ("orphan processes", lambda r: r["orphans"]),
+            (f"workers hung (still waiting {HUNG_AFTER_S:.0f} s after the chaos; killed)",
+             lambda r: r.get("hung_workers", "-")),
             ("dashboard polls / errors", lambda r: f"{r['dashboard_polls']} / {r['dashboard_errors']}"),
             ("wall time", lambda r: f"{r['seconds']} s")]
     for label, cell in rows:

@@ -193,7 +193,7 @@ def case_stress(tmp_path: Path, warm_cache: Path) -> None:
     assert storm["backend"] == "sqlite" and storm["finished"] >= storm["asked"] == 3
     assert storm["duplicates"] == 0 and storm["running"] == 0 and storm["unloadable"] == 0
     assert storm["dashboard_polls"] > 0 and storm["dashboard_errors"] == 0
-    assert storm["orphans"] == 0 and storm["temp_files_left"] == 0
+    assert storm["orphans"] == 0 and storm["temp_files_left"] == 0 and storm["hung_workers"] == 0
     assert disk["scenario"] == "full disk"
     if "skipped" not in disk:  # the tmpfs mount needs root and a kernel that lets this container mount
         assert disk["exit_code"] != 0 and disk["retry_exit_code"] == 0 and disk["retry_state"] == "COMPLETE"
