@@ -285,7 +285,8 @@ def plot(records: list[dict], budget: int, path: Path) -> None:
             xs, medians, lows, highs = [], [], [], []
             for epochs in grid:
                 values = [v for v in (test_at(r, epochs) for r in group) if v is not None]
-                if len(values) == len(group):
+                # past the budget where a repeat stopped (--full-repeats), the line goes on with the others
+                if values and len(values) >= min(len(group), 2):
                     xs.append(epochs / BASELINE_EPOCHS)
                     medians.append(statistics.median(values))
                     lows.append(min(values))
