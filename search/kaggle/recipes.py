@@ -53,10 +53,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("ensemble-8-2x", "a greedy ensemble of the study's trials (8 rounds), members at 2x their epochs",
            ensemble=8, epochs_scale=2),
 )}
-# Measured by benchmarks/bench_export.py on both built-in sets (README "Export recipes").
-DEFAULT_RECIPE = "single"
-DEFAULT_TRIAL_RECIPE = "single"  # for ``--trial N`` when the default is an ensemble: the best one-config recipe
-DEFAULT_WHY = "today's export, until bench_export.py has measured the recipes"
+# Measured by benchmarks/bench_export.py on both built-in sets (README "Export recipes"): the best held-out test
+# lwlrap on both, one model (no kernel time over the trial's), for 2x the trial's training.
+DEFAULT_RECIPE = "full-curated-2x"
+DEFAULT_TRIAL_RECIPE = "full-curated-2x"  # for ``--trial N`` when the default is an ensemble: the best one-config one
+DEFAULT_WHY = ("the best on held-out test clips of both built-in sets, one model, no kernel time added; "
+               "README 'Export recipes'")
 
 
 def recipe_named(name: str) -> Recipe:

@@ -80,7 +80,7 @@ def test_listing_ranks_trials_and_skips_infeasible_ones(studies, capsys):
 @pytest.mark.slow
 def test_export_retrains_the_best_feasible_trial(studies, tmp_path, capsys):
     out = tmp_path / "export"
-    code = main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(out),
+    code = main(["--study", "demo", "--studies-dir", str(studies), "--export", "--recipe", "single", "--out", str(out),
                  "--kaggle-user", "someone"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -186,7 +186,12 @@ def test_export_without_recipe_flags_trains_the_default_recipe(studies, tmp_path
     err = capsys.readouterr().err
     record = json.loads((out / "export.json").read_text())
     assert record["recipe"] == DEFAULT_RECIPE and f"recipe {DEFAULT_RECIPE} (the default: " in err
-    assert record["trained_epochs"] >= 2 and record["train_wall_s"] > 0
+    recipe = RECIPES[DEFAULT_RECIPE]
+    member = json.loads((out / "config.json").read_text())["members"][0]["train_config"]
+    assert member["optim"]["epochs"] == 2 * recipe.epochs_scale  # the trial's 2 epochs, scaled
+    assert member["data"]["full_curated"] is recipe.full_curated
+    assert record["trained_epochs"] == 2 * recipe.epochs_scale and record["train_wall_s"] > 0
+    assert record["validation"]["held_out"] is not recipe.full_curated
 
 
 @pytest.mark.slow
