@@ -245,9 +245,10 @@ def table(records: list[dict], budgets: list[int]) -> str:
             cells.append(f"{statistics.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
                          + ("" if len(values) == len(group) else f" ({len(values)} of {len(group)})")
                          if values else "—")
-        trials = statistics.median(sum(1 for _ in trials_within(r, budgets[-1])) for r in group
-                                   if r["budget_epochs"] >= budgets[-1] or "recipe" in STRATEGIES[strategy])
-        lines.append(f"| {data} | {strategy} | {len(group)} | " + " | ".join(cells) + f" | {trials:.0f} |")
+        counts = [sum(1 for _ in trials_within(r, budgets[-1])) for r in group
+                  if r["budget_epochs"] >= budgets[-1] or "recipe" in STRATEGIES[strategy]]
+        trials = f"{statistics.median(counts):.0f}" if counts else "—"  # no repeat ran that far
+        lines.append(f"| {data} | {strategy} | {len(group)} | " + " | ".join(cells) + f" | {trials} |")
     return "\n".join(lines)
 
 
