@@ -23,7 +23,7 @@ from search.kaggle.ensemble_report import TEST_LABELS, describe, held_out_or_rea
 from search.kaggle.export import KernelRunError, write_record
 from search.kaggle.kernel import KernelGenerationError
 from search.kaggle.kernel_main import POOLINGS
-from search.kaggle.recipes import DEFAULT_RECIPE, DEFAULT_TRIAL_RECIPE, DEFAULT_WHY, RECIPES, Recipe, recipe_named
+from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES, Recipe, default_recipe, recipe_named
 from search.locate import locate_args
 from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments
@@ -77,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "random half of the trials (against overfitting the validation split)")
     parser.add_argument("--export", action="store_true", help="write the Kaggle folder for the chosen trial or ensemble")
     parser.add_argument("--recipe", choices=list(RECIPES), metavar="NAME",
-                        help=f"what --export trains: {', '.join(RECIPES)} (default {DEFAULT_RECIPE}, the measured "
-                             f"best on held-out clips; explicit --epochs/--folds/--seeds/--full-curated/--ensemble/"
+                        help=f"what --export trains: {', '.join(RECIPES)} (default: the first of "
+                             f"{', '.join(DEFAULT_RECIPES)} that fits the kernel budget, measured best on held-out "
+                             f"clips; explicit --epochs/--folds/--seeds/--full-curated/--ensemble/"
                              f"--reuse-checkpoints export exactly what they say instead)")
     parser.add_argument("--reuse-checkpoints", action="store_true", help="export the trials' own best.pth instead of "
                         "retraining (with --ensemble: selects only among trials whose weights are kept)")
@@ -98,12 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         recipe = _recipe(args)
-        if recipe is not None:
-            args.ensemble, args.seeds, args.folds = recipe.ensemble, recipe.seeds, recipe.folds
-            args.full_curated = recipe.full_curated
-        options = ExportOptions(args.pooling, args.reuse_checkpoints, args.epochs,
-                                recipe.epochs_scale if recipe is not None else 1, args.full_curated, args.threads,
-                                args.kaggle_user, args.dataset_slug)
+        default = recipe is None and args.export and not _explicit_flags(args)  # chosen once the trial is known
+        options = _apply(args, recipe)
         _check_flags(args)
         options.check()
         location = locate_args(args)
@@ -130,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.export:
             return 0
         trial = trial or choose_trial(study)
+        if default:
+            recipe, why = default_recipe(trial, spec.kernel if spec is not None else None)
+            print(f"recipe {recipe.name} (the default: {why}): {recipe.summary}; --recipe NAME for another",
+                  file=sys.stderr)
+            options = _apply(args, recipe)
         if not is_feasible(trial):
             print(f"warning: trial {trial.number} exceeds the kernel time budget; exporting it as asked",
                   file=sys.stderr)
@@ -153,19 +155,11 @@ def _explicit_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _recipe(args: argparse.Namespace) -> Recipe | None:
-    """The recipe this export trains: ``--recipe``, else the default when no flag says what to train; None when
-    the explicit flags decide (or nothing is exported). Prints which, and why."""
+    """``--recipe``, checked against the other flags (one line each); None without it (the explicit flags decide,
+    or the default is chosen once the trial is known)."""
     explicit = _explicit_flags(args)
     if args.recipe is None:
-        if not args.export or explicit:
-            return None
-        name = DEFAULT_RECIPE
-        if args.trial is not None and RECIPES[name].ensemble is not None:
-            name = DEFAULT_TRIAL_RECIPE  # --trial asks for one trial's config: the best recipe of one config
-        recipe = RECIPES[name]
-        print(f"recipe {name} (the default: {DEFAULT_WHY}): {recipe.summary}; --recipe NAME for another",
-              file=sys.stderr)
-        return recipe
+        return None
     recipe = recipe_named(args.recipe)
     if not args.export:
         raise ConfigError(f"--recipe {recipe.name} says what --export trains: add --export")
@@ -178,6 +172,16 @@ def _recipe(args: argparse.Namespace) -> Recipe | None:
                           f"trial's config: choose one")
     print(f"recipe {recipe.name}: {recipe.summary}", file=sys.stderr)
     return recipe
+
+
+def _apply(args: argparse.Namespace, recipe: Recipe | None) -> ExportOptions:
+    """The export options of ``recipe`` (the flags' own without one); sets the flags it decides."""
+    if recipe is not None:
+        args.ensemble, args.seeds, args.folds = recipe.ensemble, recipe.seeds, recipe.folds
+        args.full_curated = recipe.full_curated
+    return ExportOptions(args.pooling, args.reuse_checkpoints, args.epochs,
+                         recipe.epochs_scale if recipe is not None else 1, args.full_curated, args.threads,
+                         args.kaggle_user, args.dataset_slug)
 
 
 def _record_recipe(out: Path, record: dict, recipe: Recipe | None, args: argparse.Namespace) -> None:

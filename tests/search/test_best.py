@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 from search.best import main
 from search.kaggle.study_export import choose_trial
 from search.kaggle.export import member_configs, retrain_config
-from search.kaggle.recipes import DEFAULT_RECIPE, DEFAULT_TRIAL_RECIPE, RECIPES
+from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES
 from search.storage import default_storage_url, open_storage
 from trainer import train_and_evaluate
 from trainer.config import ConfigError, TrainConfig
@@ -181,17 +181,29 @@ def test_conflicting_export_flags_are_refused_in_one_line(studies, tmp_path, cap
 
 @pytest.mark.slow
 def test_export_without_recipe_flags_trains_the_default_recipe(studies, tmp_path, capsys):
+    """Trial 0's model projects 12 kernel seconds: the measured best recipe fits the budget and is trained."""
     out = tmp_path / "export"
     assert main(["--study", "demo", "--studies-dir", str(studies), "--export", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     record = json.loads((out / "export.json").read_text())
-    assert record["recipe"] == DEFAULT_RECIPE and f"recipe {DEFAULT_RECIPE} (the default: " in err
-    recipe = RECIPES[DEFAULT_RECIPE]
-    member = json.loads((out / "config.json").read_text())["members"][0]["train_config"]
-    assert member["optim"]["epochs"] == 2 * recipe.epochs_scale  # the trial's 2 epochs, scaled
-    assert member["data"]["full_curated"] is recipe.full_curated
-    assert record["trained_epochs"] == 2 * recipe.epochs_scale and record["train_wall_s"] > 0
+    recipe = RECIPES[DEFAULT_RECIPES[0]]
+    assert record["recipe"] == recipe.name and f"recipe {recipe.name} (the default: the best on held-out" in err
+    members = [m["train_config"] for m in json.loads((out / "config.json").read_text())["members"]]
+    assert len(members) == recipe.models
+    assert {m["optim"]["epochs"] for m in members} == {2 * recipe.epochs_scale}  # the trial's 2 epochs, scaled
+    assert record["trained_epochs"] == 2 * recipe.epochs_scale * recipe.models and record["train_wall_s"] > 0
     assert record["validation"]["held_out"] is not recipe.full_curated
+
+
+@pytest.mark.slow
+def test_the_default_recipe_falls_back_to_one_model_when_the_first_would_not_fit(costly_study, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["--study", "demo", "--studies-dir", str(costly_study), "--export", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    last = RECIPES[DEFAULT_RECIPES[-1]]
+    assert json.loads((out / "export.json").read_text())["recipe"] == last.name
+    assert f"{DEFAULT_RECIPES[0]} would not fit: 5 models x 1,000 s (trial 0's projected kernel time)" in err
+    assert len(json.loads((out / "config.json").read_text())["members"]) == 1
 
 
 @pytest.mark.slow
@@ -231,7 +243,8 @@ def test_every_recipe_is_consistent():
         assert recipe.name == name and recipe.epochs_scale >= 1
         assert not (recipe.folds and recipe.seeds > 1) and not (recipe.folds and recipe.full_curated)
         assert recipe.as_trained == (name in ("single", "ensemble-8"))
-    assert DEFAULT_RECIPE in RECIPES and RECIPES[DEFAULT_TRIAL_RECIPE].ensemble is None
+    assert set(DEFAULT_RECIPES) <= set(RECIPES) and all(RECIPES[n].ensemble is None for n in DEFAULT_RECIPES)
+    assert RECIPES[DEFAULT_RECIPES[-1]].models == 1  # the last default always fits the kernel budget
 
 
 @pytest.fixture()
