@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from search.kaggle.export import run_kernel, score_submission  # noqa: E402
 from search.kaggle.recipes import RECIPES  # noqa: E402
+from search.spec import load_spec  # noqa: E402
 from trainer import atomic_write_text, ensure_builtin  # noqa: E402
 
-FAT2019_KERNEL_S = 3600  # studies/fat2019.toml's [kernel] budget_s: the Kaggle kernel's hour
+FAT2019_KERNEL_S = load_spec(REPO / "studies" / "fat2019.toml").kernel.budget_s  # the Kaggle kernel's hour
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def table(records: list[dict]) -> str:
                 + f"{statistics.median(r['models'] for r in group):.0f} | "
                 + f"{statistics.median(r['recipe_epochs'] for r in group):.0f} | "
                 + f"{statistics.median(r['export_s'] for r in group) / 60:.1f} min | "
-                + (f"{statistics.median(kernel) / 60:.0f} min of {FAT2019_KERNEL_S // 60}" if kernel else "—")
+                + (f"{statistics.median(kernel) / 60:.0f} min of {FAT2019_KERNEL_S / 60:.0f}" if kernel else "—")
                 + " |")
     return "\n".join(lines)
 

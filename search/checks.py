@@ -95,7 +95,7 @@ def check_lines(best: FrozenTrial | None, trials: Sequence[FrozenTrial], study_n
                 lines.append(f"- Edge of the space: `{edge.name}` = {format_value(edge.value, 4)} is at the {edge.side} end of "
                              f"[{format_value(edge.low, 4)}, {format_value(edge.high, 4)}]; widen the range past it and search again.")
         if study_name is not None:
-            lines += next_round_lines(best, study_name)
+            lines += next_round_lines(best, flagged, study_name)
         if not flagged:
             lines.append(f"- Edge of the space: no numeric parameter of the best trial lies within "
                          f"{EDGE_FRACTION:.0%} of a bound or at an end of its numeric choices.")
@@ -158,12 +158,10 @@ def _toml_number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def next_round_lines(best: FrozenTrial | None, study_name: str) -> list[str]:
-    """The round-2 recipe for the edges ``check_lines`` flags: the changed ``[space]`` lines and the command that
-    starts the next study from this one (``search.run --from``); [] when nothing is to widen."""
-    if best is None:
-        return []
-    changed = [(edge.name, value) for edge in edge_params(best)
+def next_round_lines(best: FrozenTrial, edges: Sequence[EdgeParam], study_name: str) -> list[str]:
+    """The round-2 recipe for ``best``'s ``edges``: the changed ``[space]`` lines and the command that starts the
+    next study from this one (``search.run --from``); [] when nothing is to widen."""
+    changed = [(edge.name, value) for edge in edges
                if (value := widened(edge, best.distributions[edge.name])) is not None]
     if not changed:
         return []

@@ -79,11 +79,6 @@ def gpu_index(device: str) -> int | None:
     return int(index) if kind == "cuda" and index.isdigit() else None
 
 
-def pinned_gpu(requested: str) -> int | None:
-    """``cuda:2`` -> 2: a GPU named by index, which pins; a bare ``cuda`` (a choice) and the rest -> None."""
-    return gpu_index(requested) if requested.startswith("cuda:") else None
-
-
 def running_devices_on_host(trials: Iterable[FrozenTrial], worker_id: str) -> list[str]:
     """The ``device`` of each trial whose worker runs on the host of ``worker_id``; trials of other machines
     share no GPU with this one."""
@@ -93,7 +88,7 @@ def running_devices_on_host(trials: Iterable[FrozenTrial], worker_id: str) -> li
 
 def device_for_worker(requested: str, study: optuna.Study, worker_id: str,
                       list_gpus: GpuLister = cuda_gpus) -> DeviceChoice:
-    """The device this worker trains every trial on (``requested`` passed ``check_device``): ``cuda`` (and
+    """The device this worker trains every trial on (``requested`` passed ``trainer.resolve_device``): ``cuda`` (and
     ``auto`` when torch sees a GPU) chooses a GPU by ``choose_gpu`` among the study's running trials;
     ``cuda:N`` pins; ``cpu``/``mps`` as asked."""
     if requested in CHOOSING:
@@ -101,7 +96,7 @@ def device_for_worker(requested: str, study: optuna.Study, worker_id: str,
         if gpus:
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             return choose_gpu(gpus, running_devices_on_host(running, worker_id))
-    pinned = pinned_gpu(requested)
+    pinned = gpu_index(requested) if requested.startswith("cuda:") else None  # cuda:N pins; cuda chooses
     if pinned is not None:
         return DeviceChoice(f"cuda:{pinned}", "pinned by --device")
     return DeviceChoice(str(resolve_device(requested)), "auto: torch sees no CUDA GPU" if requested == "auto" else "")

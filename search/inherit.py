@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from search.artifacts import FILES_FROM_ATTR
 from search.spec import StudySpec
 from search.study import best_trial, trial_config
-from trainer import ConfigError
+from trainer import ConfigError, TrainConfig
 
 INHERITED_ATTR = "inherited_from"  # study system attr: {"study", "added", "left_out"}
 RUNG_ATTR_PREFIX = "completed_rung_"  # Optuna's SuccessiveHalvingPruner keeps each trial's rung score here
@@ -44,13 +44,21 @@ def inside(distribution: BaseDistribution, value: Any) -> bool:
     return False
 
 
-def space_point(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any] | None:
-    """NEW's params for the values ``trial`` trained with (its config, else its params), or None when NEW's space
-    does not hold them."""
+def _values(trial: FrozenTrial) -> tuple[dict[str, Any], TrainConfig | None]:
+    """The flat values ``trial`` trained with and its config (its params and None without a recorded config)."""
+    if "config" not in trial.user_attrs:
+        return dict(trial.params), None
     try:
-        flat = trial_config(trial).flat()
+        config = trial_config(trial)
     except (LookupError, ConfigError):
-        flat = dict(trial.params)
+        return dict(trial.params), None
+    return config.flat(), config
+
+
+def space_point(spec: StudySpec, trial: FrozenTrial, flat: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """NEW's params for the values ``trial`` trained with (``flat``, else read from the trial), or None when NEW's
+    space does not hold them."""
+    flat = _values(trial)[0] if flat is None else flat
     params = spec.active_params({p.key: flat[p.key] for p in spec.space if p.key in flat})
     return params if all(inside(spec.param(k).distribution, v) for k, v in params.items()) else None
 
@@ -58,12 +66,13 @@ def space_point(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any] | None:
 def point_in(spec: StudySpec, trial: FrozenTrial) -> tuple[dict[str, Any] | None, str]:
     """NEW's params for ``trial`` when NEW would train its config exactly, and ""; else None and why not
     ("outside" the space, or "config": another base or epoch budget, or no recorded config)."""
-    params = space_point(spec, trial)
+    flat, config = _values(trial)
+    params = space_point(spec, trial, flat)
     if params is None:
         return None, "outside"
     try:
-        same = "config" in trial.user_attrs and spec.config_for(params) == trial_config(trial)
-    except (LookupError, ConfigError):
+        same = config is not None and spec.config_for(params) == config
+    except ConfigError:
         return None, "outside"
     return (params, "") if same else (None, "config")
 

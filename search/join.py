@@ -47,8 +47,6 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
     if created:
         return study
     study_id = storage.get_study_id_from_name(spec.name)
-    if inherit_from is not None:
-        _check_inherited(storage, study_id, spec.name, inherit_from.study.study_name)
     deadline = time.monotonic() + SPEC_WAIT_S
     while FINGERPRINT_ATTR not in storage.get_study_system_attrs(study_id):
         if time.monotonic() > deadline:  # its creator died before storing the spec: adopt the study
@@ -60,6 +58,8 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
             return study
         time.sleep(0.2)
     attrs = storage.get_study_system_attrs(study_id)
+    if inherit_from is not None:  # the creator inherited before it stored the spec
+        _check_inherited(attrs, spec.name, inherit_from.study.study_name)
     if attrs[FINGERPRINT_ATTR] != spec.fingerprint():
         differences = spec_differences(attrs.get(SPEC_ATTR, {}), spec.canonical())
         message = (f"{spec.path} differs from the spec study {spec.name!r} was started with: "
@@ -70,13 +70,8 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
     return study
 
 
-def _check_inherited(storage: optuna.storages.BaseStorage, study_id: int, name: str, source: str) -> None:
+def _check_inherited(attrs: dict, name: str, source: str) -> None:
     """A worker joining with ``--from``: the study inherited from that study when it was created, or refuse."""
-    deadline = time.monotonic() + SPEC_WAIT_S
-    while FINGERPRINT_ATTR not in (attrs := storage.get_study_system_attrs(study_id)):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
     record = attrs.get(INHERITED_ATTR)
     if record is None or record.get("study") != source:
         had = f"from study {record['study']!r}" if record else "without --from"

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import optuna
 import sqlalchemy
@@ -45,9 +45,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import notes
 from search.artifacts import WORKING_FILES, TrialFiles
-from search.inherit import inherited
-from search.failures import DEFAULT_MAX_RETRY, Dropped, is_out_of_memory, requeue
 from search.console import Console
+from search.failures import DEFAULT_MAX_RETRY, Dropped, is_out_of_memory, requeue
+from search.inherit import inherited
 from search.slots import SlotLock
 from search.spec import SpecError, StudySpec, load_spec
 from search.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
@@ -61,28 +61,26 @@ WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks 
 # trial is failed after the heartbeat grace period, and never sooner than this (a stalled box or a skewed clock
 # must not fail a live trial).
 UNCLAIMED_MIN_S = 30.0
+
+
 def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.Study, FrozenTrial], None]:
     """The storage's ``on_stale_trial``: a trial whose worker died (its heartbeat stopped) is retried like any
     other failure, by whichever worker noticed."""
     def retry(study: optuna.Study, trial: FrozenTrial) -> None:
-        outcome = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
-        if isinstance(outcome, Dropped):
-            print(f"#{trial.number} stopped beating (its worker died) and is {outcome}", flush=True)
-        elif outcome is not None:
-            print(f"#{trial.number} stopped beating (its worker died): queued for retry as #{outcome}", flush=True)
+        _retry_dead(study, trial, "stopped beating (its worker died)", max_retry)
     return retry
 
 
-def fail_unclaimed_trials(study: optuna.Study, *, older_than_s: float, max_retry: int = DEFAULT_MAX_RETRY,
-                          now: dt.datetime | None = None) -> list[int]:
-    """Fail and retry the RUNNING trials no worker ever claimed: no ``worker_id`` after ``older_than_s`` since they
-    started. A worker killed between taking a trial (RUNNING) and its first heartbeat leaves one that Optuna's
+def fail_unclaimed_trials(study: optuna.Study, running: Iterable[FrozenTrial], *, older_than_s: float,
+                          max_retry: int = DEFAULT_MAX_RETRY, now: dt.datetime | None = None) -> list[int]:
+    """Fail and retry the ``running`` trials no worker ever claimed: no ``worker_id`` after ``older_than_s`` since
+    they started. A worker killed between taking a trial (RUNNING) and its first heartbeat leaves one that Optuna's
     stale check never sees (it only looks at trials with a heartbeat), so without this every pane waits for it
     for ever (benchmarks/stress.py, the PostgreSQL storm). Returns the numbers failed."""
     now = now or dt.datetime.now()  # Optuna stamps datetime_start with the local clock
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "worker_id" in trial.user_attrs or trial.datetime_start is None:
+    for trial in running:
+        if trial.state != TrialState.RUNNING or "worker_id" in trial.user_attrs or trial.datetime_start is None:
             continue
         if (now - trial.datetime_start).total_seconds() < older_than_s:
             continue
@@ -91,14 +89,18 @@ def fail_unclaimed_trials(study: optuna.Study, *, older_than_s: float, max_retry
         except ValueError:  # claimed or finished in the meantime
             continue
         failed.append(trial.number)
-        outcome = requeue(study, study.get_trials(deepcopy=False)[trial.number], reason="heartbeat",
-                          max_retry=max_retry)
-        what = f"#{trial.number} was taken by a worker that died before its first heartbeat"
-        if isinstance(outcome, Dropped):
-            print(f"{what} and is {outcome}", flush=True)
-        elif outcome is not None:
-            print(f"{what}: queued for retry as #{outcome}", flush=True)
+        _retry_dead(study, study.get_trials(deepcopy=False)[trial.number],
+                    "was taken by a worker that died before its first heartbeat", max_retry)
     return failed
+
+
+def _retry_dead(study: optuna.Study, trial: FrozenTrial, what: str, max_retry: int) -> None:
+    """Queue the retry of a dead worker's FAILED trial (or drop it), saying which in one line."""
+    outcome = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
+    if isinstance(outcome, Dropped):
+        print(f"#{trial.number} {what} and is {outcome}", flush=True)
+    elif outcome is not None:
+        print(f"#{trial.number} {what}: queued for retry as #{outcome}", flush=True)
 
 
 # -- the worker --------------------------------------------------------------------------------------
@@ -215,7 +217,8 @@ class Worker:
                                      f"to {trials}; this pane takes one if any fails")
                 told = True
             optuna.storages.fail_stale_trials(self.study)
-            fail_unclaimed_trials(self.study, older_than_s=max(self.grace, UNCLAIMED_MIN_S), max_retry=self.max_retry)
+            fail_unclaimed_trials(self.study, counted, older_than_s=max(self.grace, UNCLAIMED_MIN_S),
+                                  max_retry=self.max_retry)
             time.sleep(WAIT_POLL_S)
 
     def _check_environment(self) -> None:

@@ -61,8 +61,8 @@ class ExportOptions:
 
     def check(self) -> None:
         if self.reuse_checkpoints and (self.epochs is not None or self.full_curated or self.epochs_scale != 1):
-            raise ConfigError("--reuse-checkpoints exports the trials' own weights; --epochs and --full-curated ask "
-                              "for retraining: choose one")
+            raise ConfigError("--reuse-checkpoints exports the trials' own weights; --epochs, --full-curated and "
+                              "longer recipes ask for retraining: choose one")
 
 
 def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: Path, options: ExportOptions, *,

@@ -164,7 +164,7 @@ def test_cli_errors_are_one_line(studies, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--export", "--reuse-checkpoints", "--epochs", "3"], "--reuse-checkpoints exports the trials' own weights; "
-                                                          "--epochs and --full-curated ask for retraining"),
+                                                          "--epochs, --full-curated and longer recipes ask for retraining"),
     (["--export", "--reuse-checkpoints", "--seeds", "2"], "--seeds and --folds ask for retraining"),
     (["--export", "--reuse-checkpoints", "--trial", "0"], "--reuse-checkpoints: trial(s) 0 have no stored best.pth"),
     (["--ensemble", "3", "--trial", "0"], "--ensemble selects its members from the whole study; --trial exports"),

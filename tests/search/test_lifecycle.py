@@ -432,9 +432,9 @@ def test_only_old_unclaimed_running_trials_are_failed(tmp_path):
     claimed, unclaimed = study.ask(), study.ask()
     claimed.set_user_attr("worker_id", "host:1")
     soon = dt.datetime.now() + dt.timedelta(seconds=5)
-    assert fail_unclaimed_trials(study, older_than_s=10, now=soon) == []  # too recent to call dead
+    assert fail_unclaimed_trials(study, study.trials, older_than_s=10, now=soon) == []  # too recent to call dead
     later = dt.datetime.now() + dt.timedelta(seconds=60)
     with contextlib.redirect_stdout(io.StringIO()):
-        assert fail_unclaimed_trials(study, older_than_s=10, now=later) == [unclaimed.number]
+        assert fail_unclaimed_trials(study, study.trials, older_than_s=10, now=later) == [unclaimed.number]
     assert [t.state for t in study.trials[:2]] == [TrialState.RUNNING, TrialState.FAIL]
     assert study.trials[2].state == TrialState.WAITING and study.trials[2].user_attrs["retry_of"] == 1
