@@ -351,8 +351,11 @@ class Worker:
                 shutil.copytree(local_tb, workdir / "tb", dirs_exist_ok=True)
             # The curve of the epochs this attempt keeps, and no later one: a resume from an older checkpoint
             # must not show (or let the pruner see) epochs it will train again.
-            kept = self.study.get_trials(deepcopy=False)[number].intermediate_values
-            for step in sorted(step for step in kept if step <= epoch):
+            kept = {step: value for step, value in
+                    self.study.get_trials(deepcopy=False)[number].intermediate_values.items() if step <= epoch}
+            if epoch >= 1:  # killed between handing off this epoch's checkpoint and reporting it: the checkpoint
+                kept.setdefault(epoch, float(checkpoint["best_lwlrap"]))  # holds the running best it would report
+            for step in sorted(kept):
                 trial.report(kept[step], step)
             trial.set_user_attr("resumed_from_trial", number)
             self.console.message(f"#{trial.number} resumes trial {number} after epoch {epoch}")

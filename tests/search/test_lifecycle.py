@@ -332,6 +332,40 @@ def test_a_checkpoint_that_finished_its_budget_completes_without_training(tmp_pa
     assert retry.user_attrs["resumed_from_epoch"] == 2 and retry.user_attrs["epochs_run"] == 2
 
 
+@pytest.mark.slow
+def test_a_retry_reports_the_epoch_its_predecessor_saved_but_never_reported(tmp_path, warm_cache):
+    """Killed after epoch 2's last.pth reached the store and before epoch 2 was reported: the retry resumes after
+    epoch 2 and its curve has epoch 2 too (from the checkpoint), not a gap the pruner and dashboard would see."""
+    from search.objective import train_and_evaluate
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_two(epoch, metrics):
+        if epoch == 2:
+            raise Killed
+
+    setup = Setup(tmp_path, warm_cache, epochs=3)
+    config = setup.spec.base_config()
+    with pytest.raises(Killed):
+        train_and_evaluate(config, warm_cache, workdir=tmp_path / "scratch", threads=1, progress=False,
+                           verbose=False, on_epoch=killed_after_two)
+    saved = torch.load(tmp_path / "scratch" / "last.pth", weights_only=True)
+    assert saved["epoch"] == 2
+    setup.study.enqueue_trial(setup.spec.baseline_params())
+    trial = setup.study.ask()
+    setup.spec.suggest(trial)
+    trial.report(0.1, 1)  # epoch 1 was reported, epoch 2 was not
+    setup.study.tell(trial, state=TrialState.FAIL)
+    setup.files.push(trial.number, tmp_path / "scratch" / "last.pth")
+    requeue(setup.study, setup.study.trials[trial.number], reason="heartbeat")
+    assert setup.run(trials=2) == 0
+    retry = setup.study.trials[-1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 2
+    assert sorted(retry.intermediate_values) == [1, 2, 3]
+    assert retry.intermediate_values[2] == pytest.approx(saved["best_lwlrap"])
+
+
 # -- folders and weights ---------------------------------------------------------------------------
 def test_two_studies_of_one_name_in_two_storages_never_share_folders(tmp_path, monkeypatch):
     train = fake_training()
