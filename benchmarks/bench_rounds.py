@@ -1,0 +1,224 @@
+"""Tuning in rounds: does round 2 started ``--from`` round 1 reach a cold round 2's held-out best sooner?
+
+    python benchmarks/bench_rounds.py --data demo sampled --repeats 3 --jobs 2 --out bench-rounds
+    python benchmarks/bench_rounds.py --out bench-rounds --table     # table of the records; run nothing
+
+Per data set and repeat: round 1 is a 30-trial study of a deliberately narrow space (the demo spec's, with
+``optim.lr`` in [5e-4, 2e-3] and ``features.crop_frames`` in [128, 256], the base at the top of both). Round 2's
+space is round 1's with every range the report's edge check flags at round 1's best widened the way the report's
+"Next round" lines widen it (``search.checks.widened``); where nothing is flagged, both ranges take the demo
+spec's. Round 2 runs twice, 30 trials of its own each (``--trials`` counts a study's own trials): ``cold``, a new
+study, and ``warm``, ``search.run --from`` round 1 (round 1's trials inherited, nothing retrained). Every change
+of a study's best is exported through ``search.best --export --reuse-checkpoints`` (an inherited trial's weights
+are read from round 1's artifact store), its kernel runs on the held-out test clips and is scored against
+``test_labels.csv``, so each study's held-out best after k of its own trials is known. The table reads: cold and
+warm at 30 trials, and how many of its own trials warm needed to reach cold's 30-trial held-out best.
+
+Trials are 10 epochs with ASHA rungs at 3 and 6 (the search-quality benchmark's ``ours-10ep``, a third of the
+shipped trial budget, so 3 x 3 studies per set fit the 2-core box); one worker, one torch thread, the repeat's
+seed. Every study and export is kept in ``--out``, so an interrupted run resumes. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
+
+from bench_search_quality import Run as QualityRun, ordered_trials, spec_text, test_score  # noqa: E402
+from search.checks import edge_params, widened  # noqa: E402
+from search.study import best_trial, is_feasible, load_study  # noqa: E402
+from trainer import atomic_write_text, ensure_builtin  # noqa: E402
+
+STRATEGY = "ours-10ep"
+NARROW = {"optim.lr": "{ float = [5e-4, 2e-3], log = true }",
+          "features.crop_frames": "{ int = [128, 256], log = true }"}
+ROUNDS = ("round1", "cold", "warm")
+
+
+@dataclass(frozen=True)
+class Study:
+    data: str
+    round: str
+    repeat: int
+
+    @property
+    def name(self) -> str:
+        return f"rounds-{self.data}-{self.round}-r{self.repeat}"
+
+
+def with_space(text: str, lines: dict[str, str]) -> str:
+    """``text`` (a spec) with the ``[space]`` entries of ``lines`` replaced (each must be there)."""
+    head, space = text.split("[space]\n", 1)  # [base] has the same quoted keys
+    for key, value in lines.items():
+        space, count = re.subn(rf'^"{re.escape(key)}" = .*$', f'"{key}" = {value}', space, count=1, flags=re.M)
+        if count != 1:
+            raise KeyError(f"the spec has no [space] entry {key!r}")
+    return f"{head}[space]\n{space}"
+
+
+def demo_lines(keys) -> dict[str, str]:
+    text = spec_text(QualityRun("demo", STRATEGY, 0), 1.0).split("[space]\n", 1)[1]
+    return {key: re.search(rf'^"{re.escape(key)}" = (.*?)\s*(#.*)?$', text, flags=re.M).group(1) for key in keys}
+
+
+def widened_lines(best: FrozenTrial) -> dict[str, str]:
+    """Round 2's changed [space] entries: the report's widening of every flagged edge at round 1's best."""
+    return {edge.name: value for edge in edge_params(best)
+            if edge.name in NARROW and (value := widened(edge, best.distributions[edge.name])) is not None}
+
+
+def run_worker(study: Study, studies: Path, trials: int, out: Path, extra: list[str]) -> None:
+    log = out / "logs" / f"{study.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as stream:
+        subprocess.run([sys.executable, "-m", "search.run", "--study", study.name, "--studies-dir", str(studies),
+                        "--trials", str(trials), "--threads", "1", "--seed", str(study.repeat), "--device", "cpu",
+                        *extra], cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, check=True)
+
+
+def own_incumbents(trials: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
+    """(own trials finished when it became the best, trial): inherited trials count 0, they cost nothing."""
+    changes, own, best = [], 0, None
+    for trial in sorted(trials, key=lambda t: ("from_study" not in t.user_attrs, t.number)):
+        own += "from_study" not in trial.user_attrs
+        if trial.state == TrialState.COMPLETE and is_feasible(trial) and (best is None or trial.value > best.value):
+            best = trial
+            changes.append((own, trial))
+    return changes
+
+
+def measure(study: Study, studies: Path, out: Path, scale: float, trials: int, spec: str, extra: list[str]) -> dict:
+    record_path = out / "records" / f"{study.name}.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    started = time.perf_counter()
+    (studies / f"{study.name}.toml").write_text(spec, encoding="utf-8")
+    run_worker(study, studies, trials, out, extra)
+    handle = load_study(study.name, None, studies)
+    finished = ordered_trials(handle.study)
+    data_dir = ensure_builtin(study.data, scale=scale)
+    record = {"data": study.data, "round": study.round, "repeat": study.repeat,
+              "own_trials": sum("from_study" not in t.user_attrs for t in finished),
+              "inherited": sum("from_study" in t.user_attrs for t in finished),
+              "epochs": sum(int(t.user_attrs.get("epochs_run") or 0) for t in finished
+                            if "from_study" not in t.user_attrs),
+              "incumbents": [{"own_trials": own, "trial": t.number, "val": t.value,
+                              "inherited": "from_study" in t.user_attrs,
+                              "test": test_score(study, studies, t, data_dir, out)}
+                             for own, t in own_incumbents(finished)]}
+    record["bench_s"] = time.perf_counter() - started
+    atomic_write_text(record_path, json.dumps(record, indent=1))
+    last = record["incumbents"][-1]
+    print(f"{study.name}: {record['own_trials']} own + {record['inherited']} inherited trials; best #{last['trial']} "
+          f"val {last['val']:.4f} test {last['test']:.4f}", flush=True)
+    return record
+
+
+def measure_chain(data: str, repeat: int, out: Path, scale: float, trials: int, epochs: int | None) -> list[dict]:
+    """Round 1, then round 2 cold and warm with the space round 1's report asks for."""
+    studies = out / "studies"
+    studies.mkdir(parents=True, exist_ok=True)
+    base = spec_text(QualityRun(data, STRATEGY, repeat), scale)
+    if epochs is not None:  # the tiny run of the test suite
+        base = re.sub(r"^epochs = \d+$", f"epochs = {epochs}", base, count=1, flags=re.M)
+    first = Study(data, "round1", repeat)
+    records = [measure(first, studies, out, scale, trials, with_space(base, NARROW), [])]
+    best = best_trial(load_study(first.name, None, studies).study)
+    changed = widened_lines(best)
+    # nothing flagged: round 2 takes the demo spec's ranges, still a superset of round 1's
+    space = {**NARROW, **(changed or demo_lines(NARROW))}
+    records[0]["widened"] = {key: space[key] for key in NARROW if space[key] != NARROW[key]}
+    records[0]["edge_flagged"] = sorted(changed)
+    atomic_write_text(out / "records" / f"{first.name}.json", json.dumps(records[0], indent=1))
+    second = with_space(base, space)
+    records.append(measure(Study(data, "cold", repeat), studies, out, scale, trials, second, []))
+    records.append(measure(Study(data, "warm", repeat), studies, out, scale, trials, second,
+                           ["--from", first.name]))
+    return records
+
+
+def test_after(record: dict, own: int) -> float | None:
+    """Held-out test lwlrap of the study's best after ``own`` of its own trials (None: nothing finished yet)."""
+    held = [i["test"] for i in record["incumbents"] if i["own_trials"] <= own]
+    return held[-1] if held else None
+
+
+def trials_to_reach(record: dict, target: float) -> int | None:
+    """The fewest own trials after which the study's held-out best is at least ``target`` (None: never)."""
+    return next((i["own_trials"] for i in record["incumbents"] if i["test"] >= target - 1e-12), None)
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]" if values else "—"
+
+
+def table(records: list[dict], trials: int) -> str:
+    lines = [f"| data | repeats | round 1 ({trials} trials) | cold round 2, {trials} trials | warm round 2, 0 own trials "
+             f"| warm, {trials // 2} | warm, {trials} | warm's own trials to reach cold's {trials}-trial best "
+             "(median; per repeat) | round 1 edges flagged |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for data in sorted({r["data"] for r in records}):
+        chains = {}
+        for record in records:
+            if record["data"] == data:
+                chains.setdefault(record["repeat"], {})[record["round"]] = record
+        chains = {repeat: chain for repeat, chain in sorted(chains.items()) if set(chain) == set(ROUNDS)}
+        if not chains:
+            continue
+        reach = [trials_to_reach(c["warm"], test_after(c["cold"], trials)) for c in chains.values()]
+        # a repeat where warm never reached cold's best counts as more than the budget
+        ranked = [trials + 1 if r is None else r for r in reach]
+        median = statistics.median(ranked)
+        flagged = "; ".join(", ".join(c["round1"].get("edge_flagged", [])) or "none" for c in chains.values())
+        lines.append(
+            f"| {data} | {len(chains)} | {summary([test_after(c['round1'], trials) for c in chains.values()])} "
+            f"| {summary([test_after(c['cold'], trials) for c in chains.values()])} "
+            f"| {summary([v for c in chains.values() if (v := test_after(c['warm'], 0)) is not None])} "
+            f"| {summary([test_after(c['warm'], trials // 2) for c in chains.values()])} "
+            f"| {summary([test_after(c['warm'], trials) for c in chains.values()])} "
+            f"| {'never' if median > trials else f'{median:g}'}; "
+            f"{', '.join('never' if r is None else str(r) for r in reach)} | {flagged} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", default=["demo", "sampled"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=30, help="own trials of every round")
+    parser.add_argument("--epochs", type=int, help="trial budget (default: ours-10ep's 10 epochs)")
+    parser.add_argument("--scale", type=float, default=1.0, help="size of the built-in data sets")
+    parser.add_argument("--jobs", type=int, default=2, help="(data set, repeat) chains run side by side")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-rounds")
+    parser.add_argument("--table", action="store_true", help="the table of the records in --out; run nothing")
+    args = parser.parse_args()
+    if not args.table:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        for data in args.data:
+            ensure_builtin(data, scale=args.scale)
+        chains = [(data, repeat) for repeat in range(args.repeats) for data in args.data]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda chain: measure_chain(*chain, args.out, args.scale, args.trials, args.epochs), chains))
+    records = [json.loads(path.read_text()) for path in sorted((args.out / "records").glob("rounds-*.json"))]
+    records = [r for r in records if r["data"] in args.data]
+    if not records:
+        sys.exit(f"error: {args.out / 'records'}: no records of {', '.join(args.data)} (run the benchmark first)")
+    print(table(records, args.trials))
+
+
+if __name__ == "__main__":
+    main()
