@@ -2,21 +2,47 @@
 that their spec is the one it was started with."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 import optuna
 
 from search.inherit import INHERITED_ATTR, Source, inherit
+from search.locate import StudyLocation, locate
 from search.spec import StudySpec, spec_differences
 from search.storage import create_or_load_study
-from search.study import FINGERPRINT_ATTR, SPEC_ATTR, new_uid
+from search.study import FINGERPRINT_ATTR, SPEC_ATTR, StudyNotFoundError, new_uid
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 
 
 class UsageError(Exception):
     """A problem the user fixes (arguments, spec mismatch, data location): printed as one line, exit 2."""
+
+
+def add_round_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--from OLD [--from-storage URL]``, for every command that may create a study (search.run, search.panes)."""
+    parser.add_argument("--from", dest="inherit_from", metavar="OLD",
+                        help="tuning in rounds: when this study is created, add the finished trials of study OLD that "
+                             "its spec would train exactly (nothing is retrained; --trials counts this study's own)")
+    parser.add_argument("--from-storage", metavar="URL",
+                        help="where study OLD is (default: --storage, else studies/OLD.db)")
+
+
+def previous_round(args: argparse.Namespace, location: StudyLocation) -> Source | None:
+    """``--from OLD``: the study to inherit from and where its trials' files are (one line when it is missing);
+    None without ``--from``."""
+    if args.inherit_from is None:
+        return None
+    if args.inherit_from == location.name:
+        raise UsageError(f"--from {args.inherit_from}: a study cannot inherit from itself")
+    old = locate(args.inherit_from, location.studies, args.from_storage or args.storage, args.artifacts)
+    try:
+        handle = old.open()
+    except StudyNotFoundError as exc:
+        raise UsageError(f"--from {args.inherit_from}: {exc}") from None
+    return Source(handle.study, old.artifacts_location, handle.uid())
 
 
 def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,

@@ -2,6 +2,7 @@
 
     python -m search.panes --study fat2019 --trials 200 --data /data/fat2019     # a worker per GPU
     python -m search.panes --study demo --trials 20 --panes 2                     # a box without a GPU
+    python -m search.panes --study fat2019-r2 --from fat2019 --trials 100         # the next round (search.run --from)
 
 Window ``workers``: one ``python -m search.run`` per pane, pinned to its GPU with ``--device cuda:N``
 (``--per-gpu`` workers per GPU, ``--gpus`` which ones), or on a box where torch sees no GPU, ``--panes`` CPU
@@ -22,7 +23,8 @@ from typing import Sequence
 
 import optuna
 
-from search.join import UsageError, join_study
+from search.inherit import Source
+from search.join import UsageError, add_round_arguments, join_study, previous_round
 from search.locate import StudyLocation, locate_args
 from search.storage import StorageError, add_study_arguments, open_storage
 from search.study import redact
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_arguments(parser)
     parser.add_argument("--trials", type=int, required=True, help="the study's total of finished trials (all panes)")
     parser.add_argument("--data", help="FAT2019 data folder or a built-in set, for the workers (default: theirs)")
+    add_round_arguments(parser)
     parser.add_argument("--gpus", default="all", metavar="all|0,1,...",
                         help="the GPUs to start workers on: all, or indexes like 0,1 (default all)")
     parser.add_argument("--per-gpu", type=int, metavar="K",
@@ -108,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         study = (location.name, location.storage_url())
         running = server.session_study(session)
         if running is None:
-            _join(location, study[1], force=args.force)
+            _join(location, study[1], force=args.force, inherit_from=previous_round(args, location))
             windows = _windows(args, location, gpus)
             server.create(session, windows, cwd=os.getcwd(), env=passed_environment(os.environ), study=study)
             lines = _created_lines(session, location, windows, args)
@@ -131,13 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _join(location: StudyLocation, storage_url: str, *, force: bool) -> None:
+def _join(location: StudyLocation, storage_url: str, *, force: bool, inherit_from: Source | None) -> None:
     """Create (or join) the study before any pane starts: the dashboard and the status pane find it at once,
     and a spec that differs from the stored one, or a storage that cannot be reached, is refused here in one
     line instead of in every pane."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the panes say what matters; no "study created" log
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    join_study(open_storage(storage_url), location.spec, force=force)
+    join_study(open_storage(storage_url), location.spec, force=force, inherit_from=inherit_from)
 
 
 def _check_mode_flags(args: argparse.Namespace, gpus: list[int]) -> None:

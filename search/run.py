@@ -30,14 +30,13 @@ import optuna
 from search.console import Console, eta_line
 from search.failures import DEFAULT_MAX_RETRY
 from search.gpu_choice import device_for_worker, use_device
-from search.inherit import Source
-from search.join import UsageError, join_study
+from search.join import UsageError, add_round_arguments, join_study, previous_round
 from search.lifecycle import Worker, stale_trial_retry
-from search.locate import StudyLocation, locate, locate_args
+from search.locate import locate_args
 from search.objective import Objective
 from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments, open_storage
-from search.study import StudyHandle, StudyNotFoundError, redact, resolve_data
+from search.study import StudyHandle, redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
                      remove_stale_temp_files, resolve_device)
 
@@ -74,11 +73,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="sampler seed, used as given (default: the spec's, mixed with the "
                                                  "worker's id so panes propose different points)")
     parser.add_argument("--force", action="store_true", help="join a study whose stored spec differs from this one")
-    parser.add_argument("--from", dest="inherit_from", metavar="OLD",
-                        help="tuning in rounds: when this study is created, add the finished trials of study OLD that "
-                             "its spec would train exactly (nothing is retrained; --trials counts this study's own)")
-    parser.add_argument("--from-storage", metavar="URL",
-                        help="where study OLD is (default: --storage, else studies/OLD.db)")
+    add_round_arguments(parser)
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a running trial's heartbeats")
     parser.add_argument("--grace", type=int, default=180,
                         help="seconds without heartbeat after which a trial counts as dead and is retried")
@@ -98,7 +93,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _run(args: argparse.Namespace) -> int:
     location = locate_args(args, spec_required=True)
     spec = location.spec
-    source = _previous_round(args, location) if args.inherit_from else None  # a missing OLD fails first
+    source = previous_round(args, location)  # a missing OLD fails first
     requested_device = args.device or spec.base_config().device
     resolve_device(requested_device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
     data_dir = resolve_data(spec, args.data)
@@ -131,18 +126,6 @@ def _run(args: argparse.Namespace) -> int:
                     f"{eta_line(handle.study, args.trials, panes)}"
                     + (f"; removed {len(leftovers)} temp file(s) of killed writers" if leftovers else ""))
     return worker.run(objective, trials=args.trials, timeout=args.timeout)
-
-
-def _previous_round(args: argparse.Namespace, location: StudyLocation) -> Source:
-    """``--from OLD``: the study to inherit from and where its trials' files are (one line when it is missing)."""
-    if args.inherit_from == location.name:
-        raise UsageError(f"--from {args.inherit_from}: a study cannot inherit from itself")
-    old = locate(args.inherit_from, location.studies, args.from_storage or args.storage, args.artifacts)
-    try:
-        handle = old.open()
-    except StudyNotFoundError as exc:
-        raise UsageError(f"--from {args.inherit_from}: {exc}") from None
-    return Source(handle.study, old.artifacts_location, handle.uid())
 
 
 def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:

@@ -13,6 +13,7 @@ from search.inherit import INHERITED_ATTR, Source, inside
 from search.join import UsageError, join_study
 from search.kaggle.ensemble import load_candidates
 from search.locate import locate
+from search import panes
 from search.run import main
 from search.notes import study_note
 from search.spec import load_spec
@@ -131,6 +132,26 @@ def test_from_refusals_are_one_line(rounds, capsys):
         join_study(open_storage(default_storage_url("round2", studies)), spec,
                    inherit_from=Source(optuna.load_study(study_name="round1",
                                                   storage=open_storage(default_storage_url("round1", studies)))))
+
+
+def test_panes_from_creates_the_next_round_before_any_pane_starts(rounds, monkeypatch, capsys):
+    """search.panes --from: the study exists with round 1's trials when the panes (and the dashboard) start."""
+    studies, _, _ = rounds
+    started = []
+    monkeypatch.setattr(panes, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(panes.TmuxServer, "installed", staticmethod(lambda: True))
+    monkeypatch.setattr(panes.TmuxServer, "session_study", lambda self, session: None)
+
+    def create(self, session, windows, **kwargs):
+        study = optuna.load_study(study_name="round2", storage=open_storage(default_storage_url("round2", studies)))
+        started.append((session, sum("from_study" in t.user_attrs for t in study.get_trials(deepcopy=False))))
+    monkeypatch.setattr(panes.TmuxServer, "create", create)
+    argv = ["--study", "round2", "--studies-dir", str(studies), "--trials", "4", "--no-attach"]
+    assert panes.main([*argv, "--from", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --from nope: no study database") and not started
+    assert panes.main([*argv, "--from", "round1"]) == 0
+    assert started == [("search-round2", 3)]
+    assert capsys.readouterr().out.startswith("inherited 3 trials of study 'round1' (2 complete, 1 pruned)")
 
 
 @pytest.mark.slow
