@@ -168,6 +168,24 @@ def case_bench_quickstart(tmp_path: Path, warm_cache: Path) -> None:
     assert rows(table, "demo") == [row]
 
 
+def case_bench_rounds(tmp_path: Path) -> None:
+    out_dir = tmp_path / "bench"
+    out = bench("bench_rounds.py", "--data", "demo", "--repeats", "1", "--trials", "2", "--epochs", "1",
+                "--scale", "0.05", "--jobs", "1", "--out", out_dir, timeout=600)
+    records = {name: json.loads((out_dir / "records" / f"rounds-demo-{name}-r0.json").read_text())
+               for name in ("round1", "cold", "warm")}
+    assert all(r["own_trials"] == 2 for r in records.values())
+    assert records["cold"]["inherited"] == 0 and records["warm"]["inherited"] == 2  # round 1's, none retrained
+    for record in records.values():
+        assert record["incumbents"] and all(0.0 < i["test"] <= 1.0 for i in record["incumbents"])
+    spec = (out_dir / "studies" / "rounds-demo-warm-r0.toml").read_text()
+    assert '"optim.lr" = { float = [5e-4, 2e-3], log = true }' not in spec  # round 2's space is the widened one
+    (row,) = rows(out, "demo")
+    assert row[1] == "1" and row[-1] == (", ".join(records["round1"]["edge_flagged"]) or "none")
+    table = bench("bench_rounds.py", "--data", "demo", "--trials", "2", "--out", out_dir, "--table", timeout=60)
+    assert rows(table, "demo") == [row]
+
+
 def case_scale(tmp_path: Path) -> None:
     out = bench("scale.py", "--root", tmp_path / "scale", "--fraction", "0.01", "--mels", "16", "--workers", "2",
                 "--steps", "1", "--epochs", "1", "--fill-clips", "4", "--per-item-clips", "2", timeout=600)
@@ -212,6 +230,7 @@ CASES = {
     "bench_ensemble.py": case_bench_ensemble,
     "bench_export.py": case_bench_export,
     "bench_quickstart.py": case_bench_quickstart,
+    "bench_rounds.py": case_bench_rounds,
     "scale.py": case_scale,
     "stress.py": case_stress,
 }
