@@ -15,8 +15,8 @@ are read from round 1's artifact store), its kernel runs on the held-out test cl
 warm at 30 trials, and how many of its own trials warm needed to reach cold's 30-trial held-out best.
 
 Trials are 10 epochs with ASHA rungs at 3 and 6 (the search-quality benchmark's ``ours-10ep``, a third of the
-shipped trial budget, so 3 x 3 studies per set fit the 2-core box); one worker, one torch thread, the repeat's
-seed. Every study and export is kept in ``--out``, so an interrupted run resumes. Not a test.
+shipped trial budget: three 30-trial studies per set and repeat must fit the 2-core box); one worker, one torch
+thread, the repeat's seed; 40% of the curated clips held out for validation, as in the search-quality benchmark. Every study and export is kept in ``--out``, so an interrupted run resumes. Not a test.
 """
 from __future__ import annotations
 
