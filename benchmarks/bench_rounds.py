@@ -158,8 +158,10 @@ def test_after(record: dict, own: int) -> float | None:
 
 
 def trials_to_reach(record: dict, target: float) -> int | None:
-    """The fewest own trials after which the study's held-out best is at least ``target`` (None: never)."""
-    return next((i["own_trials"] for i in record["incumbents"] if i["test"] >= target - 1e-12), None)
+    """The fewest own trials after which the study's held-out best is at least ``target`` (None: never). The best
+    after k trials is the last incumbent by then: an earlier one that scored higher on test was displaced."""
+    counts = sorted({i["own_trials"] for i in record["incumbents"]})
+    return next((k for k in counts if test_after(record, k) >= target - 1e-12), None)
 
 
 def summary(values: list[float]) -> str:

@@ -1,0 +1,40 @@
+"""benchmarks/bench_rounds.py's reading of its records (the run itself: test_every_benchmark_runs.py)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tomllib
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_rounds.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_rounds", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def test_trials_to_reach_reads_the_best_after_k_trials_not_a_displaced_incumbent():
+    bench = _bench()
+    # the inherited incumbents: #3 scored 0.66 on test, then #4 (better on validation) 0.63 displaced it
+    warm = {"incumbents": [{"own_trials": 0, "test": 0.60}, {"own_trials": 0, "test": 0.66},
+                           {"own_trials": 0, "test": 0.63}, {"own_trials": 7, "test": 0.65},
+                           {"own_trials": 12, "test": 0.70}]}
+    assert bench.test_after(warm, 0) == 0.63 and bench.test_after(warm, 11) == 0.65
+    assert bench.trials_to_reach(warm, 0.64) == 7  # not 0: after 0 own trials the export scores 0.63
+    assert bench.trials_to_reach(warm, 0.70) == 12
+    assert bench.trials_to_reach(warm, 0.71) is None
+
+
+def test_round_one_narrows_only_the_space_never_the_base():
+    bench = _bench()
+    text = bench.spec_text(bench.QualityRun("demo", bench.STRATEGY, 0), 1.0)
+    narrow = tomllib.loads(bench.with_space(text, bench.NARROW))
+    assert narrow["base"] == tomllib.loads(text)["base"]  # [base] has the same quoted keys
+    assert narrow["space"]["optim.lr"] == {"float": [5e-4, 2e-3], "log": True}
+    assert narrow["space"]["features.crop_frames"] == {"int": [128, 256], "log": True}
+    wide = tomllib.loads(bench.with_space(text, bench.demo_lines(bench.NARROW)))
+    assert wide["space"] == tomllib.loads(text)["space"]  # nothing flagged: the demo spec's ranges
