@@ -1,20 +1,13 @@
 """benchmarks/bench_rounds.py's reading of its records (the run itself: test_every_benchmark_runs.py)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_rounds.py"
+from tests.benchmarks import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_rounds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules[spec.name]
+    return load_script("bench_rounds")
 
 
 def test_trials_to_reach_reads_the_best_after_k_trials_not_a_displaced_incumbent():

@@ -2,7 +2,6 @@
 run of every strategy goes end to end (studies, exports, kernels, table, plot)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,16 +11,14 @@ import pytest
 
 from search.spec import load_spec
 
+from tests.benchmarks import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_search_quality.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_search_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules[spec.name]
+    return load_script("bench_search_quality")
 
 
 @pytest.mark.parametrize("strategy", list(_bench().STRATEGIES))
