@@ -32,15 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
-from bench_search_quality import Run as QualityRun, ordered_trials, spec_text, test_score  # noqa: E402
+from bench_search_quality import Run as QualityRun, epochs_spent, incumbents, ordered_trials, spec_text, test_score  # noqa: E402
 from search.checks import edge_params, widened  # noqa: E402
-from search.study import best_trial, is_feasible, load_study  # noqa: E402
+from search.study import best_trial, load_study  # noqa: E402
 from trainer import atomic_write_text, ensure_builtin  # noqa: E402
 
 STRATEGY = "ours-10ep"
@@ -91,14 +91,12 @@ def run_worker(study: Study, studies: Path, trials: int, out: Path, extra: list[
 
 
 def own_incumbents(trials: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
-    """(own trials finished when it became the best, trial): inherited trials count 0, they cost nothing."""
-    changes, own, best = [], 0, None
-    for trial in sorted(trials, key=lambda t: ("from_study" not in t.user_attrs, t.number)):
-        own += "from_study" not in trial.user_attrs
-        if trial.state == TrialState.COMPLETE and is_feasible(trial) and (best is None or trial.value > best.value):
-            best = trial
-            changes.append((own, trial))
-    return changes
+    """(own trials finished when it became the best, trial): inherited trials come first and cost nothing."""
+    return incumbents(sorted(trials, key=lambda t: (own(t), t.number)), cost=own)
+
+
+def own(trial: FrozenTrial) -> bool:
+    return "from_study" not in trial.user_attrs
 
 
 def measure(study: Study, studies: Path, out: Path, scale: float, trials: int, spec: str, extra: list[str]) -> dict:
@@ -112,14 +110,12 @@ def measure(study: Study, studies: Path, out: Path, scale: float, trials: int, s
     finished = ordered_trials(handle.study)
     data_dir = ensure_builtin(study.data, scale=scale)
     record = {"data": study.data, "round": study.round, "repeat": study.repeat,
-              "own_trials": sum("from_study" not in t.user_attrs for t in finished),
-              "inherited": sum("from_study" in t.user_attrs for t in finished),
-              "epochs": sum(int(t.user_attrs.get("epochs_run") or 0) for t in finished
-                            if "from_study" not in t.user_attrs),
-              "incumbents": [{"own_trials": own, "trial": t.number, "val": t.value,
-                              "inherited": "from_study" in t.user_attrs,
+              "own_trials": sum(map(own, finished)),
+              "inherited": sum(not own(t) for t in finished),
+              "epochs": sum(epochs_spent(t) for t in finished if own(t)),
+              "incumbents": [{"own_trials": count, "trial": t.number, "val": t.value, "inherited": not own(t),
                               "test": test_score(study, studies, t, data_dir, out)}
-                             for own, t in own_incumbents(finished)]}
+                             for count, t in own_incumbents(finished)]}
     record["bench_s"] = time.perf_counter() - started
     atomic_write_text(record_path, json.dumps(record, indent=1))
     last = record["incumbents"][-1]

@@ -33,6 +33,7 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -162,11 +163,13 @@ def run_study(run: Run, out: Path, budget_epochs: int, scale: float) -> Path:
                            cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, check=True)
 
 
-def incumbents(trials: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
-    """(epochs spent when it became the best, trial) for each change of the best feasible COMPLETE trial."""
+def incumbents(trials: list[FrozenTrial], cost: Callable[[FrozenTrial], int] = epochs_spent
+               ) -> list[tuple[int, FrozenTrial]]:
+    """(compute spent when it became the best, trial) for each change of the best feasible COMPLETE trial, the
+    compute counted by ``cost`` (default: epochs)."""
     changes, spent, best = [], 0, None
     for trial in trials:
-        spent += epochs_spent(trial)
+        spent += cost(trial)
         if trial.state == TrialState.COMPLETE and is_feasible(trial) and (best is None or trial.value > best.value):
             best = trial
             changes.append((spent, trial))

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     add_study_arguments(parser)
-    parser.add_argument("--trials", type=int, required=True, help="the study's total of finished trials (all panes)")
+    parser.add_argument("--trials", type=int, required=True,
+                        help="the study's total of its own finished trials (all panes; --from's inherited ones do not "
+                             "count)")
     parser.add_argument("--data", help="FAT2019 data folder or a built-in set, for the workers (default: theirs)")
     add_round_arguments(parser)
     parser.add_argument("--gpus", default="all", metavar="all|0,1,...",

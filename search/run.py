@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n")[0])
     add_study_arguments(parser)
-    parser.add_argument("--trials", type=int, help="stop once the study has this many finished trials (all workers)")
+    parser.add_argument("--trials", type=int, help="stop once the study has this many finished trials of its own "
+                                                   "(all workers; --from's inherited ones do not count)")
     parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     parser.add_argument("--data", help="FAT2019 data folder or a built-in set (default: $FAT2019_DATA, then the "
                                        "spec's [study] data)")

@@ -293,8 +293,8 @@ def test_kill_session_fails_the_running_trials_as_interrupted_and_queues_their_r
 @pytest.mark.slow
 def test_sighup_stops_a_worker_like_sigterm_unless_it_was_started_under_nohup(tmp_path, warm_cache):
     studies = tmp_path / "studies"
-    for name in ("hup", "nohup"):
-        write_spec(studies, name, epochs=20)
+    for name in ("hup", "nohup"):  # trials far longer than the test: neither can finish one before its signal
+        write_spec(studies, name, epochs=500)
     hung_up = worker(studies, "hup", "--trials", "2")
     ignoring = subprocess.Popen(  # as `nohup python -m search.run ...` starts it: SIGHUP ignored
         [sys.executable, "-m", "search.run", "--study", "nohup", "--studies-dir", str(studies), "--trials", "2",
@@ -302,17 +302,20 @@ def test_sighup_stops_a_worker_like_sigterm_unless_it_was_started_under_nohup(tm
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     try:
         urls = {name: default_storage_url(name, studies) for name in ("hup", "nohup")}
-        wait_for(lambda: all(_running_with_an_epoch(urls[n], n) for n in urls), 90, "both workers in a trial")
+        # each worker is signalled once it is in a trial of its own, not when both are: a fast one must not be
+        # done with its study while the other is still starting
+        wait_for(lambda: _running_with_an_epoch(urls["hup"], "hup"), 90, "the hup worker in a trial")
         hung_up.send_signal(signal.SIGHUP)
-        ignoring.send_signal(signal.SIGHUP)
         output = hung_up.communicate(timeout=30)[0]
-        time.sleep(1)  # had the ignoring worker taken SIGHUP too, it would have failed its trial by now
         assert hung_up.returncode == 129, output
         assert "SIGHUP: stopping the running trial" in output  # a pipe, not a hung-up terminal: output kept
         trials = load(urls["hup"], "hup").trials
         assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "interrupted"
         assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["retry_of"] == 0
-        assert ignoring.poll() in (None, 0)  # still training, or done with its trials
+        wait_for(lambda: _running_with_an_epoch(urls["nohup"], "nohup"), 90, "the nohup worker in a trial")
+        ignoring.send_signal(signal.SIGHUP)
+        time.sleep(2)  # had the ignoring worker taken SIGHUP, it would have failed its trial and exited by now
+        assert ignoring.poll() is None  # still training its 500-epoch trial
         assert not [t.number for t in load(urls["nohup"], "nohup").trials if t.state == TrialState.FAIL]
     finally:
         ignoring.send_signal(signal.SIGTERM)
