@@ -18,7 +18,7 @@ from search.storage import default_storage_url
 from search.tmux import (STORAGE_OPTION, STUDY_OPTION, TMUX_MISSING, Pane, PanesError, Window, command_list,
                          parse_gpus, passed_environment, session_commands, watch_panes, worker_panes, worker_places)
 
-from tests.search.conftest import load, unique_name, wait_for, worker, write_spec
+from tests.search.conftest import load, unique_name, wait_for, write_spec
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 STUDY_FLAGS = ("--study", "demo", "--studies-dir", "/s")
@@ -290,16 +290,23 @@ def test_kill_session_fails_the_running_trials_as_interrupted_and_queues_their_r
     assert retries == interrupted
 
 
+def _worker_hearing_sighup(studies: Path, name: str, disposition) -> subprocess.Popen:
+    """``python -m search.run`` on study ``name`` (2 trials) started with SIGHUP set to ``disposition``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.run", "--study", name, "--studies-dir", str(studies), "--trials", "2",
+         "--threads", "1", "--heartbeat", "1", "--grace", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, disposition))
+
+
 @pytest.mark.slow
 def test_sighup_stops_a_worker_like_sigterm_unless_it_was_started_under_nohup(tmp_path, warm_cache):
     studies = tmp_path / "studies"
     for name in ("hup", "nohup"):  # trials far longer than the test: neither can finish one before its signal
         write_spec(studies, name, epochs=500)
-    hung_up = worker(studies, "hup", "--trials", "2")
-    ignoring = subprocess.Popen(  # as `nohup python -m search.run ...` starts it: SIGHUP ignored
-        [sys.executable, "-m", "search.run", "--study", "nohup", "--studies-dir", str(studies), "--trials", "2",
-         "--threads", "1", "--heartbeat", "1", "--grace", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    # each disposition set explicitly: a test run itself started under nohup hands SIG_IGN to every child
+    hung_up = _worker_hearing_sighup(studies, "hup", signal.SIG_DFL)  # as a terminal or tmux pane starts it
+    ignoring = _worker_hearing_sighup(studies, "nohup", signal.SIG_IGN)  # as `nohup python -m search.run` does
     try:
         urls = {name: default_storage_url(name, studies) for name in ("hup", "nohup")}
         # each worker is signalled once it is in a trial of its own, not when both are: a fast one must not be
@@ -319,4 +326,4 @@ def test_sighup_stops_a_worker_like_sigterm_unless_it_was_started_under_nohup(tm
         assert not [t.number for t in load(urls["nohup"], "nohup").trials if t.state == TrialState.FAIL]
     finally:
         ignoring.send_signal(signal.SIGTERM)
-        ignoring.wait(timeout=30)
+        ignoring.communicate(timeout=30)  # drains its output: a full pipe would block its exit
