@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search import lifecycle
 from search.artifacts import TrialFiles, open_artifact_store
 from search.console import Console
 from search.join import join_study
@@ -30,6 +31,7 @@ TRIALS = 8
 
 def _pane(studies: Path, name: str, url: str, pane: int, start, results) -> None:
     """One worker process: join the study, wait for the others, run to ``TRIALS`` with instant trials."""
+    lifecycle.WAIT_POLL_S = 0.1  # instant trials: a pane waiting on the others' last ones need not sleep 2 s
     spec = load_spec(studies / f"{name}.toml")
     storage = open_storage(url, heartbeat_interval=60, grace_period=120)
     handle = StudyHandle(join_study(storage, spec, sampler=optuna.samplers.RandomSampler(seed=pane)), storage, url)
