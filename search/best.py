@@ -3,10 +3,12 @@
 Only COMPLETE trials that satisfy the study's constraints (the Kaggle kernel time budget) are chosen.
 ``--ensemble K`` selects a weighted ensemble from the whole study instead (``search.kaggle.ensemble``: greedy
 selection on the stored validation predictions within the kernel budget) and prints the path, the members
-and the gain over the single best trial. The export retrains each member's exact config (the single trial
-optionally as a seed or fold ensemble), or with ``--reuse-checkpoints`` takes the trials' own best.pth,
-prints the validation lwlrap beside the one each trial reported, and writes the folder described in
-``search.kaggle.export``: weights, config.json, the generated kernel.py, dataset-metadata.json, SUBMIT.md.
+and the gain over the single best trial. ``--rescore K`` trains the top K trials again on another validation
+split and exports the best by the mean score instead of the study's best (``search.rescore``). The export
+retrains each member's exact config (the single trial optionally as a seed or fold ensemble), or with
+``--reuse-checkpoints`` takes the trials' own best.pth, prints the validation lwlrap beside the one each trial
+reported, and writes the folder described in ``search.kaggle.export``: weights, config.json, the generated
+kernel.py, dataset-metadata.json, SUBMIT.md.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from search.kaggle.kernel import KernelGenerationError
 from search.kaggle.kernel_main import POOLINGS
 from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES, Recipe, default_recipe, recipe_named
 from search.locate import locate_args
+from search.rescore import describe_rescored, rescore_top
 from search.spec import StudySpec
 from search.storage import StorageError, add_study_arguments
 from search.study import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, ranked_trials,
@@ -86,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="export folder (default studies/<study>/export)")
     parser.add_argument("--trial", type=int, help="trial number to export (default: best feasible COMPLETE)")
     parser.add_argument("--epochs", type=int, help="retrain for this many epochs instead of the trial's")
+    parser.add_argument("--rescore", type=int, metavar="K", help="train the top K trials' configs again on another "
+                        "validation split and choose by the mean score (K trainings; against the winner's curse)")
+    parser.add_argument("--rescore-splits", type=int, default=1, metavar="N",
+                        help="--rescore: other validation splits per trial (default 1)")
     repeats = parser.add_mutually_exclusive_group()
     repeats.add_argument("--seeds", type=int, default=1, help="ensemble of K models with seeds seed..seed+K-1")
     repeats.add_argument("--folds", type=int, help="ensemble of K models, one per held-out curated fold")
@@ -110,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = location.reader_files(handle)
         trial = choose_trial(study, args.trial) if args.trial is not None else None  # a wrong --trial: one line
         print(describe_top(study, args.top, spec))
+        rescored = None
+        if args.rescore is not None:
+            rescored = rescore_top(study, location.folder, resolve_data(spec, args.data), args.rescore, spec=spec,
+                                   splits=args.rescore_splits, threads=args.threads)
+            print("\n" + describe_rescored(rescored))
+            trial = rescored[0].trial
         out = Path(args.out) if args.out else location.folder / "export"
         if args.ensemble is not None:
             data_dir = resolve_data(spec, args.data)
@@ -138,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = export_trial(study, trial, resolve_data(spec, args.data), out, options, spec=spec, files=files,
                               seeds=args.seeds, folds=args.folds,
                               asked=f"--recipe {recipe.name}" if recipe is not None else None)
+        if rescored is not None:
+            record["rescore"] = {str(r.trial.number): {"trial_lwlrap": r.trial.value, "rescores": list(r.rescores),
+                                                       "mean": r.score} for r in rescored}
         _record_recipe(out, record, recipe, args)
     except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError, StorageError,
             CheckpointError, EnsembleError, KernelRunError) as exc:
@@ -167,6 +183,9 @@ def _recipe(args: argparse.Namespace) -> Recipe | None:
     if conflicting:
         raise ConfigError(f"--recipe {recipe.name} decides what is trained; {conflicting[0]} too: choose one (the "
                           f"flags alone export exactly what they say)")
+    if recipe.ensemble is not None and args.rescore is not None:
+        raise ConfigError(f"--recipe {recipe.name} selects its members from the whole study; --rescore chooses one "
+                          f"trial: choose one")
     if recipe.ensemble is not None and args.trial is not None:
         raise ConfigError(f"--recipe {recipe.name} selects its members from the whole study; --trial exports one "
                           f"trial's config: choose one")
@@ -191,8 +210,14 @@ def _record_recipe(out: Path, record: dict, recipe: Recipe | None, args: argpars
 
 def _check_flags(args: argparse.Namespace) -> None:
     """Combinations that ask for two different things: one line each."""
+    if args.rescore is not None and args.trial is not None:
+        raise ConfigError(f"--rescore {args.rescore} chooses the trial among the top {args.rescore}; --trial "
+                          f"{args.trial} names one: choose one")
+    if args.rescore is None and args.rescore_splits != 1:
+        raise ConfigError("--rescore-splits applies to --rescore K only")
     if args.ensemble is not None:
-        for flag, given in (("--trial", args.trial is not None), ("--seeds", args.seeds != 1),
+        for flag, given in (("--trial", args.trial is not None), ("--rescore", args.rescore is not None),
+                            ("--seeds", args.seeds != 1),
                             ("--folds", args.folds is not None)):
             if given:
                 raise ConfigError(f"--ensemble selects its members from the whole study; {flag} exports one trial's "
