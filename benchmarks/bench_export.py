@@ -10,8 +10,10 @@ configs as they trained take their kept weights with ``--reuse-checkpoints``: CP
 that is what a retrain gives), the generated kernel.py runs as its own process on the set's held-out test clips,
 and its submission is scored against test_labels.csv. Per recipe it records the held-out test lwlrap, the
 kernel's projected Kaggle time (measured on this box's CPU, for Kaggle's 3,361 clips) and the export's own
-compute (epochs the recipe trains, wall time). Every export's record is kept in ``--out``: an interrupted run
-resumes. Not a test.
+compute (epochs the recipe trains, wall time). ``--rescore K`` exports each recipe of one trial again with
+``search.best --rescore K`` (the top K trials trained on another validation split, the best mean exported; no
+kept weights, as the chosen trial's may not be kept), so its row shows what re-scoring buys over the study's
+own best and what it costs. Every export's record is kept in ``--out``: an interrupted run resumes. Not a test.
 """
 from __future__ import annotations
 
@@ -43,10 +45,11 @@ class Export:
     studies: Path  # the folder holding the study's spec and database
     study: str
     recipe: str
+    rescore: int | None = None  # search.best --rescore K
 
     @property
     def name(self) -> str:
-        return f"{self.study}-{self.recipe}"
+        return f"{self.study}-{self.recipe}" + (f"-rescore{self.rescore}" if self.rescore else "")
 
     def data(self) -> tuple[str, float]:
         spec = tomllib.loads((self.studies / f"{self.study}.toml").read_text(encoding="utf-8"))["study"]
@@ -69,7 +72,8 @@ def measure(job: Export, out: Path) -> dict:
         with open(log, "w", encoding="utf-8") as stream:
             subprocess.run([sys.executable, "-m", "search.best", "--study", job.study, "--studies-dir",
                             str(job.studies), "--export", "--recipe", job.recipe, "--threads", "1", "--out",
-                            str(export), *(["--reuse-checkpoints"] if recipe.as_trained else [])],
+                            str(export), *(["--rescore", str(job.rescore)] if job.rescore else
+                                           ["--reuse-checkpoints"] if recipe.as_trained else [])],
                            cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, check=True)
         export_s = time.perf_counter() - started
         exported = json.loads((export / "export.json").read_text())
@@ -77,11 +81,15 @@ def measure(job: Export, out: Path) -> dict:
         submission = Path(tmp) / "submission.csv"
         run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
         test = score_submission(submission, data_dir / "test_labels.csv")
-    record = {"study": job.study, "data": data, "recipe": job.recipe, "test_lwlrap": test,
+    rescored = exported.get("rescore") or {}
+    record = {"study": job.study, "data": data, "recipe": job.recipe, "rescore": job.rescore, "test_lwlrap": test,
               "models": len(members), "trials": sorted({m["trial"] for m in members}),
               # what the recipe trains (a reuse of kept weights trained them already, in the study)
               "recipe_epochs": sum(m["train_config"]["optim"]["epochs"] for m in members),
               "trained_epochs": exported["trained_epochs"], "export_s": round(export_s, 1),
+              # the re-scores' trainings (cached in the study's folder: a second recipe of one study reuses them)
+              "rescore_epochs": sum(len(r["rescores"]) * r["epochs_each"] for r in rescored.values()),
+              "rescore_trials": {n: r["mean"] for n, r in rescored.items()},
               "val_lwlrap": [m["val_lwlrap"] for m in members], "validation": exported["validation"],
               "projected_kernel_s": (exported.get("inference") or {}).get("projected_kaggle_seconds")}
     atomic_write_text(record_path, json.dumps(record, indent=1))
@@ -98,19 +106,22 @@ def table(records: list[dict]) -> str:
     lines = ["| data | recipe | studies | held-out test lwlrap | vs single (median) | models | epochs trained | "
              "export wall | kernel, projected for Kaggle (this CPU) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    single = {r["study"]: r["test_lwlrap"] for r in records if r["recipe"] == "single"}
+    single = {r["study"]: r["test_lwlrap"] for r in records if r["recipe"] == "single" and not r.get("rescore")}
+    variants = sorted({(r["recipe"], r.get("rescore") or 0) for r in records},
+                      key=lambda v: (list(RECIPES).index(v[0]), v[1]))
     for data in sorted({r["data"] for r in records}):
-        for recipe in RECIPES:
-            group = [r for r in records if r["data"] == data and r["recipe"] == recipe]
+        for recipe, rescore in variants:
+            group = [r for r in records if r["data"] == data and (r["recipe"], r.get("rescore") or 0) == (recipe, rescore)]
             if not group:
                 continue
             gains = [r["test_lwlrap"] - single[r["study"]] for r in group if r["study"] in single]
             kernel = [r["projected_kernel_s"] for r in group if r["projected_kernel_s"] is not None]
+            name = f"{recipe} + rescore {rescore}" if rescore else recipe
             lines.append(
-                f"| {data} | {recipe} | {len(group)} | {_cell([r['test_lwlrap'] for r in group])} | "
+                f"| {data} | {name} | {len(group)} | {_cell([r['test_lwlrap'] for r in group])} | "
                 + (f"{statistics.median(gains):+.4f}" if gains else "—") + " | "
                 + f"{statistics.median(r['models'] for r in group):.0f} | "
-                + f"{statistics.median(r['recipe_epochs'] for r in group):.0f} | "
+                + f"{statistics.median(r['recipe_epochs'] + r.get('rescore_epochs', 0) for r in group):.0f} | "
                 + f"{statistics.median(r['export_s'] for r in group) / 60:.1f} min | "
                 + (f"{statistics.median(kernel) / 60:.0f} min of {FAT2019_KERNEL_S / 60:.0f}" if kernel else "—")
                 + " |")
@@ -128,6 +139,8 @@ def main() -> None:
                         help="the search-quality benchmark's --out folder (its studies/ are exported)")
     parser.add_argument("--studies", nargs="+", help="study names in --from/studies (default: its ours r0, r1)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--rescore", type=int, metavar="K",
+                        help="export through search.best --rescore K (the top K re-scored on another split)")
     parser.add_argument("--jobs", type=int, default=2, help="exports side by side (one torch thread each)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-export")
     parser.add_argument("--table", action="store_true", help="the table of the records in --out; run nothing")
@@ -140,7 +153,12 @@ def main() -> None:
         missing = [s for s in studies if not (args.source / "studies" / f"{s}.db").is_file()]
         if missing:
             sys.exit(f"error: {args.source / 'studies'}: no study {missing[0]!r} (expected {missing[0]}.db there)")
-        jobs = [Export(args.source / "studies", study, recipe) for study in studies for recipe in args.recipes]
+        refused = [r for r in args.recipes if args.rescore and RECIPES[r].ensemble is not None]
+        if refused:
+            sys.exit(f"error: --recipes {refused[0]}: an ensemble recipe selects from the whole study; --rescore "
+                     f"chooses one trial")
+        jobs = [Export(args.source / "studies", study, recipe, args.rescore)
+                for study in studies for recipe in args.recipes]
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: measure(job, args.out), jobs))
     records = [json.loads(path.read_text()) for path in sorted((args.out / "records").glob("*.json"))]

@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               asked=f"--recipe {recipe.name}" if recipe is not None else None)
         if rescored is not None:
             record["rescore"] = {str(r.trial.number): {"trial_lwlrap": r.trial.value, "rescores": list(r.rescores),
-                                                       "mean": r.score} for r in rescored}
+                                                       "mean": r.score, "epochs_each": r.epochs} for r in rescored}
         _record_recipe(out, record, recipe, args)
     except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError, StorageError,
             CheckpointError, EnsembleError, KernelRunError) as exc:

@@ -36,6 +36,7 @@ class Rescored:
 
     trial: FrozenTrial
     rescores: tuple[float, ...]
+    epochs: int  # of each re-score's training: what re-scoring this trial cost is len(rescores) x epochs
 
     @property
     def score(self) -> float:
@@ -89,7 +90,7 @@ def rescore_top(study: optuna.Study, folder: Path, data_dir: Path, top: int, *, 
                 kept[key] = entry
                 atomic_write_text(store, json.dumps(kept, indent=1, sort_keys=True))
             scores.append(float(entry["lwlrap"]))
-        rescored.append(Rescored(trial, tuple(scores)))
+        rescored.append(Rescored(trial, tuple(scores), base.optim.epochs))
     return sorted(rescored, key=lambda r: r.score, reverse=True)  # sorted() is stable: ties keep the study's order
 
 

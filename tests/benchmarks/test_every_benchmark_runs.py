@@ -151,6 +151,14 @@ def case_bench_export(tmp_path: Path, warm_cache: Path) -> None:
     assert [r[1] for r in rows(out, "demo")] == list(RECIPES)
     assert rows(out, "demo")[0][4] == "+0.0000"  # single against itself
 
+    out = bench("bench_export.py", "--from", tmp_path / "quality", "--recipes", "single", "--rescore", "2",
+                "--out", tmp_path / "bench", timeout=600)
+    rescored = json.loads((tmp_path / "bench" / "records" / "q-demo-ours-r0-single-rescore2.json").read_text())
+    assert rescored["rescore"] == 2 and len(rescored["rescore_trials"]) == 2
+    assert rescored["rescore_epochs"] == 2 * 2  # two trials, one other split each, 2 epochs
+    assert rescored["trained_epochs"] == 2  # no kept weights: the chosen trial retrained
+    assert [r[1] for r in rows(out, "demo")] == ["single", "single + rescore 2"]
+
 
 def case_bench_quickstart(tmp_path: Path, warm_cache: Path) -> None:
     spec = tiny_spec(tmp_path / "spec", "quickstart", epochs=2)

@@ -145,6 +145,7 @@ def test_export_after_rescore_exports_the_rescored_choice(studies, trainings, tm
                  "--out", str(out)]) == 0
     record = json.loads((out / "export.json").read_text())
     assert record["trial"] == 0  # not the study's best, trial 1
-    assert record["rescore"]["0"] == {"trial_lwlrap": 0.60, "rescores": [0.70], "mean": pytest.approx(0.65)}
+    assert record["rescore"]["0"] == {"trial_lwlrap": 0.60, "rescores": [0.70], "mean": pytest.approx(0.65),
+                                      "epochs_each": _config(3e-3).optim.epochs}
     exported = json.loads((out / "config.json").read_text())["members"][0]
     assert TrainConfig.from_dict(exported["train_config"]) == _config(3e-3)  # its own split, not the re-score's
