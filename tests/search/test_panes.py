@@ -161,7 +161,8 @@ def _panes_of(socket: str, target: str) -> list[dict[str, str]]:
 
 
 def _fake_session(socket: str, session: str, options: dict[str, str]) -> None:
-    commands = [["new-session", "-d", "-s", session, "--", "sleep", "60"],
+    # Named window: tmux's automatic name is the pane's foreground process, "tmux" until sleep has started.
+    commands = [["new-session", "-d", "-s", session, "-n", "fake", "--", "sleep", "60"],
                 *(["set-option", "-t", f"={session}:", k, v] for k, v in options.items())]
     _tmux(socket, *command_list(commands))
 
@@ -180,7 +181,7 @@ def test_a_session_of_this_study_is_found_and_one_of_another_is_refused(tmp_path
     out = capsys.readouterr().out
     assert out.startswith("tmux session search-mine already runs study mine\n")
     assert f"attach: tmux -L {tmux_socket} attach -t search-mine" in out
-    assert _tmux(tmux_socket, "list-windows", "-t", "=search-mine", "-F", "#{window_name}").split() == ["sleep"]
+    assert _tmux(tmux_socket, "list-windows", "-t", "=search-mine", "-F", "#{window_name}").split() == ["fake"]
 
     _fake_session(tmux_socket, "taken", {STUDY_OPTION: "other", STORAGE_OPTION: url})
     assert panes.main([*argv, "--session", "taken"]) == 2
