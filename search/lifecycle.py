@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import gc
 import os
 import shutil
 import signal
@@ -142,6 +143,11 @@ class Worker:
         """Take trials until done; returns the exit status (0 done, 130/143 interrupted, 2 stopped)."""
         self.objective = objective
         deadline = None if timeout is None else time.monotonic() + timeout
+        # What is alive now (torch, Optuna, the study) lives as long as the worker. Frozen out of the collector,
+        # the collection after every trial scans only that trial's objects: 0.14 s less per trial, here.
+        # Thawed on the way out, for a caller that goes on in the same process.
+        gc.collect()
+        gc.freeze()
         if self.reserve is not None:
             self.reserve.ensure()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _stop_signals()}
@@ -183,6 +189,7 @@ class Worker:
             self.slots.release()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            gc.unfreeze()
 
     def _wait_for_work(self, trials: int | None, deadline: float | None) -> str | None:
         """None when a trial may start, with the slot lock held; else why the worker is done. Keeps the
