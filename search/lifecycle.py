@@ -143,14 +143,14 @@ class Worker:
         """Take trials until done; returns the exit status (0 done, 130/143 interrupted, 2 stopped)."""
         self.objective = objective
         deadline = None if timeout is None else time.monotonic() + timeout
-        # What is alive now (torch, Optuna, the study) lives as long as the worker. Frozen out of the collector,
-        # the collection after every trial scans only that trial's objects: 0.14 s less per trial, here.
-        # Thawed on the way out, for a caller that goes on in the same process.
-        gc.collect()
-        gc.freeze()
         if self.reserve is not None:
             self.reserve.ensure()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _stop_signals()}
+        # What is alive now (torch, Optuna, the study) lives as long as the worker. Frozen out of the collector,
+        # the collection Optuna runs after every trial scans only that trial's objects: a full collection after
+        # the worker's imports took 0.22 s here, 0.0 s frozen. Thawed on the way out, for a caller that goes on.
+        gc.collect()
+        gc.freeze()
         try:
             while True:
                 reason = self._wait_for_work(trials, deadline)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import gc
 import io
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import optuna
@@ -125,6 +127,34 @@ def test_a_trial_over_the_kernel_budget_stops_after_epoch_one_as_infeasible(tmp_
     assert trial.state == TrialState.PRUNED and trial.user_attrs["epochs_run"] == 1
     assert trial.user_attrs["feasible"] is False and trial.constraints["kernel_time"] == pytest.approx(12750 - 1800)
     assert trial.user_attrs["reason"] == "over the kernel budget: projected 12,750 s > 1,800 s"
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.mark.parametrize("error, code", [(None, 0), (DataError("train_curated: unreadable"), 2)])
+def test_the_worker_freezes_what_outlives_its_trials_and_thaws_it_on_the_way_out(tmp_path, error, code):
+    """Garbage from before the run is collected, not frozen for good; a caller that goes on gets its collector back."""
+    frozen_during = []
+
+    def train(*args, **kwargs):
+        frozen_during.append(gc.get_freeze_count())
+        return fake_training(error=error)(*args, **kwargs)
+
+    setup = Setup(tmp_path, train=train)
+    gc.disable()  # no automatic collection: only the worker's own may free the cycle
+    try:
+        garbage = Cycle()
+        gone = weakref.ref(garbage)
+        del garbage
+        assert gone() is not None
+        assert setup.run(trials=2) == code
+    finally:
+        gc.enable()
+    assert frozen_during and all(count > 0 for count in frozen_during)
+    assert gc.get_freeze_count() == 0 and gone() is None
 
 
 # -- failures: recorded on the trial, the worker goes on ---------------------------------------------
