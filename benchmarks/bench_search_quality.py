@@ -47,7 +47,7 @@ from trainer import atomic_write_text, ensure_builtin  # noqa: E402
 
 DEMO_SPEC = REPO / "studies" / "demo.toml"
 BASELINE_EPOCHS = 10  # B: one training of the demo spec's base; every budget is a multiple of it
-VAL_FRACTION = 0.4
+VAL_FRACTION = 0.4  # pinned, not read from demo.toml: the recorded studies stay comparable if the spec moves
 STEP_EPOCHS = 10  # the anytime curve's resolution
 
 # The search part of a spec: [sampler], [startup], [pruner] and the trial budget in epochs.
