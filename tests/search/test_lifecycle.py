@@ -94,16 +94,32 @@ def test_the_reported_value_is_the_running_best_and_equals_the_return(tmp_path, 
     assert trial.intermediate_values == {1: 0.4, 2: 0.7, 3: 0.7, 4: 0.7} and trial.value == 0.7
 
 
-def test_timeout_stops_taking_new_trials(tmp_path):
-    def slow(*args, **kwargs):
-        time.sleep(0.4)
+class TrainingClock:
+    """The worker's ``time`` with a monotonic clock that moves only while a trial trains: the test does not
+    depend on how long the worker's own start-up takes on a loaded box (0.7 s once, with a 0.6 s timeout)."""
+
+    def __init__(self, seconds_a_trial: float):
+        self.now, self.seconds_a_trial = 0.0, seconds_a_trial
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def training(self, *args, **kwargs):
+        self.now += self.seconds_a_trial
         return fake_training()(*args, **kwargs)
 
-    setup = Setup(tmp_path, train=slow)
+
+def test_timeout_stops_taking_new_trials(tmp_path, monkeypatch):
+    clock = TrainingClock(seconds_a_trial=0.4)
+    monkeypatch.setattr("search.lifecycle.time", clock)
+    setup = Setup(tmp_path, train=clock.training)
     assert setup.run(timeout=0.6) == 0
     output = setup.out.getvalue()
-    assert "timeout reached" in output and "#0   COMPLETE" in output
-    assert "#2 " not in output  # each trial takes 0.4 s: a third would start after the timeout
+    assert "timeout reached" in output and "#0   COMPLETE" in output and "#1   COMPLETE" in output
+    assert "#2 " not in output and len(setup.study.trials) == 2  # trial 1 started at 0.4 s; a third at 0.8 s
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
