@@ -2,7 +2,8 @@
 
     python benchmarks/bench_quickstart.py --data demo sampled --repeats 3 --jobs 2 --out bench-quickstart
 
-Each run is ``python -m search.quickstart --threads 1`` itself, in its own studies folder holding
+Each run is ``python -m search.quickstart --threads 1`` itself (``--threads 0``: no ``--threads``, the quickstart's
+own default, what a new user's first command gets), in its own studies folder holding
 ``studies/quickstart.toml`` with the run's data set and the repeat as the sampler's and startup's seed (repeat 0 is
 the shipped spec on demo). The record keeps what the quickstart printed: baseline and best on validation and on
 the held-out test clips, and its wall time. Records are kept in ``--out``, so an interrupted run resumes. Not a test.
@@ -41,7 +42,7 @@ def parse(output: str) -> dict:
     return rows
 
 
-def measure(data: str, repeat: int, trials: int, out: Path, spec: Path = SPEC) -> dict:
+def measure(data: str, repeat: int, trials: int, out: Path, spec: Path = SPEC, threads: int = 1) -> dict:
     name = f"quickstart-{data}-r{repeat}"
     record_path = out / "records" / f"{name}.json"
     if record_path.exists():
@@ -50,12 +51,13 @@ def measure(data: str, repeat: int, trials: int, out: Path, spec: Path = SPEC) -
     studies.mkdir(parents=True, exist_ok=True)
     (studies / "quickstart.toml").write_text(quickstart_spec(data, repeat, spec), encoding="utf-8")
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "search.quickstart", "--studies-dir", str(studies), "--threads", "1",
-                          "--trials", str(trials)], cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "search.quickstart", "--studies-dir", str(studies),
+                          *(["--threads", str(threads)] if threads else []), "--trials", str(trials)],
+                         cwd=REPO, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{name}: the quickstart failed ({run.returncode}):\n{run.stderr[-2000:]}")
     rows = parse(run.stdout)
-    record = {"data": data, "repeat": repeat, "trials": trials, "wall_s": time.perf_counter() - started,
+    record = {"data": data, "repeat": repeat, "trials": trials, "threads": threads or "default", "wall_s": time.perf_counter() - started,
               "val_baseline": rows["validation"][0], "val_best": rows["validation"][1],
               "test_baseline": rows["held-out test"][0], "test_best": rows["held-out test"][1],
               "output": run.stdout}
@@ -91,7 +93,9 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["demo", "sampled"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--jobs", type=int, default=2, help="quickstarts side by side (one torch thread each)")
+    parser.add_argument("--jobs", type=int, default=2, help="quickstarts side by side")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each quickstart (0: the quickstart's default, the free cores)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-quickstart")
     parser.add_argument("--spec", type=Path, default=SPEC, help="the quickstart spec to start from (default the shipped one)")
     parser.add_argument("--table", action="store_true", help="the table of the records in --out; run nothing")
@@ -101,7 +105,7 @@ def main() -> None:
             ensure_builtin(data, scale=_data_scale(args.spec))
         runs = [(d, r) for r in range(args.repeats) for d in args.data]
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda run: measure(*run, args.trials, args.out, args.spec), runs))
+            list(pool.map(lambda run: measure(*run, args.trials, args.out, args.spec, args.threads), runs))
     records = [json.loads(p.read_text()) for p in sorted((args.out / "records").glob("*.json"))]
     print(table([r for r in records if r["data"] in args.data]))
 

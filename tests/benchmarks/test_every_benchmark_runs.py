@@ -166,7 +166,7 @@ def case_bench_quickstart(tmp_path: Path, warm_cache: Path) -> None:
     out = bench("bench_quickstart.py", "--data", "demo", "--repeats", "1", "--trials", "2", "--jobs", "1",
                 "--spec", spec, "--out", out_dir)
     record = json.loads((out_dir / "records" / "quickstart-demo-r0.json").read_text())
-    assert record["trials"] == 2 and record["wall_s"] > 0
+    assert record["trials"] == 2 and record["wall_s"] > 0 and record["threads"] == 1  # the table's runs: one thread
     for key in ("val_baseline", "val_best", "test_baseline", "test_best"):
         assert 0.0 < record[key] <= 1.0
     (row,) = rows(out, "demo")
