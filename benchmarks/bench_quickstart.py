@@ -57,7 +57,8 @@ def measure(data: str, repeat: int, trials: int, out: Path, spec: Path = SPEC, t
     if run.returncode != 0:
         raise RuntimeError(f"{name}: the quickstart failed ({run.returncode}):\n{run.stderr[-2000:]}")
     rows = parse(run.stdout)
-    record = {"data": data, "repeat": repeat, "trials": trials, "threads": threads or "default", "wall_s": time.perf_counter() - started,
+    record = {"data": data, "repeat": repeat, "trials": trials, "threads": threads or "default",
+              "wall_s": time.perf_counter() - started,
               "val_baseline": rows["validation"][0], "val_best": rows["validation"][1],
               "test_baseline": rows["held-out test"][0], "test_best": rows["held-out test"][1],
               "output": run.stdout}
