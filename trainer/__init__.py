@@ -21,14 +21,14 @@ from trainer.memory import check_fits, largest_data_config, plan_data_memory
 from trainer.metrics import lwlrap, per_class_lwlrap
 from trainer.models import build_model
 from trainer.paths import cache_root
-from trainer.prepare import DEVICE_BANK_SHARE, split_identity
+from trainer.prepare import DEVICE_BANK_SHARE, labelled_bank, split_identity
 from trainer.synth import BUILTIN_DATASETS, ensure_builtin, ensure_demo_data
 
 __all__ = [
     "AudioReadError", "BUILTIN_DATASETS", "DEVICE_BANK_SHARE", "CheckpointError", "ConfigError", "DataError", "FeatureBank", "LogMel", "NonFiniteLossError",
     "Result", "TrainConfig", "VAL_PREDICTIONS", "atomic_path", "atomic_torch_save", "atomic_write_bytes",
     "atomic_write_text", "build_model", "cache_root", "check_fits", "ensure_builtin", "ensure_demo_data", "feature_cache_key",
-    "flatten", "largest_data_config", "load_checkpoint", "load_features", "load_labels", "load_state_dict", "lwlrap", "parse_set_args",
+    "flatten", "labelled_bank", "largest_data_config", "load_checkpoint", "load_features", "load_labels", "load_state_dict", "lwlrap", "parse_set_args",
     "per_class_lwlrap", "plan_data_memory", "predict_bank", "read_audio", "read_labelled_csv", "read_test_fnames", "read_toml",
     "remove_stale_temp_files", "resolve_device", "split_identity", "train_and_evaluate",
 ]

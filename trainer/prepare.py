@@ -102,6 +102,17 @@ def prepare_data(config: TrainConfig, data_dir: str | Path | None, *, device: to
     )
 
 
+def labelled_bank(table: ClipTable, cfg: FeatureConfig, *, cache_dir: str | Path | None = None,
+                  progress: bool = False, status: Status | None = None) -> tuple[FeatureBank, np.ndarray]:
+    """The feature bank and targets of a labelled split that is neither trained nor validated on (a built-in
+    set's held-out test clips, which benchmarks score in-process), cached and packed as the training banks
+    are; unreadable clips are left out of both, as they are of training."""
+    entries = _entries(table, cfg, cache_dir, progress, status)
+    readable = [i for i, digest in enumerate(entries.digests) if digest is not None]
+    bank = _bank(cache_root(cache_dir) / "features", cfg, [(entries, i) for i in readable], table.name, status)
+    return bank, table.targets[readable].astype(np.float64)
+
+
 def split_identity(fnames: list[str], targets: np.ndarray) -> str:
     """Short digest of a validation split: the same clips with the same labels in the same order give the
     same id, whatever the feature or model settings (so predictions of different trials can be combined)."""

@@ -194,6 +194,23 @@ def case_bench_rounds(tmp_path: Path) -> None:
     assert rows(table, "demo") == [row]
 
 
+def case_bench_knobs(tmp_path: Path, demo_data: Path) -> None:
+    out_dir = tmp_path / "bench"
+    args = ("--data", "demo", "--scale", "0.05", "--epochs", "1", "--base-seeds", "2", "--knobs", "loss.minmax_weight",
+            "--jobs", "2", "--out", out_dir)
+    out = bench("bench_knobs.py", *args)
+    records = [json.loads(p.read_text()) for p in sorted((out_dir / "records").glob("knobs-demo-*.json"))]
+    weights = sorted(r["value"] for r in records if r["knob"] == "loss.minmax_weight")
+    assert weights == [0.1, 0.316, 1.0, 3.16, 10.0] and len(records) == 7  # and the base at 2 seeds
+    for record in records:
+        assert record["error"] is None and record["epochs"] == 1 and 0.0 < record["test"] <= 1.0
+        assert (record["overrides"].get("loss.name") == "bce_minmax") is (record["knob"] != "(base)")
+    table = rows(out, "`loss.minmax_weight`")
+    assert len(table) == 6 and sum(int(part.split()[0]) for part in table[-1][1].split(", ")) == 5  # its summary
+    again = bench("bench_knobs.py", *args, timeout=60)  # every record there: trains nothing
+    assert again.startswith("0 trainings to run") and rows(again, "`loss.minmax_weight`") == table
+
+
 def case_scale(tmp_path: Path) -> None:
     out = bench("scale.py", "--root", tmp_path / "scale", "--fraction", "0.01", "--mels", "16", "--workers", "2",
                 "--steps", "1", "--epochs", "1", "--fill-clips", "4", "--per-item-clips", "2", timeout=600)
@@ -239,6 +256,7 @@ CASES = {
     "bench_export.py": case_bench_export,
     "bench_quickstart.py": case_bench_quickstart,
     "bench_rounds.py": case_bench_rounds,
+    "bench_knobs.py": case_bench_knobs,
     "scale.py": case_scale,
     "stress.py": case_stress,
 }
