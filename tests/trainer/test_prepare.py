@@ -6,9 +6,9 @@ import torch
 
 from trainer import progress, train_and_evaluate
 from trainer.batches import FeatureBank
-from trainer.data import load_splits
+from trainer.data import load_splits, read_labelled_csv
 from trainer.feature_cache import load_features
-from trainer.prepare import prepare_data, split_indices
+from trainer.prepare import labelled_bank, prepare_data, split_indices
 
 CPU = torch.device("cpu")
 
@@ -49,6 +49,18 @@ def test_prepared_banks_hold_exactly_the_clips_an_in_memory_bank_would(demo_data
             assert torch.equal(getattr(bank, name), getattr(expected, name)), name
     assert data.train_is_noisy.sum().item() == len(noisy) and len(data.train_targets) == len(data.train_bank)
     np.testing.assert_array_equal(data.val_targets, curated.targets[val_idx])
+
+
+def test_a_labelled_test_split_gets_the_bank_and_targets_an_in_memory_bank_would(demo_data, tiny_config, tmp_path):
+    table = read_labelled_csv(demo_data / "test_labels.csv", demo_data / "test")
+    bank, targets = labelled_bank(table, tiny_config.features, cache_dir=tmp_path)
+    arrays = load_features(list(table.paths), tiny_config.features, cache_dir=tmp_path, progress=False).arrays
+    expected = FeatureBank.from_arrays(arrays, normalize="clip")
+    for name in ("frames", "offsets", "lengths", "mean", "std", "floor"):
+        assert torch.equal(getattr(bank, name), getattr(expected, name)), name
+    assert targets.dtype == np.float64
+    np.testing.assert_array_equal(targets, table.targets)
+    assert len(bank) == len(table) > 0
 
 
 def test_another_validation_split_is_another_bank(demo_data, tiny_config, tmp_path):
