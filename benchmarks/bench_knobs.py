@@ -12,8 +12,9 @@ give the same config are trained once. Each trains once at the spec's trial budg
 seed 0; its best epoch's weights (what a trial keeps and an export reuses) are scored on the set's held-out test
 clips with ``predict_bank``, the code the kernel runs, and its best validation lwlrap is the value a study would
 see. The base trains with ``--base-seeds`` seeds: the spread the deltas are read against. A point "loses" where
-its test lwlrap is below the base's worst seed on every set, "gains" where above its best; a knob "only loses"
-where every point of it loses. One JSON record per point and set in ``--out/records`` (an interrupted run
+its test lwlrap is below the base's worst seed on every set, "collapses" where more than ``COLLAPSE`` (0.1) below
+it on every set (or diverges), "gains" where above the base's best seed on every set; a knob "only loses" where
+every point of it loses. One JSON record per point and set in ``--out/records`` (an interrupted run
 resumes). Not a test.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from trainer import atomic_write_text  # noqa: E402
 DEMO_SPEC = REPO / "studies" / "demo.toml"
 VAL_FRACTION = 0.4  # pinned, as the search-quality benchmark pins it
 BASE = "(base)"
+COLLAPSE = 0.1  # a point "collapses" training where its test lwlrap is this far below the base's worst seed
 # Knobs that change nothing without another setting (the spec's space cannot say so): their points train with it.
 # lsoft relabels noisy clips only, and the base trains on curated alone.
 NEEDS = {"loss.lsoft_beta": {"data.use_noisy": True}, ("loss.name", "lsoft"): {"data.use_noisy": True}}
@@ -210,11 +212,14 @@ def table(records: list[dict], data_sets: list[str], spec: StudySpec, base_seeds
             low, mean, high = spread[data]
             if r["test"] is None:
                 cells += [r["error"].split(":")[0], "—"]
-                marks.append("loses")
+                marks.append("collapses")
                 continue
             cells += [fmt(r["val"]), f"{r['test']:.4f} ({r['test'] - mean:+.4f})"]
-            marks.append("loses" if r["test"] < low else "gains" if r["test"] > high else "noise")
-        verdict = marks[0] if len(set(marks)) == 1 else "mixed"
+            marks.append("collapses" if r["test"] < low - COLLAPSE else "loses" if r["test"] < low
+                         else "gains" if r["test"] > high else "noise")
+        if set(marks) == {"missing"}:  # not trained (a --knobs subset, or a run still going): not in the table
+            continue
+        verdict = marks[0] if len(set(marks)) == 1 else "loses" if set(marks) <= {"loses", "collapses"} else "mixed"
         verdict = "in the base's spread" if verdict == "noise" else verdict
         verdicts.setdefault(p.knob, []).append(verdict)
         set_marks.setdefault(p.knob, []).extend(marks)
@@ -226,8 +231,11 @@ def table(records: list[dict], data_sets: list[str], spec: StudySpec, base_seeds
     for knob, marks in verdicts.items():
         counts = ", ".join(f"{marks.count(m)} {m}" for m in dict.fromkeys(marks))
         each = set(set_marks[knob])
-        summary = ("only loses" if each == {"loses"} else "gains somewhere" if "gains" in each
-                   else "loses somewhere, never gains" if "loses" in each else "within the base's spread")
+        summary = ("collapses at every point" if each == {"collapses"} else "only loses" if each <= {"loses", "collapses"}
+                   else "gains somewhere" if "gains" in each
+                   else "loses somewhere, never gains" if each & {"loses", "collapses"} else "within the base's spread")
+        if "collapses" in marks and each != {"collapses"}:
+            summary += f"; collapses at {marks.count('collapses')} of {len(marks)} points"
         lines.append(f"| `{knob}` | {counts} | {summary} |")
     return "\n".join(lines)
 

@@ -196,19 +196,19 @@ def case_bench_rounds(tmp_path: Path) -> None:
 
 def case_bench_knobs(tmp_path: Path, demo_data: Path) -> None:
     out_dir = tmp_path / "bench"
-    args = ("--data", "demo", "--scale", "0.05", "--epochs", "1", "--base-seeds", "2", "--knobs", "loss.minmax_weight",
+    args = ("--data", "demo", "--scale", "0.05", "--epochs", "1", "--base-seeds", "2", "--knobs", "optim.eta_min",
             "--jobs", "2", "--out", out_dir)
     out = bench("bench_knobs.py", *args)
     records = [json.loads(p.read_text()) for p in sorted((out_dir / "records").glob("knobs-demo-*.json"))]
-    weights = sorted(r["value"] for r in records if r["knob"] == "loss.minmax_weight")
-    assert weights == [0.1, 0.316, 1.0, 3.16, 10.0] and len(records) == 7  # and the base at 2 seeds
+    floors = sorted(r["value"] for r in records if r["knob"] == "optim.eta_min")
+    assert floors == [0.0, 5e-05, 0.0001] and len(records) == 5  # and the base at 2 seeds
     for record in records:
         assert record["error"] is None and record["epochs"] == 1 and 0.0 < record["test"] <= 1.0
-        assert (record["overrides"].get("loss.name") == "bce_minmax") is (record["knob"] != "(base)")
-    table = rows(out, "`loss.minmax_weight`")
-    assert len(table) == 6 and sum(int(part.split()[0]) for part in table[-1][1].split(", ")) == 5  # its summary
+        assert (record["overrides"].get("optim.schedule") == "cosine") is (record["knob"] != "(base)")
+    table = rows(out, "`optim.eta_min`")
+    assert len(table) == 4 and sum(int(part.split()[0]) for part in table[-1][1].split(", ")) == 3  # its summary
     again = bench("bench_knobs.py", *args, timeout=60)  # every record there: trains nothing
-    assert again.startswith("0 trainings to run") and rows(again, "`loss.minmax_weight`") == table
+    assert again.startswith("0 trainings to run") and rows(again, "`optim.eta_min`") == table
 
 
 def case_scale(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def test_parallel_coordinates_draw_the_top_8_parameters_by_importance(study_40, 
     axes = ["".join(label.split("\n")[:2]) for label in labels]
     importances, _ = plots.param_importances(study_40)
     assert axes == sorted(importances, key=lambda n: -importances[n])[:8] + ["lwlrap"]
-    assert "the 8 highest-ranked of 26 parameters, ranked by parameter importance" in written["parallel_coordinate"].note
+    assert "the 8 highest-ranked of 25 parameters, ranked by parameter importance" in written["parallel_coordinate"].note
 
 
 def test_without_importances_parameters_rank_by_how_the_objective_follows_them():
@@ -157,12 +157,12 @@ def test_slice_is_a_grid_with_one_panel_per_parameter(study_40, drawn_40):
     figure = figures["slice"]
     panels = {ax.get_title().split("  ")[0]: ax for ax in figure.axes if ax.get_visible()}
     params = {name for t in study_40.trials for name in t.params}
-    assert set(panels) == params and len(params) == 26
+    assert set(panels) == params and len(params) == 25
     width, height = figure.get_size_inches()
     assert 0.5 <= width / height <= 2.0
     assert len({round(ax.get_position().x0, 3) for ax in panels.values()}) == plots.SLICE_COLUMNS
     activation = panels["model.activation"]
-    assert [t.get_text() for t in activation.get_xticklabels()] == ["relu", "prelu", "elu", "silu", "sigmoid"]
+    assert [t.get_text() for t in activation.get_xticklabels()] == ["relu", "prelu", "elu", "silu"]
     lr = panels["optim.lr"]
     low, high = lr.get_xlim()
     assert lr.get_xscale() == "log" and low < 3e-4 and high > 1e-2  # the space's bounds, not the sampled range
