@@ -7,20 +7,22 @@ import json
 import sys
 from pathlib import Path
 
+from search.spec import load_spec
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_knobs import BASE, demo_spec, points, table  # noqa: E402
+from bench_knobs import BASE, DEMO_SPEC, points, table  # noqa: E402
 
 FULL = ROOT / "studies" / "fat2019.toml"
 
 
 def by_name(spec=None):
-    return {p.name: p for p in points(spec or demo_spec(), base_seeds=2)}
+    return {p.name: p for p in points(spec or load_spec(DEMO_SPEC), base_seeds=2)}
 
 
 def test_points_cover_the_space_from_the_base():
-    spec = demo_spec()
+    spec = load_spec(DEMO_SPEC)
     found = by_name(spec)
     assert [p.seed for p in found.values() if p.knob == BASE] == [0, 1]
     assert "model.width=0.125-s0" not in found  # the base's own value is the base
@@ -36,7 +38,7 @@ def test_points_cover_the_space_from_the_base():
 
 
 def test_conditional_knobs_switch_on_what_they_need():
-    found = by_name(demo_spec(FULL))
+    found = by_name(load_spec(FULL))
     for point in found.values():
         if point.knob == "loss.minmax_weight":
             assert point.overrides["loss.name"] == "bce_minmax"
@@ -48,7 +50,7 @@ def test_conditional_knobs_switch_on_what_they_need():
 
 
 def test_points_of_named_knobs_only():
-    found = points(demo_spec(), base_seeds=1, knobs=["data.sampler"])
+    found = points(load_spec(DEMO_SPEC), base_seeds=1, knobs=["data.sampler"])
     assert [p.name for p in found] == ["base-s0", "data.sampler=class_balanced-s0"]
 
 
@@ -58,7 +60,7 @@ def record(data, knob, value, seed, test, error=None):
 
 
 def test_table_verdicts_follow_the_records():
-    spec = demo_spec(FULL)
+    spec = load_spec(FULL)
     knobs = ["data.sampler", "model.bn_position", "loss.minmax_weight", "model.activation"]
     records = [record(d, BASE, None, s, t) for d in ("demo", "sampled") for s, t in ((0, 0.70), (1, 0.72))]
     records += [record("demo", "data.sampler", "class_balanced", 0, 0.62),
