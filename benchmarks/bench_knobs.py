@@ -129,8 +129,8 @@ def train_point(point: Point, data: str, scale: float, spec_path: str, out: str,
               "seed": point.seed, "val": None, "test": None, "best_epoch": None, "error": None}
     started = time.perf_counter()
     try:
-        config = spec.config_for({**point.overrides, "data.val_fraction": VAL_FRACTION, "seed": point.seed,
-                                  "optim.epochs": epochs or spec.epochs})
+        budget = {} if epochs is None else {"optim.epochs": epochs}
+        config = spec.config_for({**point.overrides, "data.val_fraction": VAL_FRACTION, "seed": point.seed, **budget})
         result = train_and_evaluate(config, data_dir, workdir=Path(out) / "runs" / data / point.name, threads=1,
                                     verbose=False, progress=False)
         model = build_model(config.model)
