@@ -301,8 +301,10 @@ def plot(records: list[dict], budget: int, path: Path) -> None:
         axis.set_xlabel(f"compute spent (B = one {BASELINE_EPOCHS}-epoch baseline training)")
         axis.set_ylabel("test lwlrap (median, band = min..max of repeats)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
+    # one legend below both panels: inside either it hid part of the bands
+    legend = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
