@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 
-from search.locate import locate_args
+from search.study.locate import locate_args
 from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from search.kaggle.ensemble import select_from_study
 from search.kaggle.export import run_kernel, score_submission
 from search.kaggle.kernel_main import POOLINGS
-from search.storage import add_study_arguments
-from search.study import resolve_data
+from search.study.storage import add_study_arguments
+from search.study.record import resolve_data
 
 HEADER = ("| study | K | members | val lwlrap single | val lwlrap ensemble | test lwlrap single | test lwlrap ensemble "
           "| projected kernel s (budget) | kernel wall s single / ensemble |\n|---|---|---|---|---|---|---|---|---|")

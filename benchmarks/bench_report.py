@@ -18,9 +18,9 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from search.study_report import write_report
+from search.views.report import write_report
 from search.spec import StudySpec, load_spec
-from search.study import StudyHandle
+from search.study.record import StudyHandle
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 FAIL_PROBABILITY = 0.04

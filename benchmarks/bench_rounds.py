@@ -6,7 +6,7 @@
 Per data set and repeat: round 1 is a 30-trial study of a deliberately narrow space (the demo spec's, with
 ``optim.lr`` in [5e-4, 2e-3] and ``features.crop_frames`` in [128, 256], the base at the top of both). Round 2's
 space is round 1's with every range the report's edge check flags at round 1's best widened the way the report's
-"Next round" lines widen it (``search.checks.widened``); where nothing is flagged, both ranges take the demo
+"Next round" lines widen it (``search.views.checks.widened``); where nothing is flagged, both ranges take the demo
 spec's. Round 2 runs twice, 30 trials of its own each (``--trials`` counts a study's own trials): ``cold``, a new
 study, and ``warm``, ``search.run --from`` round 1 (round 1's trials inherited, nothing retrained). Every change
 of a study's best is exported through ``search.best --export --reuse-checkpoints`` (an inherited trial's weights
@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 from bench_search_quality import Run as QualityRun, epochs_spent, incumbents, ordered_trials, spec_text, test_score  # noqa: E402
-from search.checks import edge_params, widened  # noqa: E402
-from search.study import best_trial, load_study  # noqa: E402
+from search.views.checks import edge_params, widened  # noqa: E402
+from search.study.record import best_trial, load_study  # noqa: E402
 from trainer import atomic_write_text, ensure_builtin  # noqa: E402
 
 STRATEGY = "ours-10ep"

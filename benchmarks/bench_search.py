@@ -23,10 +23,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.join import join_study
+from search.study.join import join_study
 from search.spec import load_spec
-from search.storage import default_storage_url, open_storage
-from search.study import resolve_data
+from search.study.storage import default_storage_url, open_storage
+from search.study.record import resolve_data
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

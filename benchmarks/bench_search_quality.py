@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from search.kaggle.export import run_kernel, score_submission  # noqa: E402
-from search.study import is_feasible, load_study  # noqa: E402
+from search.study.record import is_feasible, load_study  # noqa: E402
 from trainer import atomic_write_text, ensure_builtin  # noqa: E402
 
 DEMO_SPEC = REPO / "studies" / "demo.toml"

@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.artifacts import TrialFiles, open_artifact_store  # noqa: E402
-from search.storage import open_storage  # noqa: E402
-from search.study import load_study  # noqa: E402
+from search.study.artifacts import TrialFiles, open_artifact_store  # noqa: E402
+from search.study.storage import open_storage  # noqa: E402
+from search.study.record import load_study  # noqa: E402
 from trainer import CheckpointError, ensure_demo_data, load_checkpoint  # noqa: E402
 
 SPEC = """[study]

@@ -4,7 +4,7 @@ Only COMPLETE trials that satisfy the study's constraints (the Kaggle kernel tim
 ``--ensemble K`` selects a weighted ensemble from the whole study instead (``search.kaggle.ensemble``: greedy
 selection on the stored validation predictions within the kernel budget) and prints the path, the members
 and the gain over the single best trial. ``--rescore K`` trains the top K trials again on another validation
-split and exports the best by the mean score instead of the study's best (``search.rescore``). The export
+split and exports the best by the mean score instead of the study's best (``search.kaggle.rescore``). The export
 retrains each member's exact config (the single trial optionally as a seed or fold ensemble), or with
 ``--reuse-checkpoints`` takes the trials' own best.pth, prints the validation lwlrap beside the one each trial
 reported, and writes the folder described in ``search.kaggle.export``: weights, config.json, the generated
@@ -19,18 +19,18 @@ from typing import Sequence
 
 import optuna
 
-from search.console import format_value
+from search.views.format import format_value
 from search.kaggle.ensemble import EnsembleError, select_from_study
 from search.kaggle.ensemble_report import TEST_LABELS, describe, held_out_or_reason
 from search.kaggle.export import KernelRunError, write_record
 from search.kaggle.kernel import KernelGenerationError
 from search.kaggle.kernel_main import POOLINGS
 from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES, Recipe, default_recipe, recipe_named
-from search.locate import locate_args
-from search.rescore import describe_rescored, rescore_top
+from search.study.locate import locate_args
+from search.kaggle.rescore import describe_rescored, rescore_top
 from search.spec import StudySpec
-from search.storage import StorageError, add_study_arguments
-from search.study import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, ranked_trials,
+from search.study.storage import StorageError, add_study_arguments
+from search.study.record import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, ranked_trials,
                           resolve_data, trial_config)
 from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from trainer import CheckpointError, ConfigError, DataError

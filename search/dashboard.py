@@ -15,10 +15,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
-from search.locate import locate_args
-from search.storage import StorageError, add_study_arguments, open_storage
-from search.study import StudyNotFoundError, redact
-from search.tunnel import LOCAL_HOSTS, tunnel_line
+from search.study.locate import locate_args
+from search.study.storage import StorageError, add_study_arguments, open_storage
+from search.study.record import StudyNotFoundError, redact
+from search.views.tunnel import LOCAL_HOSTS, tunnel_line
 
 class _ThreadedWSGIServer(ThreadingMixIn, WSGIServer):
     """One thread per request, so a slow plot request never blocks the page (as optuna-dashboard's CLI)."""

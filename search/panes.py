@@ -23,15 +23,15 @@ from typing import Sequence
 
 import optuna
 
-from search.inherit import Source
-from search.join import UsageError, add_round_arguments, join_study, previous_round
-from search.locate import StudyLocation, locate_args
-from search.storage import StorageError, add_study_arguments, open_storage
-from search.study import redact
-from search.tmux import (TMUX_MISSING, WATCH_WINDOW, WORKERS_WINDOW, PanesError, TmuxServer, Window,
+from search.study.inherit import Source
+from search.study.join import UsageError, add_round_arguments, join_study, previous_round
+from search.study.locate import StudyLocation, locate_args
+from search.study.storage import StorageError, add_study_arguments, open_storage
+from search.study.record import redact
+from search.worker.tmux import (TMUX_MISSING, WATCH_WINDOW, WORKERS_WINDOW, PanesError, TmuxServer, Window,
                          default_session_name, parse_gpus, passed_environment, tmux_words, watch_panes,
                          worker_panes, worker_places)
-from search.tunnel import tunnel_line
+from search.views.tunnel import tunnel_line
 
 DEFAULT_PER_GPU = 1
 DEFAULT_CPU_PANES = 2

@@ -20,14 +20,14 @@ from typing import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.console import format_duration
+from search.views.format import format_duration
 from search.kaggle.export import KernelRunError, run_kernel, score_submission
-from search.locate import locate
+from search.study.locate import locate
 from search.spec import SpecError
-from search.storage import studies_dir
-from search.study import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
+from search.study.storage import studies_dir
+from search.study.record import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
 from search.kaggle.study_export import ExportOptions, export_trial
-from search.tunnel import tunnel_line
+from search.views.tunnel import tunnel_line
 
 STUDY = "quickstart"
 DEFAULT_TRIALS = 12

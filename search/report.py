@@ -1,5 +1,5 @@
 """``python -m search.report --study NAME``: a study's record as ``report.md`` plus pictures as PNGs
-(what it holds: ``search.study_report``)."""
+(what it holds: ``search.views.report``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from search.locate import locate_args
-from search.storage import StorageError, add_study_arguments
-from search.study import StudyNotFoundError
-from search.study_report import write_report
+from search.study.locate import locate_args
+from search.study.storage import StorageError, add_study_arguments
+from search.study.record import StudyNotFoundError
+from search.views.report import write_report
 
 
 def build_parser() -> argparse.ArgumentParser:

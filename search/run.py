@@ -4,7 +4,7 @@
     python -m search.run --study fat2019 --trials 50 --data /data/fat2019 --device cuda
 
 ``--device cuda`` (and ``auto``, the default config's, on a box where torch sees a GPU) picks the GPU with the
-fewest of this study's running trials from this host, then the most free memory (``search.gpu_choice``);
+fewest of this study's running trials from this host, then the most free memory (``search.worker.gpu_choice``);
 ``--device cuda:N`` pins one.
 
 ``--trials N`` is the study's total of finished (complete + pruned) trials across all workers; a worker
@@ -27,16 +27,16 @@ from pathlib import Path
 
 import optuna
 
-from search.console import Console, eta_line
-from search.failures import DEFAULT_MAX_RETRY
-from search.gpu_choice import device_for_worker, use_device
-from search.join import UsageError, add_round_arguments, join_study, previous_round
-from search.lifecycle import Worker, stale_trial_retry
-from search.locate import locate_args
-from search.objective import Objective
+from search.worker.console import Console, eta_line
+from search.worker.failures import DEFAULT_MAX_RETRY
+from search.worker.gpu_choice import device_for_worker, use_device
+from search.study.join import UsageError, add_round_arguments, join_study, previous_round
+from search.worker.lifecycle import Worker, stale_trial_retry
+from search.study.locate import locate_args
+from search.worker.objective import Objective
 from search.spec import StudySpec
-from search.storage import StorageError, add_study_arguments, open_storage
-from search.study import StudyHandle, redact, resolve_data
+from search.study.storage import StorageError, add_study_arguments, open_storage
+from search.study.record import StudyHandle, redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
                      remove_stale_temp_files, resolve_device)
 

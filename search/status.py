@@ -1,7 +1,7 @@
 """``python -m search.status --study NAME [--watch S]``: the study in the terminal, for SSH without a tunnel.
 
 Trials by state, the running trials with epoch, lwlrap, ETA, device and worker, the best against the baseline,
-the last trials to end and what pruning saved, in 80 columns (what it shows: ``search.status_view``).
+the last trials to end and what pruning saved, in 80 columns (what it shows: ``search.views.status``).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Sequence
 import optuna
 import sqlalchemy
 
-from search.locate import locate_args
-from search.status_view import DEFAULT_RECENT, StatusView, watch
-from search.storage import StorageError, add_study_arguments, storage_failure_text
-from search.study import StudyNotFoundError, redact
+from search.study.locate import locate_args
+from search.views.status import DEFAULT_RECENT, StatusView, watch
+from search.study.storage import StorageError, add_study_arguments, storage_failure_text
+from search.study.record import StudyNotFoundError, redact
 
 
 def build_parser() -> argparse.ArgumentParser:

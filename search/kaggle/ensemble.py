@@ -26,11 +26,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.artifacts import TrialFiles
-from search.inherit import inherited
+from search.study.artifacts import TrialFiles
+from search.study.inherit import inherited
 from search.kaggle.kernel_main import POOLINGS, pool_probabilities
 from search.spec import Kernel, StudySpec
-from search.study import best_trial, is_feasible, trial_config
+from search.study.record import best_trial, is_feasible, trial_config
 from trainer import VAL_PREDICTIONS, ConfigError, DataError, TrainConfig, feature_cache_key, lwlrap, \
     read_labelled_csv, split_identity
 

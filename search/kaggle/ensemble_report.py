@@ -18,11 +18,11 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from search.artifacts import TrialFiles
+from search.study.artifacts import TrialFiles
 from search.kaggle.ensemble import BAG_FRACTION, EnsembleError, Selection, select_from_study
 from search.kaggle.kernel_main import pool_probabilities
 from search.spec import StudySpec
-from search.study import resolve_data
+from search.study.record import resolve_data
 from trainer import (VAL_PREDICTIONS, CheckpointError, ConfigError, DataError, FeatureBank, TrainConfig, atomic_path,
                      build_model, load_features, load_state_dict, lwlrap, predict_bank, read_labelled_csv,
                      resolve_device)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from search.artifacts import TrialFiles
+from search.study.artifacts import TrialFiles
 from search.kaggle.kernel import write_kernel
 from search.kaggle.kernel_main import EXPORT_FORMAT, POOLINGS
 from trainer import (ConfigError, TrainConfig, atomic_torch_save, atomic_write_text, load_labels, load_state_dict,

@@ -15,19 +15,19 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.artifacts import TrialFiles
+from search.study.artifacts import TrialFiles
 from search.kaggle.ensemble import Selection
 from search.kaggle.export import (ExportPlan, Member, TrainedMember, check_dataset_identity, check_reusable, measure_kernel,
                            member_configs, retrain, retrain_config, reuse_checkpoints, write_export, write_record)
 from search.kaggle.kernel_main import pool_probabilities
 from search.kaggle.recipes import check_kernel_budget
 from search.spec import StudySpec
-from search.study import best_trial, ranked_trials, trial_config
+from search.study.record import best_trial, ranked_trials, trial_config
 from trainer import ConfigError, TrainConfig, lwlrap
 
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
-    """Trial ``number`` (must be COMPLETE), else ``search.study.best_trial``: the best COMPLETE trial within
+    """Trial ``number`` (must be COMPLETE), else ``search.study.record.best_trial``: the best COMPLETE trial within
     the kernel-time budget."""
     if number is not None:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import optuna
 import pytest
 
-from search.storage import default_storage_url, open_storage
+from search.study.storage import default_storage_url, open_storage
 
 TINY_BASE = """\
 "model.depth" = 18
@@ -57,7 +57,7 @@ def warm_cache(demo_data: Path) -> Path:
 def _postgres_url() -> str | None:
     import sqlalchemy
 
-    from search.storage import _with_available_driver
+    from search.study.storage import _with_available_driver
 
     for url in PG_URLS:
         try:
@@ -93,7 +93,7 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
         pytest.skip(f"no PostgreSQL server reachable at {' or '.join(PG_URLS)} (trust auth)")
     import sqlalchemy
 
-    from search.storage import _with_available_driver
+    from search.study.storage import _with_available_driver
 
     name = unique_name("fresh").replace("-", "_")
     admin = sqlalchemy.create_engine(_with_available_driver(url.rsplit("/", 1)[0] + "/postgres"),

@@ -9,7 +9,7 @@ import pytest
 from optuna.artifacts import download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from search.artifacts import open_artifact_store
+from search.study.artifacts import open_artifact_store
 
 
 def test_optuna_uploads_to_and_downloads_from_the_store(tmp_path):

@@ -14,7 +14,7 @@ from search.best import main
 from search.kaggle.study_export import choose_trial
 from search.kaggle.export import member_configs, retrain_config
 from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES
-from search.storage import default_storage_url, open_storage
+from search.study.storage import default_storage_url, open_storage
 from trainer import train_and_evaluate
 from trainer.config import ConfigError, TrainConfig
 

@@ -19,8 +19,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.dashboard import main, study_url
-from search.tunnel import tunnel_line
-from search.storage import default_storage_url, open_storage
+from search.views.tunnel import tunnel_line
+from search.study.storage import default_storage_url, open_storage
 from tests.search.conftest import load, wait_for, worker, write_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
 # A worker stand-in: opens the storage like search.run does and writes trials with per-epoch values.
 WRITER = """
 import sys, time, optuna
-from search.storage import open_storage
+from search.study.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="demo", storage=open_storage(sys.argv[1], heartbeat_interval=1))
 def objective(trial):
@@ -235,7 +235,7 @@ def _chromium(*args: str, profile: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} not installed (run .ci/install-chromium)")
 def test_browser_shows_the_study_and_its_trial_count(demo_db, tmp_path, dashboards):
-    from search import notes
+    from search.views import notes
 
     study = optuna.load_study(study_name="demo", storage=open_storage(f"sqlite:///{demo_db}"))
     trial = study.ask({"optim.lr": FloatDistribution(1e-4, 1e-1, log=True)})

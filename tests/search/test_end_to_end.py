@@ -6,8 +6,8 @@ import numpy as np
 from search.report import main as report_main
 from tests.tensorboard_reader import read_tensorboard, trial_run_dir
 from tests.search.conftest import load, worker, write_spec
-from search.storage import default_storage_url
-from search.study import load_study
+from search.study.storage import default_storage_url
+from search.study.record import load_study
 
 
 def study_handle(studies, name):

@@ -14,14 +14,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search.artifacts import TrialFiles, open_artifact_store
+from search.study.artifacts import TrialFiles, open_artifact_store
 from search.best import main as best_main
 from search.kaggle.ensemble import Budget, EnsembleError, load_candidates, select, select_from_study
 from search.kaggle.ensemble_report import describe, predict_models, report_section, write_curve
 from search.kaggle.export import run_kernel
 from search.kaggle.kernel_main import pool_probabilities
 from search.spec import load_spec
-from search.study import load_study
+from search.study.record import load_study
 from trainer import TrainConfig, lwlrap, read_labelled_csv, read_test_fnames
 
 from tests.conftest import TINY_OVERRIDES

@@ -7,7 +7,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.gpu_choice import (DeviceChoice, GpuInfo, choose_gpu, device_for_worker, gpu_index,
+from search.worker.gpu_choice import (DeviceChoice, GpuInfo, choose_gpu, device_for_worker, gpu_index,
                                running_devices_on_host)
 from search.run import main
 from trainer import ConfigError, resolve_device
@@ -142,14 +142,14 @@ def test_a_worker_through_the_cli_records_its_device_on_every_trial(tmp_path, wa
 
 
 def test_without_a_device_a_trial_records_the_one_its_config_resolves_to(tmp_path):
-    from search.artifacts import TrialFiles, open_artifact_store
-    from search.console import Console
-    from search.join import join_study
-    from search.lifecycle import Worker
-    from search.objective import Objective
+    from search.study.artifacts import TrialFiles, open_artifact_store
+    from search.worker.console import Console
+    from search.study.join import join_study
+    from search.worker.lifecycle import Worker
+    from search.worker.objective import Objective
     from search.spec import load_spec
-    from search.storage import default_storage_url, open_storage
-    from search.study import StudyHandle
+    from search.study.storage import default_storage_url, open_storage
+    from search.study.record import StudyHandle
 
     studies = tmp_path / "studies"
     spec = load_spec(write_spec(studies, "cfg", epochs=1))

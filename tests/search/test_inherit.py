@@ -1,4 +1,4 @@
-"""Tuning in rounds (search.inherit, search.run --from): what a new study takes from the previous one."""
+"""Tuning in rounds (search.study.inherit, search.run --from): what a new study takes from the previous one."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,19 +7,19 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.artifacts import TrialFiles, open_artifact_store
-from search.console import Console
-from search.inherit import INHERITED_ATTR, Source, inside
-from search.join import UsageError, join_study
+from search.study.artifacts import TrialFiles, open_artifact_store
+from search.worker.console import Console
+from search.study.inherit import INHERITED_ATTR, Source, inside
+from search.study.join import UsageError, join_study
 from search.kaggle.ensemble import load_candidates
-from search.locate import locate
+from search.study.locate import locate
 from search import panes
 from search.run import main
-from search.notes import study_note
+from search.views.notes import study_note
 from search.spec import load_spec
-from search.status_view import StatusView
-from search.storage import default_storage_url, open_storage
-from search.study import StudyHandle
+from search.views.status import StatusView
+from search.study.storage import default_storage_url, open_storage
+from search.study.record import StudyHandle
 
 from trainer import TrainConfig
 

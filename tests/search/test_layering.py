@@ -123,3 +123,41 @@ def test_no_module_imports_a_command_line_module():
         for imported in imported_modules(path):
             assert imported not in commands or imported == module_name(path), \
                 f"{path.relative_to(ROOT)} imports the command-line module {imported}"
+
+
+# The house, bottom to top: a package may import its own layer and those below it, never one above.
+LAYERS = ["search.spec", "search.study", "search.kaggle", "search.views", "search.worker"]
+
+
+def layer_of(module: str) -> int:
+    """0..4 for the packages in LAYERS, 5 for a command (``search/*.py``), -1 for ``search`` itself."""
+    for rank, package in enumerate(LAYERS):
+        if module == package or module.startswith(package + "."):
+            return rank
+    return len(LAYERS) if module != "search" else -1
+
+
+def test_every_search_module_lives_in_a_layer_or_is_a_command():
+    for name in search_modules():
+        if layer_of(name) == len(LAYERS):
+            assert name.count(".") == 1, f"{name}: a module under search/ outside {LAYERS}"
+
+
+def test_dependencies_run_one_way_spec_study_kaggle_views_worker_commands():
+    for name, targets in search_import_graph().items():
+        for target in targets:
+            assert layer_of(target) <= layer_of(name), \
+                f"{name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)}): the layers run " \
+                f"{' < '.join(LAYERS)} < commands"
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
+    for package in ("study", "worker"):
+        (tmp_path / "search" / package).mkdir(parents=True)
+        (tmp_path / "search" / package / "__init__.py").write_text("")
+    (tmp_path / "search" / "__init__.py").write_text("")
+    (tmp_path / "search" / "study" / "record.py").write_text("from search.worker.console import Console\n")
+    (tmp_path / "search" / "worker" / "console.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    upward = [(n, t) for n, ts in search_import_graph().items() for t in ts if layer_of(t) > layer_of(n)]
+    assert upward == [("search.study.record", "search.worker.console")]

@@ -16,15 +16,15 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.artifacts import TrialFiles, open_artifact_store
-from search.console import Console
-from search.failures import DEFAULT_MAX_RETRY, Dropped, requeue
-from search.lifecycle import Worker, fail_unclaimed_trials, stale_trial_retry
-from search.objective import Objective, Trainer
-from search.join import join_study
+from search.study.artifacts import TrialFiles, open_artifact_store
+from search.worker.console import Console
+from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, requeue
+from search.worker.lifecycle import Worker, fail_unclaimed_trials, stale_trial_retry
+from search.worker.objective import Objective, Trainer
+from search.study.join import join_study
 from search.spec import load_spec
-from search.storage import default_storage_url, open_storage
-from search.study import StudyHandle
+from search.study.storage import default_storage_url, open_storage
+from search.study.record import StudyHandle
 from trainer import DataError, NonFiniteLossError, train_and_evaluate
 
 from tests.search.conftest import fake_training, write_spec
@@ -114,7 +114,7 @@ class TrainingClock:
 
 def test_timeout_stops_taking_new_trials(tmp_path, monkeypatch):
     clock = TrainingClock(seconds_a_trial=0.4)
-    monkeypatch.setattr("search.lifecycle.time", clock)
+    monkeypatch.setattr("search.worker.lifecycle.time", clock)
     setup = Setup(tmp_path, train=clock.training)
     assert setup.run(timeout=0.6) == 0
     output = setup.out.getvalue()
@@ -361,7 +361,7 @@ def test_a_checkpoint_that_finished_its_budget_completes_without_training(tmp_pa
     assert not (done / "last.pth").exists()
     # replay "killed after the last epoch was saved, before the trial was told": the same run again
     # in a scratch folder, its last.pth handed to the store under a failed attempt's number
-    from search.objective import train_and_evaluate
+    from search.worker.objective import train_and_evaluate
 
     config = setup.spec.base_config()
     result = train_and_evaluate(config, warm_cache, workdir=tmp_path / "scratch", threads=1, progress=False,
@@ -382,7 +382,7 @@ def test_a_checkpoint_that_finished_its_budget_completes_without_training(tmp_pa
 def test_a_retry_reports_the_epoch_its_predecessor_saved_but_never_reported(tmp_path, warm_cache):
     """Killed after epoch 2's last.pth reached the store and before epoch 2 was reported: the retry resumes after
     epoch 2 and its curve has epoch 2 too (from the checkpoint), not a gap the pruner and dashboard would see."""
-    from search.objective import train_and_evaluate
+    from search.worker.objective import train_and_evaluate
 
     class Killed(Exception):
         pass
@@ -491,7 +491,7 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried_not_wai
     """A worker SIGKILLed between taking the baseline (RUNNING) and its first heartbeat left a trial Optuna's stale
     check never sees (no heartbeat at all): the panes waited for it for ever (the PostgreSQL storm). Now the
     waiting worker fails it after the grace period and runs its retry, the same point."""
-    monkeypatch.setattr("search.lifecycle.UNCLAIMED_MIN_S", 0.5)
+    monkeypatch.setattr("search.worker.lifecycle.UNCLAIMED_MIN_S", 0.5)
     setup = Setup(tmp_path, train=fake_training())
     setup.worker.grace = 0.5
     taken = setup.study.ask()  # trial 0, the baseline, taken by a worker that then died

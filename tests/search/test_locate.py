@@ -1,11 +1,11 @@
-"""One resolver from --study to spec, stored name and folders (search.locate), and every command using it: a spec
+"""One resolver from --study to spec, stored name and folders (search.study.locate), and every command using it: a spec
 whose [study] name differs from its file name is one study, whichever command is asked."""
 from __future__ import annotations
 
 import pytest
 
 from search.best import main as best_main
-from search.locate import locate
+from search.study.locate import locate
 from search.report import main as report_main
 from search.run import main as run_main
 from search.spec import SpecError

@@ -12,7 +12,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.storage import default_storage_url, open_storage
+from search.study.storage import default_storage_url, open_storage
 
 OPTUNA = str(Path(sys.executable).parent / "optuna")
 

@@ -1,4 +1,4 @@
-"""search.plots on synthetic studies over the demo spec's space (a made-up objective, no training): what
+"""search.views.plots on synthetic studies over the demo spec's space (a made-up objective, no training): what
 each picture draws, read back from its matplotlib figure, and that the PNGs are real images."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from matplotlib import image as mpimg
 from optuna.trial import TrialState
 
-from search import plots
-from search.figures import PRUNED_LABEL
+from search.views import plots
+from search.views.figures import PRUNED_LABEL
 from search.spec import load_spec
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "studies" / "demo.toml"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.join import UsageError, join_study
+from search.study.join import UsageError, join_study
 from search.run import main
 from search.spec import load_spec
-from search.storage import default_storage_url, open_storage
+from search.study.storage import default_storage_url, open_storage
 
 from tests.search.conftest import load, unique_name, wait_for, worker, write_spec
 

@@ -18,9 +18,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from search.status import main
-from search.status_view import CLEAR, StatusView, watch, wrapped
-from search.storage import default_storage_url, open_storage
-from search.study import SPEC_ATTR, load_study
+from search.views.status import CLEAR, StatusView, watch, wrapped
+from search.study.storage import default_storage_url, open_storage
+from search.study.record import SPEC_ATTR, load_study
 from tests.search.conftest import write_spec
 
 SPACE = {
@@ -217,7 +217,7 @@ def test_ctrl_c_ends_watch_quietly_with_exit_0(tmp_path, capsys, monkeypatch):
     def interrupted(seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("search.status_view.time.sleep", interrupted)
+    monkeypatch.setattr("search.views.status.time.sleep", interrupted)
     assert main(["--study", "demo", "--studies-dir", str(tmp_path), "--watch", "5"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("study demo") == 1 and captured.err == ""

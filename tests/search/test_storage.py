@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 import pytest
 
-from search.failures import requeue
-from search.storage import StorageError, create_or_load_study, default_storage_url, open_storage
+from search.worker.failures import requeue
+from search.study.storage import StorageError, create_or_load_study, default_storage_url, open_storage
 
 from tests.search.conftest import fresh_database, unique_name
 
@@ -140,7 +140,7 @@ def test_an_unreachable_storage_is_one_line(tmp_path):
 
 def test_every_public_storage_method_is_retried_or_says_why_not():
     """An Optuna upgrade that adds or renames a storage method fails here, not as a lock error in a study."""
-    from search.storage import NOT_RETRIED, RETRIED
+    from search.study.storage import NOT_RETRIED, RETRIED
 
     def public(cls):
         return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}

@@ -8,9 +8,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.join import join_study
+from search.study.join import join_study
 from search.spec import load_spec
-from search.storage import default_storage_url, open_storage
+from search.study.storage import default_storage_url, open_storage
 from search.spec.strategy import RungQuorumPruner, make_sampler
 
 from tests.search.conftest import write_spec

@@ -1,5 +1,5 @@
 """``--trials N`` is exact with panes racing: four workers started together end at N finished trials, on
-SQLite and on PostgreSQL, start after start (the slot lock of ``search.slots``)."""
+SQLite and on PostgreSQL, start after start (the slot lock of ``search.worker.slots``)."""
 from __future__ import annotations
 
 import io
@@ -11,16 +11,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import lifecycle
-from search.artifacts import TrialFiles, open_artifact_store
-from search.console import Console
-from search.join import join_study
-from search.lifecycle import Worker
-from search.objective import Objective
-from search.slots import SlotLock
+from search.worker import lifecycle
+from search.study.artifacts import TrialFiles, open_artifact_store
+from search.worker.console import Console
+from search.study.join import join_study
+from search.worker.lifecycle import Worker
+from search.worker.objective import Objective
+from search.worker.slots import SlotLock
 from search.spec import load_spec
-from search.storage import open_storage
-from search.study import FINISHED, StudyHandle
+from search.study.storage import open_storage
+from search.study.record import FINISHED, StudyHandle
 
 from tests.search.conftest import fake_training, fresh_database, unique_name, write_spec
 
@@ -50,7 +50,7 @@ def processes():
     """Worker processes forked from a clean server that imported the search code once (fast, and never a
     fork of this multi-threaded test process)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["search.lifecycle", "search.objective", "tests.search.conftest"])
+    context.set_forkserver_preload(["search.worker.lifecycle", "search.worker.objective", "tests.search.conftest"])
     return context
 
 

@@ -14,10 +14,10 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.console import format_duration, param_changes
-from search.inherit import inherited_text
+from search.views.format import format_duration, param_changes
+from search.study.inherit import inherited_text
 from search.spec import StudySpec
-from search.study import (StudyHandle, baseline_trial, best_trial, last_reported, pruning_saved, redact,
+from search.study.record import (StudyHandle, baseline_trial, best_trial, last_reported, pruning_saved, redact,
                           trial_config)
 
 WIDTH = 80  # a tmux pane split in two on a laptop screen

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial
 
 from search.kaggle.export import config_digest
 from search.spec import StudySpec
-from search.study import is_feasible, ranked_trials, trial_config
+from search.study.record import is_feasible, ranked_trials, trial_config
 from trainer import ConfigError, TrainConfig, atomic_write_text, train_and_evaluate
 
 RESCORE_FILE = "rescore.json"

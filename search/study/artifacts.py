@@ -113,7 +113,7 @@ FILES_FROM_ATTR = "files_from"  # an inherited trial's user attr: {"artifacts", 
 
 class TrialFiles:
     """The files of one study's trials in ``store``, addressed by trial number and file name. A trial inherited
-    from an earlier round (``search.inherit``) has its files where that round kept them: ``with_references``
+    from an earlier round (``search.study.inherit``) has its files where that round kept them: ``with_references``
     reads those in place, and nothing here ever writes or removes them."""
 
     def __init__(self, store: ArtifactStore, study_uid: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from search.storage import sqlite_database
+from search.study.storage import sqlite_database
 
 
 class SlotLock:

@@ -18,9 +18,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search.artifacts import FILES_FROM_ATTR
+from search.study.artifacts import FILES_FROM_ATTR
 from search.spec import StudySpec
-from search.study import best_trial, trial_config
+from search.study.record import best_trial, trial_config
 from trainer import ConfigError, TrainConfig
 
 INHERITED_ATTR = "inherited_from"  # study system attr: {"study", "added", "left_out"}

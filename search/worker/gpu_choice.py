@@ -19,7 +19,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study import on_host
+from search.study.record import on_host
 from trainer import resolve_device
 
 CHOOSING = ("cuda", "auto")  # the requests that leave the GPU to the worker

@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.artifacts import TrialFiles, open_artifact_store
+from search.study.artifacts import TrialFiles, open_artifact_store
 from search.spec import SpecError, StudySpec, find_spec, load_spec
-from search.storage import default_storage_url, studies_dir
-from search.study import StudyHandle, load_study
+from search.study.storage import default_storage_url, studies_dir
+from search.study.record import StudyHandle, load_study
 
 
 @dataclass(frozen=True)
@@ -70,5 +70,5 @@ def locate(study: str, studies: str | os.PathLike | None = None, storage: str | 
 
 
 def locate_args(args: argparse.Namespace, *, spec_required: bool = False) -> StudyLocation:
-    """``locate`` over the arguments ``search.storage.add_study_arguments`` added."""
+    """``locate`` over the arguments ``search.study.storage.add_study_arguments`` added."""
     return locate(args.study, args.studies_dir, args.storage, args.artifacts, spec_required=spec_required)

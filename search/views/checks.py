@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.console import format_value
+from search.views.format import format_value
 
 EDGE_FRACTION = 0.1  # a best value within 10% of the range (log scale for log params) of a bound is "on the edge"
 

@@ -3,7 +3,7 @@
 The report answers what the tuning playbook asks after a study: how trials ended, the top 10, the best
 config as a diff from the baseline, the compute the pruner saved, time per trial, the disk the trials
 use, whether the best point sits on the edge of the space, how many trials failed or diverged, and the
-command that reproduces the best. "Best" is ``search.study.best_trial``: the best COMPLETE trial within
+command that reproduces the best. "Best" is ``search.study.record.best_trial``: the best COMPLETE trial within
 the kernel-time budget, the same trial search.best exports.
 """
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.artifacts import TrialFiles
-from search.checks import check_lines
-from search.console import format_duration, format_value
-from search.inherit import inherited_text
+from search.study.artifacts import TrialFiles
+from search.views.checks import check_lines
+from search.views.format import format_duration, format_value
+from search.study.inherit import inherited_text
 from search.kaggle.ensemble_report import report_section
 from search.spec import StudySpec
-from search.plots import Plot, write_plots
-from search.study import (StudyHandle, baseline_trial, best_trial, config_diff, is_feasible,
+from search.views.plots import Plot, write_plots
+from search.study.record import (StudyHandle, baseline_trial, best_trial, config_diff, is_feasible,
                           ranked_trials, redact, trial_config, trial_seconds)
 from trainer import atomic_write_text
 

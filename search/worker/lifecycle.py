@@ -4,7 +4,7 @@
     exit_code = worker.run(Objective(spec, data_dir, worker), trials=50)
 
 - **start**: a trial trains in ``runs/<study uid>/trial-<n>/``; a retried trial first pulls its
-  predecessor's checkpoints from the artifact store (``search.artifacts``), so it resumes on any machine;
+  predecessor's checkpoints from the artifact store (``search.study.artifacts``), so it resumes on any machine;
   an unloadable checkpoint is set aside and the trial starts from epoch 0, saying so.
 - **heartbeat**: Optuna's storage heartbeat. A worker that dies stops beating; the next worker fails its
   trial and re-queues it through ``stale_trial_retry`` (``requeue``), the same policy as every other failure.
@@ -22,7 +22,7 @@
   on a full disk still takes those writes: the worker frees the database's reserve file first
   (``storage.DiskReserve``).
 - **exact totals**: with ``--trials N`` a worker counts the study's trials and starts its own under the
-  study's slot lock (``search.slots``), so panes racing for the last slot never overshoot N.
+  study's slot lock (``search.worker.slots``), so panes racing for the last slot never overshoot N.
 """
 from __future__ import annotations
 
@@ -44,16 +44,16 @@ import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from search import notes
-from search.artifacts import WORKING_FILES, TrialFiles
-from search.console import Console
-from search.failures import DEFAULT_MAX_RETRY, Dropped, is_out_of_memory, requeue
-from search.inherit import inherited
-from search.slots import SlotLock
+from search.views import notes
+from search.study.artifacts import WORKING_FILES, TrialFiles
+from search.worker.console import Console
+from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, is_out_of_memory, requeue
+from search.study.inherit import inherited
+from search.worker.slots import SlotLock
 from search.spec import SpecError, StudySpec, load_spec
-from search.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
-from search.study import FINISHED, StudyHandle, on_host, trials_keeping_weights
-from search.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
+from search.study.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
+from search.study.record import FINISHED, StudyHandle, on_host, trials_keeping_weights
+from search.worker.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
 from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainConfig, feature_cache_key,
                      load_checkpoint)
 

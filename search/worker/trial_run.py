@@ -1,5 +1,5 @@
 """One attempt at a trial (``TrialRun``: per-epoch hand-off to the artifact store, kernel-budget check, final
-record), the worker's control-flow exceptions and its thread choice. The worker (``search.lifecycle``) owns the
+record), the worker's control-flow exceptions and its thread choice. The worker (``search.worker.lifecycle``) owns the
 loop around them."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
-from search.artifacts import REGISTERED_FILES
-from search.study import KERNEL_CONSTRAINT
+from search.study.artifacts import REGISTERED_FILES
+from search.study.record import KERNEL_CONSTRAINT
 from trainer import Result, TrainConfig
 
 
@@ -55,7 +55,7 @@ def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
 class TrialRun:
     """One attempt at a trial: its folder, the resume hand-off, per-epoch hand-off and the final record."""
 
-    worker: Any  # the search.lifecycle.Worker running it (not imported: lifecycle imports this module)
+    worker: Any  # the search.worker.lifecycle.Worker running it (not imported: lifecycle imports this module)
     trial: optuna.Trial
     config: TrainConfig
     workdir: Path

@@ -1,4 +1,4 @@
-"""How each report plot is drawn (``search.plots`` decides what goes in and writes the files).
+"""How each report plot is drawn (``search.views.plots`` decides what goes in and writes the files).
 
 Figures are built with ``matplotlib.figure.Figure``, not pyplot: no GUI backend, no global figure list to
 close, so the report draws the same on a headless GPU box as in a test. Complete trials are filled and

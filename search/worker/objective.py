@@ -1,7 +1,7 @@
 """The Optuna objective: suggest -> TrainConfig -> train_and_evaluate(on_epoch=report/prune) -> best lwlrap.
 
 Everything around a trial (its folder, resuming a retried attempt, heartbeat, interrupts, failure
-reasons, retries) is the worker's (``search.lifecycle``); this is only the search idiom.
+reasons, retries) is the worker's (``search.worker.lifecycle``); this is only the search idiom.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable
 
 import optuna
 
-from search.lifecycle import Worker
+from search.worker.lifecycle import Worker
 from search.spec import StudySpec
 from trainer import DEVICE_BANK_SHARE, Result, resolve_device, train_and_evaluate
 

@@ -8,11 +8,11 @@ import time
 
 import optuna
 
-from search.inherit import INHERITED_ATTR, Source, inherit
-from search.locate import StudyLocation, locate
+from search.study.inherit import INHERITED_ATTR, Source, inherit
+from search.study.locate import StudyLocation, locate
 from search.spec import StudySpec, spec_differences
-from search.storage import create_or_load_study
-from search.study import FINGERPRINT_ATTR, SPEC_ATTR, StudyNotFoundError, new_uid
+from search.study.storage import create_or_load_study
+from search.study.record import FINGERPRINT_ATTR, SPEC_ATTR, StudyNotFoundError, new_uid
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 
@@ -51,7 +51,7 @@ def join_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *,
     """Create the study or join it; refuse (UsageError) when its stored spec differs, unless ``force``.
 
     The creator gives the study its identity, enqueues the baseline (trial 0), inherits the finished trials
-    of ``inherit_from`` (``search.inherit``: a revised space's next round), enqueues the startup trials near the
+    of ``inherit_from`` (``search.study.inherit``: a revised space's next round), enqueues the startup trials near the
     baseline, and only then stores the spec, so a joiner that sees the spec also sees them: they are enqueued
     and inherited exactly once however many workers start together.
     """

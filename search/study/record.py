@@ -19,7 +19,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from search.spec import SpecError, StudySpec, builtin_data
-from search.storage import default_storage_url, open_storage, studies_dir
+from search.study.storage import default_storage_url, open_storage, studies_dir
 from trainer import DataError, TrainConfig, flatten
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
