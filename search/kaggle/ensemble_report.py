@@ -13,9 +13,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from search.study.artifacts import TrialFiles
@@ -40,20 +42,21 @@ class HeldOut:
     clips: int
 
 
-def predict_models(configs: list[TrainConfig], weight_files: list[Path], paths: list[Path], *,
+def predict_models(configs: list[TrainConfig], weights: Sequence[Path | Mapping[str, torch.Tensor]], paths: list[Path], *,
                    cache_dir: str | os.PathLike | None = None, device: str = "auto") -> tuple[list[np.ndarray], list[int]]:
     """Each model's probabilities on ``paths`` (cached log-mels, as validation computes them), and the indices
-    of the clips every model could read (unreadable clips are left out)."""
+    of the clips every model could read (unreadable clips are left out). ``weights``: each model's state_dict
+    or the file that holds it."""
     dev = resolve_device(device)
     arrays_per_model = [load_features(paths, c.features, cache_dir=cache_dir, progress=False).arrays for c in configs]
     readable = [i for i in range(len(paths)) if all(arrays[i] is not None for arrays in arrays_per_model)]
     if not readable:
         raise DataError(f"none of the {len(paths)} clips could be read (first: {paths[0] if paths else '-'})")
     out = []
-    for config, weights, arrays in zip(configs, weight_files, arrays_per_model):
+    for config, state, arrays in zip(configs, weights, arrays_per_model):
         bank = FeatureBank.from_arrays([arrays[i] for i in readable], normalize=config.features.normalize, device=dev)
         model = build_model(config.model)
-        model.load_state_dict(load_state_dict(weights))
+        model.load_state_dict(state if isinstance(state, Mapping) else load_state_dict(state))
         out.append(predict_bank(model.to(dev), bank, n_frames=config.features.crop_frames,
                                 pad_mode=config.features.pad_mode))
     return out, readable

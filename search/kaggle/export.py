@@ -3,9 +3,9 @@
 An export is a list of members (one model, a seed or fold ensemble of one config, or an ensemble chosen
 from a whole study), each with its exact TrainConfig and its weight in the pooled probabilities. A
 member's weights come from retraining its config (``retrain``) or from its trial's own best.pth
-(``reuse_checkpoints``). The folder holds the weights (tensors only), config.json (format
-``fat2019-search-export/2``: labels, pooling, one entry per member with file, weight, train_config and
-provenance; all the kernel reads), kernel.py, dataset-metadata.json for ``kaggle datasets create``,
+(``reuse_checkpoints``). The folder holds best.pth (one plain state_dict of tensors: one model's as it is, or
+every member's under its own ``members.K.`` prefix), config.json (format ``fat2019-search-export/3``: labels,
+pooling, one entry per member with file, prefix, weight, train_config and provenance; all the kernel reads), kernel.py, dataset-metadata.json for ``kaggle datasets create``,
 SUBMIT.md and export.json (where it came from, validation lwlrap, measured inference cost).
 """
 from __future__ import annotations
@@ -113,9 +113,13 @@ def retrain_config(config: TrainConfig, *, full_curated: bool = False, epochs: i
     return config.with_overrides(overrides, source="export") if overrides else config
 
 
-def model_files(n_models: int) -> list[str]:
-    """``best.pth`` for one model, ``model-0.pth`` ... for an ensemble."""
-    return ["best.pth"] if n_models == 1 else [f"model-{k}.pth" for k in range(n_models)]
+WEIGHTS_FILE = "best.pth"  # the one file a user uploads as the Kaggle dataset's weights, whatever the recipe
+
+
+def member_prefixes(n_models: int) -> list[str]:
+    """Where each member's tensors sit in best.pth: one model's state_dict as it is (loadable on its own), an
+    ensemble's under ``members.0.``, ``members.1.``, ... (one file, one ``torch.load(weights_only=True)``)."""
+    return [""] if n_models == 1 else [f"members.{k}." for k in range(n_models)]
 
 
 def config_digest(config: TrainConfig) -> str:
@@ -176,19 +180,20 @@ def write_export(out: Path, plan: ExportPlan, trained: list[TrainedMember]) -> d
     if plan.pooling not in POOLINGS:
         raise ConfigError(f"pooling={plan.pooling!r}: expected one of {', '.join(POOLINGS)}")
     out.mkdir(parents=True, exist_ok=True)
-    files = model_files(len(trained))
     total = sum(t.member.weight for t in trained)
+    pooled: dict[str, Any] = {}
     members = []
-    for name, item in zip(files, trained):
-        state = {key: value.detach().clone() for key, value in load_state_dict(item.weights).items()}
-        atomic_torch_save(state, out / name)
+    for prefix, item in zip(member_prefixes(len(trained)), trained):
+        pooled.update({prefix + key: value.detach().clone() for key, value in load_state_dict(item.weights).items()})
         config = item.member.config
-        members.append({"file": name, "weight": item.member.weight / total, "train_config": config.to_dict(),
+        members.append({"file": WEIGHTS_FILE, "prefix": prefix, "weight": item.member.weight / total,
+                        "train_config": config.to_dict(),
                         "trial": item.member.trial, "seed": config.seed, "val_fold": config.data.val_fold,
                         "checkpoint": item.checkpoint, "epoch": item.epoch, "val_lwlrap": item.val_lwlrap,
                         "trial_lwlrap": item.member.trial_lwlrap})
-    for stale in out.glob("*.pth"):
-        if stale.name not in files:
+    atomic_torch_save(pooled, out / WEIGHTS_FILE)
+    for stale in out.glob("*.pth"):  # an earlier export's model-K.pth into the same folder
+        if stale.name != WEIGHTS_FILE:
             stale.unlink()
     meta = {"format": EXPORT_FORMAT, "labels": list(load_labels()), "pooling": plan.pooling, "members": members}
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")

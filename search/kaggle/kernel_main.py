@@ -28,7 +28,7 @@ from trainer import (AudioReadError, CheckpointError, ConfigError, FeatureBank, 
                      atomic_write_text, build_model, feature_cache_key, load_state_dict, predict_bank, read_audio,
                      resolve_device)
 
-EXPORT_FORMAT = "fat2019-search-export/2"  # marks our config.json among other attached datasets
+EXPORT_FORMAT = "fat2019-search-export/3"  # marks our config.json among other attached datasets
 COMPETITION_INPUT = "../input/freesound-audio-tagging-2019"
 CLIPS_PER_BANK = 128  # clips whose log-mels are packed into one FeatureBank
 POOLINGS = ("mean", "geometric")
@@ -41,11 +41,13 @@ class KernelError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportMember:
-    """One exported model: its weights file, its weight in the pooled probabilities, its exact config."""
+    """One exported model: its weights file and the prefix of its tensors there, its weight in the pooled
+    probabilities, its exact config."""
 
     file: str
     weight: float
     config: TrainConfig
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,12 @@ def load_export(models_dir: Path) -> ExportInfo:
     members = []
     for k, entry in enumerate(meta.get("members") or []):
         weight = entry.get("weight") if isinstance(entry, dict) else None
-        if not isinstance(weight, (int, float)) or not weight > 0 or not isinstance(entry.get("file"), str):
-            raise KernelError(f"{path}: members[{k}] needs 'file' (a .pth name) and 'weight' > 0; got {entry!r:.120}")
+        if (not isinstance(weight, (int, float)) or not weight > 0 or not isinstance(entry.get("file"), str)
+                or not isinstance(entry.get("prefix", ""), str)):
+            raise KernelError(f"{path}: members[{k}] needs 'file' (a .pth name), 'prefix' (text) and 'weight' > 0; "
+                              f"got {entry!r:.120}")
         config = TrainConfig.from_dict(entry.get("train_config") or {}, source=f"{path} members[{k}].train_config")
-        members.append(ExportMember(entry["file"], float(weight), config))
+        members.append(ExportMember(entry["file"], float(weight), config, entry.get("prefix", "")))
     if not members:
         raise KernelError(f"{path}: 'members' lists no model")
     return ExportInfo(list(labels), members, pooling)
@@ -110,12 +114,28 @@ def find_models_dir(explicit: str | None, script: str | None) -> Path:
     return candidates[0]
 
 
-def load_models(info: ExportInfo, models_dir: Path, device: torch.device) -> list[torch.nn.Module]:
-    """Build each member's network from its config and load its weights (tensors only)."""
-    models = []
+def member_state_dicts(info: ExportInfo, models_dir: Path) -> list[dict[str, torch.Tensor]]:
+    """Each member's weights: the tensors of its file under its prefix (each file read once, tensors only)."""
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    states = []
     for member in info.members:
+        if member.file not in files:
+            files[member.file] = load_state_dict(models_dir / member.file)
+        prefix = member.prefix
+        state = {key[len(prefix):]: value for key, value in files[member.file].items() if key.startswith(prefix)}
+        if not state:
+            raise KernelError(f"{models_dir / member.file}: no tensors under the prefix {prefix!r} that config.json "
+                              f"names for a member (re-export the folder)")
+        states.append(state)
+    return states
+
+
+def load_models(info: ExportInfo, models_dir: Path, device: torch.device) -> list[torch.nn.Module]:
+    """Build each member's network from its config and load its weights."""
+    models = []
+    for member, state in zip(info.members, member_state_dicts(info, models_dir)):
         model = build_model(member.config.model, n_labels=len(info.labels))
-        model.load_state_dict(load_state_dict(models_dir / member.file))
+        model.load_state_dict(state)
         models.append(model.to(device).eval())
     return models
 

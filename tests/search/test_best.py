@@ -94,8 +94,8 @@ def test_export_retrains_the_best_feasible_trial(studies, tmp_path, capsys):
     state = torch.load(out / "best.pth", weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     meta = json.loads((out / "config.json").read_text())
-    assert meta["format"] == "fat2019-search-export/2" and meta["pooling"] == "mean"
-    assert [(m["file"], m["weight"], m["trial"]) for m in meta["members"]] == [("best.pth", 1.0, 0)]
+    assert meta["format"] == "fat2019-search-export/3" and meta["pooling"] == "mean"
+    assert [(m["file"], m["prefix"], m["weight"], m["trial"]) for m in meta["members"]] == [("best.pth", "", 1.0, 0)]
     assert TrainConfig.from_dict(meta["members"][0]["train_config"]) == TrainConfig().with_overrides(TINY_OVERRIDES)
     assert len(meta["labels"]) == 80
     dataset = json.loads((out / "dataset-metadata.json").read_text())
@@ -113,11 +113,13 @@ def test_export_of_a_seed_ensemble_with_full_curated(studies, tmp_path, capsys):
     printed = capsys.readouterr().out
     meta = json.loads((out / "config.json").read_text())
     assert meta["pooling"] == "geometric"
-    assert [(m["file"], m["seed"], m["checkpoint"], m["weight"]) for m in meta["members"]] == [
-        ("model-0.pth", 0, "last", 0.5), ("model-1.pth", 1, "last", 0.5)]
+    assert [(m["file"], m["prefix"], m["seed"], m["checkpoint"], m["weight"]) for m in meta["members"]] == [
+        ("best.pth", "members.0.", 0, "last", 0.5), ("best.pth", "members.1.", 1, "last", 0.5)]
     configs = [TrainConfig.from_dict(m["train_config"]) for m in meta["members"]]
     assert [(c.seed, c.optim.epochs, c.data.full_curated) for c in configs] == [(0, 1, True), (1, 1, True)]
-    assert sorted(p.name for p in out.glob("*.pth")) == ["model-0.pth", "model-1.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["best.pth"]
+    pooled = torch.load(out / "best.pth", weights_only=True)  # one plain state_dict, each member under its prefix
+    assert {key.split(".", 2)[1] for key in pooled} == {"0", "1"}
     assert "not a held-out score" in printed and "the configs differ" in printed
     dataset = json.loads((out / "dataset-metadata.json").read_text())
     assert dataset["id"].startswith("YOUR-KAGGLE-USERNAME/")

@@ -19,7 +19,7 @@ from search.best import main as best_main
 from search.kaggle.ensemble import Budget, EnsembleError, load_candidates, select, select_from_study
 from search.kaggle.ensemble_report import describe, predict_models, report_section, write_curve
 from search.kaggle.export import run_kernel
-from search.kaggle.kernel_main import pool_probabilities
+from search.kaggle.kernel_main import load_export, member_state_dicts, pool_probabilities
 from search.spec import load_spec
 from search.study.record import load_study
 from trainer import TrainConfig, lwlrap, read_labelled_csv, read_test_fnames
@@ -216,7 +216,7 @@ def test_best_ensemble_exports_the_trials_own_weights_and_the_kernel_matches(rea
     fnames = read_test_fnames(demo_data / "sample_submission.csv")
     scores = np.loadtxt(tmp_path / "sub.csv", delimiter=",", skiprows=1, usecols=range(1, 81))
     configs = [TrainConfig.from_dict(m["train_config"]) for m in meta["members"]]
-    per_model, _ = predict_models(configs, [out / m["file"] for m in meta["members"]],
+    per_model, _ = predict_models(configs, member_state_dicts(load_export(out), out),
                                   [demo_data / "test" / f for f in fnames], cache_dir=session_cache, device="cpu")
     np.testing.assert_allclose(scores, pool_probabilities(per_model, "mean", list(weights.values())), atol=1e-5, rtol=0)
 

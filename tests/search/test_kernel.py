@@ -17,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from search.kaggle.ensemble_report import predict_models
-from search.kaggle.export import ExportPlan, KernelRunError, Member, isolated_env, retrain, run_kernel, write_export
+from search.kaggle.export import (ExportPlan, KernelRunError, Member, TrainedMember, isolated_env, retrain, run_kernel,
+                                  write_export)
 from search.kaggle.kernel import ALLOWED_THIRD_PARTY, KernelGenerationError, bundle_files, generate_kernel
-from search.kaggle.kernel_main import EXPORT_FORMAT, KernelError, find_models_dir, load_export, pool_probabilities
-from trainer import feature_cache_key
+from search.kaggle.kernel_main import (EXPORT_FORMAT, KernelError, find_models_dir, load_export, member_state_dicts,
+                                       pool_probabilities)
+from trainer import build_model, feature_cache_key
 from trainer.config import TrainConfig
 from trainer.data import read_labelled_csv, read_test_fnames
 from trainer.metrics import lwlrap
@@ -148,7 +151,7 @@ def test_members_with_different_features_run_in_one_kernel_and_match_in_project_
     out = tmp_path / "export"
     plan = ExportPlan(members=[Member(c, w) for c, w in zip(configs, weights)], pooling=pooling)
     write_export(out, plan, [dataclasses.replace(m, member=p) for m, p in zip(members, plan.members)])
-    assert sorted(p.name for p in out.glob("*.pth")) == ["model-0.pth", "model-1.pth", "model-2.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["best.pth"]
     meta = json.loads((out / "config.json").read_text())
     assert meta["format"] == EXPORT_FORMAT and meta["pooling"] == pooling
     assert [m["weight"] for m in meta["members"]] == pytest.approx(weights)
@@ -158,7 +161,7 @@ def test_members_with_different_features_run_in_one_kernel_and_match_in_project_
     assert "3 member(s), 2 feature setting(s)" in done.stdout
     _, fnames, scores = read_submission(tmp_path / "sub.csv")
     paths = [demo_data / "test" / f for f in fnames]
-    per_model, readable = predict_models(configs, [out / f"model-{k}.pth" for k in range(3)], paths,
+    per_model, readable = predict_models(configs, member_state_dicts(load_export(out), out), paths,
                                          cache_dir=session_cache, device="cpu")
     assert readable == list(range(len(paths)))
     assert min(np.abs(a - b).max() for a, b in [(per_model[0], per_model[1]), (per_model[0], per_model[2])]) > 1e-3
@@ -203,7 +206,7 @@ def test_kernel_errors_are_one_line(single_export, demo_data, tmp_path):
             "error: kernel.py's module archive is damaged (edited or cut short); regenerate it")
     (broken / "kernel.py").write_text(text)
     (broken / "config.json").write_text(json.dumps({**meta, "format": "fat2019-search-export/1"}))
-    with pytest.raises(KernelRunError, match="format 'fat2019-search-export/1' is not 'fat2019-search-export/2'"):
+    with pytest.raises(KernelRunError, match="format 'fat2019-search-export/1' is not 'fat2019-search-export/3'"):
         run_kernel(broken, demo_data / "test", demo_data / "sample_submission.csv", tmp_path / "s.csv", device="cpu")
 
 
@@ -292,3 +295,49 @@ def test_a_bad_sample_submission_is_one_line_naming_what_is_wrong(tmp_path):
         label_order(["fname", "Bark", "Hiss", "Meow"], labels, path)
     with pytest.raises(KernelError, match=r"\(repeated: \['Bark'\]\)"):
         label_order(["fname", "Bark", "Bark", "Purr", "Hiss"], labels, path)
+
+
+def _member_with_random_weights(tmp_path: Path, config: TrainConfig, k: int) -> TrainedMember:
+    torch.manual_seed(k)
+    path = tmp_path / f"weights-{k}.pth"
+    torch.save(build_model(config.model).state_dict(), path)
+    return TrainedMember(Member(config, weight=1.0 + k), path, "best", 1, 0.5)
+
+
+@pytest.mark.parametrize("n_models", [1, 3])
+def test_every_export_writes_one_best_pth_that_the_kernel_splits_into_its_members(tmp_path, n_models):
+    """One upload, whatever the recipe: best.pth is a plain state_dict (weights_only), one model's as it is, an
+    ensemble's with each member's tensors under its own prefix; the kernel gets every member's exact tensors."""
+    configs = [TrainConfig().with_overrides({**TINY_OVERRIDES, "seed": k}) for k in range(n_models)]
+    trained = [_member_with_random_weights(tmp_path, c, k) for k, c in enumerate(configs)]
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model-0.pth").write_bytes(b"an earlier export's file")
+    write_export(out, ExportPlan(members=[t.member for t in trained]), trained)
+
+    assert sorted(p.name for p in out.glob("*.pth")) == ["best.pth"]
+    pooled = torch.load(out / "best.pth", weights_only=True)
+    info = load_export(out)
+    assert [m.file for m in info.members] == ["best.pth"] * n_models
+    states = member_state_dicts(info, out)
+    for item, state in zip(trained, states):
+        original = torch.load(item.weights, weights_only=True)
+        assert state.keys() == original.keys()
+        assert all(torch.equal(state[key], original[key]) for key in original)
+    if n_models == 1:
+        assert pooled.keys() == states[0].keys()  # one model's best.pth loads into the model as it is
+    else:
+        assert len(pooled) == sum(len(s) for s in states)
+        assert [m.prefix for m in info.members] == [f"members.{k}." for k in range(n_models)]
+
+
+def test_a_member_prefix_without_tensors_is_one_line(tmp_path):
+    configs = [TrainConfig().with_overrides(TINY_OVERRIDES) for _ in range(2)]
+    trained = [_member_with_random_weights(tmp_path, c, k) for k, c in enumerate(configs)]
+    out = tmp_path / "export"
+    write_export(out, ExportPlan(members=[t.member for t in trained]), trained)
+    meta = json.loads((out / "config.json").read_text())
+    meta["members"][1]["prefix"] = "members.7."
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(KernelError, match=r"no tensors under the prefix 'members.7.'"):
+        member_state_dicts(load_export(out), out)
