@@ -14,7 +14,7 @@ from search.spec.model import Kernel, Param, SpecError, StudySpec, builtin_data
 from trainer import ConfigError, TrainConfig, read_toml
 
 _SECTIONS = {"study", "base", "sampler", "pruner", "startup", "kernel", "space"}
-_STUDY_KEYS = {"name", "data", "data_scale", "epochs", "keep_weights"}
+_STUDY_KEYS = {"name", "data", "data_scale", "epochs", "keep_weights", "folds"}
 _KERNEL_KEYS = {"budget_s", "test_audio_s", "safety"}
 _PARAM_KINDS = ("float", "int", "choices")
 _PARAM_KEYS = {"float", "int", "choices", "log", "step", "when"}
@@ -37,6 +37,8 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> StudySpec:
     epochs = _integer(study, "epochs", None, path, "[study]", low=1, what="the trial budget in epochs")
     keep_weights = _integer(study, "keep_weights", DEFAULT_KEEP_WEIGHTS, path, "[study]", low=0,
                             what="how many top trials keep their weights")
+    folds = None if "folds" not in study else _integer(study, "folds", None, path, "[study]", low=2,
+                                                          what="the curated folds each trial cross-validates")
 
     base = dict(_table(document, "base", path))
     if "optim.epochs" in base:
@@ -59,8 +61,10 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> StudySpec:
                         test_audio_s=_positive(table, "test_audio_s", None, path, "[kernel]"),
                         safety=_positive(table, "safety", 0.5, path, "[kernel]"))
 
+    if folds is not None:
+        _check_folds(folds, base, _table(document, "space", path), path)
     space = _parse_space(_table(document, "space", path), base_config, path)
-    spec = StudySpec(path=path, name=name, data=data, data_scale=data_scale, epochs=epochs,
+    spec = StudySpec(path=path, name=name, data=data, data_scale=data_scale, epochs=epochs, folds=folds,
                      keep_weights=keep_weights, base=base, sampler=sampler, pruner=pruner, startup=startup,
                      kernel=kernel, space=space, document=document)
     _check_baseline_in_space(spec)
@@ -69,6 +73,24 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> StudySpec:
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{path}: [pruner] or [sampler]: {exc}") from None
     return spec
+
+
+# The split a cross-validated trial deals itself; a [base] or [space] value for it would fight the folds.
+_FOLD_KEYS = ("data.n_folds", "data.val_fold", "data.full_curated")
+
+
+def _check_folds(folds: int, base: Mapping[str, Any], space: Mapping[str, Any], path: Path) -> None:
+    """``[study] folds`` owns the curated split: every fold is held out once, so no other split setting."""
+    largest = strategy.MAX_FOLDS
+    if folds > largest:
+        raise SpecError(f"{path}: [study] folds={folds}: expected at most {largest} (data.n_folds' range)")
+    for key in _FOLD_KEYS:  # data.val_fraction may stay: the folds decide the held-out share, it is unused
+        if key in base and not (key == "data.full_curated" and base[key] is False):
+            raise SpecError(f"{path}: [base] \"{key}\": [study] folds = {folds} deals the curated folds itself "
+                            f"(every fold is held out once); remove the key")
+        if key in space:
+            raise SpecError(f"{path}: [space] \"{key}\": [study] folds = {folds} deals the curated folds itself; "
+                            f"it cannot be searched")
 
 
 # -- validation helpers ---------------------------------------------------------------------------

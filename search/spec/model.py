@@ -98,6 +98,7 @@ class StudySpec:
     data: str | None  # a folder, a built-in set's name, or None = must come from --data / $FAT2019_DATA
     data_scale: float  # size of a built-in set
     epochs: int
+    folds: int | None  # None: a trial trains one split; K: a trial cross-validates the K curated folds
     keep_weights: int  # best.pth is kept for this many top trials; the others' weights are deleted
     base: Mapping[str, Any]  # dotted overrides of TrainConfig(); with optim.epochs = epochs
     sampler: Mapping[str, Any]
@@ -115,6 +116,19 @@ class StudySpec:
     def config_for(self, params: Mapping[str, Any]) -> TrainConfig:
         """The base config with a trial's params applied (raises ConfigError for impossible combinations)."""
         return self.base_config().with_overrides(params, source=f"{self.path} trial params")
+
+    def fold_config(self, config: TrainConfig, fold: int) -> TrainConfig:
+        """A cross-validated trial's config for ``fold`` (0-based): its curated fold held out, the rest trained."""
+        if self.folds is None:
+            return config
+        return config.with_overrides({"data.n_folds": self.folds, "data.val_fold": fold},
+                                     source=f"{self.path} [study] folds")
+
+    @property
+    def steps(self) -> int:
+        """The last step a trial reports: ``epochs`` on one split, ``epochs x folds`` cross-validated (a fold's
+        boundary is step ``(k + 1) x epochs``)."""
+        return self.epochs * (self.folds or 1)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every active parameter in spec order; inactive ones keep the base value."""
@@ -151,8 +165,8 @@ class StudySpec:
         return strategy.make_sampler(self.sampler, seed)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        """The spec's pruner over epochs (steps are 1-based epochs)."""
-        return strategy.make_pruner(self.pruner, self.epochs)
+        """The spec's pruner over epochs (steps are 1-based epochs), racing at fold boundaries with ``folds``."""
+        return strategy.make_pruner(self.pruner, self.epochs, folds=self.folds)
 
     def startup_points(self) -> list[tuple[dict[str, Any], list[str]]]:
         """The startup trials queued after the baseline: (params, changed knobs) near the baseline."""

@@ -29,17 +29,22 @@ SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
     "random": {},
 }
 PRUNER_SETTINGS: dict[str, dict[str, type]] = {
-    "asha": {"min_resource": int, "reduction_factor": int, "min_early_stopping_rate": int, "min_trials": int},
-    "hyperband": {"min_resource": int, "reduction_factor": int, "min_trials": int},
-    "median": {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "min_trials": int},
+    "asha": {"min_resource": int, "reduction_factor": int, "min_early_stopping_rate": int, "min_trials": int,
+             "fold_reduction_factor": int},
+    "hyperband": {"min_resource": int, "reduction_factor": int, "min_trials": int, "fold_reduction_factor": int},
+    "median": {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "min_trials": int,
+               "fold_reduction_factor": int},
     "none": {},
 }
 PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "asha": {"min_resource": 3, "reduction_factor": 2, "min_early_stopping_rate": 0, "min_trials": 8},
-    "hyperband": {"min_resource": 2, "reduction_factor": 3, "min_trials": 4},
-    "median": {"n_startup_trials": 0, "n_warmup_steps": 2, "interval_steps": 1, "min_trials": 4},
+    "asha": {"min_resource": 3, "reduction_factor": 2, "min_early_stopping_rate": 0, "min_trials": 8,
+             "fold_reduction_factor": 2},
+    "hyperband": {"min_resource": 2, "reduction_factor": 3, "min_trials": 4, "fold_reduction_factor": 2},
+    "median": {"n_startup_trials": 0, "n_warmup_steps": 2, "interval_steps": 1, "min_trials": 4,
+               "fold_reduction_factor": 2},
     "none": {},
 }
+MAX_FOLDS = 20  # TrainConfig's data.n_folds range
 STARTUP_SETTINGS: dict[str, type] = {"near_baseline": int, "max_changes": int, "seed": int}
 STARTUP_DEFAULTS: dict[str, Any] = {"near_baseline": 6, "max_changes": 2, "seed": 0}
 
@@ -61,13 +66,21 @@ _SAMPLERS: dict[str, Callable[[dict[str, Any]], optuna.samplers.BaseSampler]] = 
 }
 
 
-def make_pruner(settings: Mapping[str, Any], max_epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner a spec's ``[pruner]`` table describes, over steps = epochs, wrapped in a rung quorum."""
+def make_pruner(settings: Mapping[str, Any], max_epochs: int, *, folds: int | None = None
+                ) -> optuna.pruners.BasePruner:
+    """The pruner a spec's ``[pruner]`` table describes, over steps = epochs, wrapped in a rung quorum; with
+    ``folds``, the epochs are fold 0's and a race at each fold boundary decides who pays for the next fold."""
     name = settings["name"]
     values = {**PRUNER_DEFAULTS[name], **{k: v for k, v in settings.items() if k != "name"}}
     min_trials = values.pop("min_trials", 0)
+    fold_reduction_factor = values.pop("fold_reduction_factor", None)
     inner = _PRUNERS[name](values, max_epochs)
-    return RungQuorumPruner(inner, min_trials) if min_trials else inner
+    pruner = RungQuorumPruner(inner, min_trials) if min_trials else inner
+    if folds is None or fold_reduction_factor is None:  # "none" never prunes: every trial pays every fold
+        return pruner
+    if fold_reduction_factor < 1:
+        raise ValueError(f"fold_reduction_factor={fold_reduction_factor}: expected 1 (never cut at a fold) or more")
+    return FoldRacePruner(pruner, max_epochs, folds, fold_reduction_factor, min_trials)
 
 
 _PRUNERS: dict[str, Callable[[dict[str, Any], int], optuna.pruners.BasePruner]] = {
@@ -98,6 +111,42 @@ class RungQuorumPruner(optuna.pruners.BasePruner):
                                                           TrialState.RUNNING))
         peers = sum(1 for t in others if t.number != trial.number and step in t.intermediate_values)
         return peers >= self.min_trials
+
+
+class FoldRacePruner(optuna.pruners.BasePruner):
+    """Racing k-fold cross-validations: inside fold 0 (steps 1..``epochs``) the inner pruner judges epochs as on
+    one split; at the end of fold k (step ``(k + 1) x epochs``, the out-of-fold lwlrap of folds 0..k) a trial
+    goes on to fold k + 1 only if it is in the top 1/``reduction_factor`` of the trials that reported that
+    boundary, once ``min_trials`` others have (so the baseline and its first challengers are compared on equal
+    folds). Steps inside later folds are never reported, so they are never judged."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, epochs: int, folds: int, reduction_factor: int,
+                 min_trials: int) -> None:
+        self.inner = inner
+        self.epochs = epochs
+        self.folds = folds
+        self.reduction_factor = reduction_factor
+        self.min_trials = min_trials
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        if step <= self.epochs:
+            return self.inner.prune(study, trial)
+        if step % self.epochs or step >= self.epochs * self.folds:
+            return False  # not a boundary, or the last fold is done: the trial completes
+        others = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                          TrialState.RUNNING))
+        peers = [t.intermediate_values[step] for t in others
+                 if t.number != trial.number and step in t.intermediate_values]
+        if len(peers) < self.min_trials:
+            return False
+        value = trial.intermediate_values[step]
+        ranked = sorted([*peers, value], reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+        keep = max(1, len(ranked) // self.reduction_factor)
+        cut = ranked[keep - 1]  # the worst value that still goes on; a tie with it goes on too
+        return value < cut if study.direction == optuna.study.StudyDirection.MAXIMIZE else value > cut
 
 
 def startup_points(space: Sequence[Any], baseline: Mapping[str, Any], *, count: int, max_changes: int,
