@@ -24,6 +24,7 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
+from search.study.folds import parse_fold_file
 from trainer import atomic_path
 
 WORKING_FILES = ("last.pth", "best.pth", "val_predictions.npz", "config.json")
@@ -138,29 +139,31 @@ class TrialFiles:
         return self
 
     def artifact_id(self, number: int, name: str) -> str:
-        if name not in WORKING_FILES:
-            raise ValueError(f"{name!r} is not a trial file; expected one of {', '.join(WORKING_FILES)}")
+        if name not in WORKING_FILES and parse_fold_file(name) is None:
+            raise ValueError(f"{name!r} is not a trial file; expected one of {', '.join(WORKING_FILES)} or a fold's "
+                             f"fold<K>-<file>")
         return f"{self.study_uid}/{number}/{name}"
 
-    def push(self, number: int, source: Path) -> None:
-        """Store (or replace) trial ``number``'s file ``source.name``."""
-        artifact_id = self.artifact_id(number, source.name)
+    def push(self, number: int, source: Path, name: str | None = None) -> None:
+        """Store (or replace) trial ``number``'s file ``name`` (default ``source.name``) from ``source``."""
+        artifact_id = self.artifact_id(number, name or source.name)
         if isinstance(self.store, AtomicFileSystemArtifactStore):
             self.store.put_file(artifact_id, source)
         else:
             with open(source, "rb") as handle:
                 self.store.write(artifact_id, handle)
 
-    def pull(self, number: int, name: str, dest_dir: Path) -> Path | None:
-        """Copy trial ``number``'s ``name`` to ``dest_dir/name`` (atomically); None when it is not stored."""
+    def pull(self, number: int, name: str, dest_dir: Path, as_name: str | None = None) -> Path | None:
+        """Copy trial ``number``'s ``name`` to ``dest_dir/name`` (or ``dest_dir/as_name``) atomically; None when
+        it is not stored."""
         if number in self.references:
             files, own = self.references[number]
-            return files.pull(own, name, dest_dir)
+            return files.pull(own, name, dest_dir, as_name)
         try:
             reader = self.store.open_reader(self.artifact_id(number, name))
         except ArtifactNotFound:
             return None
-        dest = dest_dir / name
+        dest = dest_dir / (as_name or name)
         with reader, atomic_path(dest) as tmp, open(tmp, "wb") as handle:
             shutil.copyfileobj(reader, handle)
         return dest
