@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from search.study.artifacts import TrialFiles
+from search.study.folds import fold_file
 from search.kaggle.kernel import write_kernel
 from search.kaggle.kernel_main import EXPORT_FORMAT, POOLINGS
 from trainer import (ConfigError, TrainConfig, atomic_torch_save, atomic_write_text, load_labels, load_state_dict,
@@ -51,6 +52,7 @@ class Member:
     trial: int | None = None
     trial_lwlrap: float | None = None
     threads: int | None = None  # torch threads for retraining: the trial's own, so CPU numbers reproduce
+    fold_of_trial: int | None = None  # the fold of a cross-validated trial this member's weights are (as trained)
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,15 @@ def retrain(members: list[Member], data_dir: str | Path | None, runs_dir: Path, 
     return trained
 
 
+def member_weights_file(member: Member) -> str:
+    """The artifact that holds ``member``'s weights: its trial's best.pth, or a cross-validated trial's fold
+    model (``fold{k}-best.pth``) when the member is one of its folds."""
+    return "best.pth" if member.fold_of_trial is None else fold_file(member.fold_of_trial, "best.pth")
+
+
 def check_reusable(members: list[Member], files: TrialFiles) -> None:
-    """Refuse (one line) members whose trial's best.pth is not in the artifact store."""
-    missing = [m.trial for m in members if m.trial is None or not files.has(m.trial, "best.pth")]
+    """Refuse (one line) members whose trial's best.pth (or fold model) is not in the artifact store."""
+    missing = [m.trial for m in members if m.trial is None or not files.has(m.trial, member_weights_file(m))]
     if missing:
         raise ConfigError(f"--reuse-checkpoints: trial(s) {', '.join(map(str, missing))} have no stored best.pth "
                           f"(checkpoint retention keeps weights only for the spec's keep_weights best trials); "
@@ -163,9 +171,16 @@ def reuse_checkpoints(members: list[Member], files: TrialFiles, staging: Path) -
     trained = []
     for member in members:
         folder = staging / f"trial-{member.trial}"
+        if member.fold_of_trial is not None:
+            folder = folder / f"fold-{member.fold_of_trial}"
         folder.mkdir(parents=True, exist_ok=True)
-        weights = files.pull(member.trial, "best.pth", folder)
-        predictions = files.pull(member.trial, "val_predictions.npz", folder)
+        if member.fold_of_trial is None:
+            weights = files.pull(member.trial, "best.pth", folder)
+            predictions = files.pull(member.trial, "val_predictions.npz", folder)
+        else:
+            weights = files.pull(member.trial, member_weights_file(member), folder, as_name="best.pth")
+            predictions = files.pull(member.trial, fold_file(member.fold_of_trial, "val_predictions.npz"), folder,
+                                     as_name="val_predictions.npz")
         epoch, lwlrap = -1, member.trial_lwlrap
         if predictions is not None:  # written with best.pth: its epoch and validation score
             with np.load(predictions) as stored:

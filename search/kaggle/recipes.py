@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial
 
 from search.spec import Kernel
+from search.study.folds import finished_folds
 from trainer import ConfigError
 
 
@@ -27,11 +28,13 @@ class Recipe:
     seeds: int = 1
     folds: int | None = None
     ensemble: int | None = None  # greedy selection rounds over the whole study's validation predictions
+    trial_folds: bool = False  # a cross-validated trial's own fold models: nothing is trained
 
     @property
     def models(self) -> int | None:
-        """How many models the kernel runs, when the recipe fixes it (an ensemble's selection decides its own)."""
-        return None if self.ensemble is not None else (self.folds or self.seeds)
+        """How many models the kernel runs, when the recipe fixes it (an ensemble's selection decides its own, a
+        cross-validated trial's folds theirs)."""
+        return None if self.ensemble is not None or self.trial_folds else (self.folds or self.seeds)
 
     @property
     def as_trained(self) -> bool:
@@ -40,6 +43,8 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("cv-folds", "the trial's own fold models from its cross-validation, as trained (nothing is retrained)",
+           trial_folds=True),
     Recipe("single", "the best trial's config, trained as its trial trained it"),
     Recipe("single-2x", "the best trial's config at 2x its epochs", epochs_scale=2),
     Recipe("single-3x", "the best trial's config at 3x its epochs", epochs_scale=3),
@@ -87,7 +92,13 @@ def check_kernel_budget(label: str, models: int, trial: FrozenTrial, kernel: Ker
 
 
 def default_recipe(trial: FrozenTrial, kernel: Kernel | None) -> tuple[Recipe, str]:
-    """The measured best recipe whose models fit the kernel budget for ``trial``, and why it was chosen."""
+    """The recipe for ``trial``, and why: a trial that cross-validated all its folds ships its fold models as
+    trained (what its value measured); else the measured best recipe whose models fit the kernel budget. A
+    cross-validated trial's K models were already checked against the budget when it ran."""
+    folds = finished_folds(trial.user_attrs)
+    if folds is not None:
+        return RECIPES["cv-folds"], (f"trial {trial.number} cross-validated all {folds} folds: its out-of-fold lwlrap "
+                                     f"is the score of exactly these {folds} models")
     passed = []
     for name in DEFAULT_RECIPES:
         recipe = RECIPES[name]

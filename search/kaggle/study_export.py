@@ -3,6 +3,7 @@ folder ``search.kaggle.export`` writes, the kernel's timing and the printed comp
 quickstart and the benchmarks call it too."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.study.artifacts import TrialFiles
+from search.study.folds import finished_folds
 from search.kaggle.ensemble import Selection
 from search.kaggle.export import (ExportPlan, Member, TrainedMember, check_dataset_identity, check_reusable, measure_kernel,
                            member_configs, retrain, retrain_config, reuse_checkpoints, write_export, write_record)
@@ -58,6 +60,7 @@ class ExportOptions:
     kaggle_user: str | None = None
     dataset_slug: str | None = None
     time_kernel: bool = True  # time kernel.py on a few test clips (a caller that runs it on all of them need not)
+    trial_folds: bool = False  # a cross-validated trial's own fold models, as trained (the ``cv-folds`` recipe)
 
     def check(self) -> None:
         if self.reuse_checkpoints and (self.epochs is not None or self.full_curated or self.epochs_scale != 1):
@@ -71,16 +74,30 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: P
     """Export ``trial``'s config (optionally as a seed or fold ensemble) into ``out``; returns export.json's record.
     ``asked`` names what the user asked for in the kernel-budget refusal (a recipe, else the flag)."""
     base = trial_config(trial, spec)
-    if options.reuse_checkpoints and (seeds > 1 or folds is not None):
+    reuse = options.reuse_checkpoints or options.trial_folds
+    if reuse and (seeds > 1 or folds is not None):
         raise ConfigError("--reuse-checkpoints exports the trial's own weights; --seeds and --folds ask for "
                           "retraining: choose one")
-    configs = [base] if options.reuse_checkpoints else member_configs(
-        base, seeds=seeds, folds=folds, full_curated=options.full_curated, epochs=options.epochs,
-        epochs_scale=options.epochs_scale)
+    cv_folds = finished_folds(trial.user_attrs) if reuse else None
+    if options.trial_folds and cv_folds is None:
+        raise ConfigError(f"trial {trial.number} did not cross-validate all its folds ([study] folds): it has no fold "
+                          f"models to export as trained; choose another --recipe")
+    if cv_folds is not None:  # a cross-validated trial's models are its fold models, as trained
+        configs = member_configs(base, folds=cv_folds)
+    else:
+        configs = [base] if reuse else member_configs(
+            base, seeds=seeds, folds=folds, full_curated=options.full_curated, epochs=options.epochs,
+            epochs_scale=options.epochs_scale)
     asked = asked or (f"--folds {folds}" if folds is not None else f"--seeds {seeds}")
     check_kernel_budget(asked, len(configs), trial,
                         spec.kernel if spec is not None else None)
-    members = [Member(c, 1.0, trial.number, trial.value, trial.user_attrs.get("threads")) for c in configs]
+    members = [Member(c, 1.0, trial.number, trial.value, trial.user_attrs.get("threads"),
+                      fold_of_trial=k if cv_folds is not None else None) for k, c in enumerate(configs)]
+    if cv_folds is not None:
+        options = dataclasses.replace(options, reuse_checkpoints=True)
+        print(f"trial {trial.number} cross-validated all {cv_folds} folds: its {cv_folds} fold models are exported as "
+              f"trained (out-of-fold lwlrap {trial.value:.4f}); nothing is retrained, saving {cv_folds} x "
+              f"{base.optim.epochs} epochs", file=sys.stderr)
     origin = trial.user_attrs.get("from_study")
     inherited = (f", inherited from study {origin!r} (its trial {trial.user_attrs.get('from_trial')}): its files "
                  f"stay there") if origin else ""
@@ -92,7 +109,12 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: P
     record, trained = _export(study, members, data_dir, out, options, files=files, source=source,
                               title=f"FAT2019 {study.study_name} trial {trial.number}", originals=[base] * len(configs),
                               announce=announce)
-    if not options.reuse_checkpoints:
+    if cv_folds is not None:
+        record["cross_validation"] = {"folds": cv_folds, "oof_lwlrap": trial.value,
+                                      "fold_lwlrap": trial.user_attrs.get("fold_lwlrap"),
+                                      "epochs_saved": cv_folds * base.optim.epochs}
+        write_record(out, record)
+    elif not options.reuse_checkpoints:
         record["retrained_lwlrap"] = trained[0].val_lwlrap
         write_record(out, record)
     return record

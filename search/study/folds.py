@@ -104,3 +104,9 @@ def pool_folds(prediction_files: Sequence[Path], targets: Mapping[str, np.ndarra
         raise DataError(f"train_curated.csv lacks validation clip(s) {', '.join(missing[:3])} of the folds")
     return OutOfFold(np.concatenate(probs), fnames, np.stack([targets[f] for f in fnames]).astype(np.float64),
                      np.array(fold_of), scores)
+
+
+def finished_folds(attrs: Mapping[str, object]) -> int | None:
+    """K for a trial (its user attrs) that cross-validated all its K folds, else None (one split, or cut early)."""
+    folds, done = attrs.get("folds"), attrs.get("folds_done")
+    return folds if isinstance(folds, int) and folds >= 2 and done == folds else None
