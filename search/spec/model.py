@@ -21,10 +21,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 import search.spec.strategy as strategy
 from trainer import BUILTIN_DATASETS, ConfigError, TrainConfig, ensure_builtin, flatten
@@ -173,6 +174,20 @@ class StudySpec:
         settings = {**strategy.STARTUP_DEFAULTS, **self.startup}
         return strategy.startup_points(self.space, self.baseline_params(), count=settings["near_baseline"],
                                        max_changes=settings["max_changes"], seed=settings["seed"],
+                                       active=self.active_params)
+
+    def stacked_points(self, trials: Sequence[FrozenTrial]) -> list[tuple[dict[str, Any], str]]:
+        """With ``[startup] stack = true``, once every startup trial has finished: the baseline with every change
+        that beat it, and its neighbours (``search.spec.strategy.stacked_points``); else nothing."""
+        settings = {**strategy.STARTUP_DEFAULTS, **self.startup}
+        baseline = next((t for t in trials if t.user_attrs.get("baseline")), None)
+        startup = [t for t in trials if "startup" in t.user_attrs]
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        if (not settings["stack"] or baseline is None or baseline.state not in finished[:2]
+                or len(startup) < settings["near_baseline"] or any(t.state not in finished for t in startup)):
+            return []
+        won = strategy.winning_changes(baseline, trials, self.baseline_params())
+        return strategy.stacked_points(self.baseline_params(), won, neighbours=settings["stack_neighbours"],
                                        active=self.active_params)
 
     def data_location(self, arg: str | os.PathLike | None = None) -> str:

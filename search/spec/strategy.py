@@ -45,8 +45,12 @@ PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
 }
 MAX_FOLDS = 20  # TrainConfig's data.n_folds range
-STARTUP_SETTINGS: dict[str, type] = {"near_baseline": int, "max_changes": int, "seed": int}
-STARTUP_DEFAULTS: dict[str, Any] = {"near_baseline": 6, "max_changes": 2, "seed": 0}
+STARTUP_SETTINGS: dict[str, type] = {"near_baseline": int, "max_changes": int, "seed": int, "stack": bool,
+                                     "stack_neighbours": int}
+# stack: after the startup trials, queue the baseline with every change that beat it, as a hand tuner stacks
+# what helped (``stacked_points``); off unless a spec turns it on.
+STARTUP_DEFAULTS: dict[str, Any] = {"near_baseline": 6, "max_changes": 2, "seed": 0, "stack": False,
+                                    "stack_neighbours": 2}
 
 
 def make_sampler(settings: Mapping[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -202,3 +206,47 @@ def _other_value(distribution: BaseDistribution, current: Any, rng: random.Rando
         if value != current:
             return value
     return current
+
+
+def winning_changes(baseline: FrozenTrial, trials: Sequence[FrozenTrial], baseline_params: Mapping[str, Any],
+                    direction: optuna.study.StudyDirection = optuna.study.StudyDirection.MAXIMIZE
+                    ) -> dict[str, tuple[Any, float]]:
+    """Each knob some trial changed from the baseline and beat it with: knob -> (value, gain). A trial is compared
+    with the baseline at the last step both reported (the same rung, or the same fold boundary), so a trial cut at
+    epoch 3 is judged on epoch 3. Of two winners changing one knob, the larger gain keeps it; a trial that changed
+    several knobs lends them all its gain (the changes that came together stay together)."""
+    sign = 1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    won: dict[str, tuple[Any, float]] = {}
+    for trial in trials:
+        if trial.number == baseline.number or trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        common = set(trial.intermediate_values) & set(baseline.intermediate_values)
+        if not common:
+            continue
+        step = max(common)
+        gain = sign * (trial.intermediate_values[step] - baseline.intermediate_values[step])
+        changes = {k: v for k, v in trial.params.items() if k in baseline_params and baseline_params[k] != v}
+        if gain <= 0 or not changes:
+            continue
+        for key, value in changes.items():
+            if key not in won or gain > won[key][1]:
+                won[key] = (value, gain)
+    return won
+
+
+def stacked_points(baseline_params: Mapping[str, Any], won: Mapping[str, tuple[Any, float]], *, neighbours: int,
+                   active: Callable[[Mapping[str, Any]], dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """The baseline with every winning change (the stack), then up to ``neighbours`` stacks without one change,
+    the weakest first (is it noise, or does it clash with the others?). Returns (params, note) per point; none
+    while fewer than two changes won (one winner is its own trial already)."""
+    if len(won) < 2:
+        return []
+    def named(changes: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(changes.items()))
+
+    changes = {k: v for k, (v, _) in won.items()}
+    points = [(active({**baseline_params, **changes}), f"stack: {named(changes)}")]
+    for key in sorted(won, key=lambda k: won[k][1])[:neighbours] if len(won) > 2 else []:
+        rest = {k: v for k, v in changes.items() if k != key}
+        points.append((active({**baseline_params, **rest}), f"stack without {key}: {named(rest)}"))
+    return points
