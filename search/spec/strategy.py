@@ -118,8 +118,8 @@ class RungQuorumPruner(optuna.pruners.BasePruner):
 
 
 class FoldRacePruner(optuna.pruners.BasePruner):
-    """Racing k-fold cross-validations: inside fold 0 (steps 1..``epochs``) the inner pruner judges epochs as on
-    one split; at the end of fold k (step ``(k + 1) x epochs``, the out-of-fold lwlrap of folds 0..k) a trial
+    """Racing k-fold cross-validations: inside fold 0 (steps 1..``epochs`` - 1) the inner pruner judges epochs as
+    on one split; at the end of fold k (step ``(k + 1) x epochs``, the out-of-fold lwlrap of folds 0..k) a trial
     goes on to fold k + 1 only if it is in the top 1/``reduction_factor`` of the trials that reported that
     boundary, once ``min_trials`` others have (so the baseline and its first challengers are compared on equal
     folds). Steps inside later folds are never reported, so they are never judged."""
@@ -136,7 +136,7 @@ class FoldRacePruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None:
             return False
-        if step <= self.epochs:
+        if step < self.epochs:
             return self.inner.prune(study, trial)
         if step % self.epochs or step >= self.epochs * self.folds:
             return False  # not a boundary, or the last fold is done: the trial completes

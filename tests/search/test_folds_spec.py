@@ -94,5 +94,6 @@ def test_inside_fold_zero_the_inner_pruner_judges_and_inside_later_folds_nobody_
     pruner = FoldRacePruner(Always(), epochs=3, folds=3, reduction_factor=2, min_trials=0)
     study = _study_with_boundary_values([0.9, 0.9, 0.9], step=6)
     assert _judge(pruner, study, {2: 0.1})                 # fold 0, epoch 2: the epoch pruner's call
+    assert not _judge(pruner, study, {2: 0.1, 3: 0.95})    # the end of fold 0 is a fold boundary: raced
     assert not _judge(pruner, study, {3: 0.1, 4: 0.1})     # inside fold 1: never judged
     assert not _judge(pruner, study, {3: 0.1, 9: 0.1})     # after the last fold: the trial completes
