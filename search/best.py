@@ -19,23 +19,24 @@ from typing import Sequence
 
 import optuna
 
+from search._cli import add_data_argument, add_study_arguments, check_writable_folder, run_command
 from search.views.format import format_value
-from search.kaggle.ensemble import EnsembleError, select_from_study
+from search.kaggle.ensemble import select_from_study
 from search.kaggle.ensemble_report import TEST_LABELS, describe, held_out_or_reason
-from search.kaggle.export import KernelRunError, write_record
-from search.kaggle.kernel import KernelGenerationError
+from search.kaggle.export import check_dataset_identity, write_record
 from search.kaggle.kernel_main import POOLINGS
 from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES, Recipe, default_recipe, recipe_named
 from search.study.locate import locate_args
 from search.kaggle.rescore import describe_rescored, rescore_top
 from search.spec import StudySpec
-from search.study.storage import StorageError, add_study_arguments
-from search.study.record import (StudyNotFoundError, baseline_trial, config_diff, is_feasible, ranked_trials,
-                          resolve_data, trial_config)
+from search.study.record import baseline_trial, config_diff, is_feasible, ranked_trials, resolve_data, trial_config
 from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
-from trainer import CheckpointError, ConfigError, DataError
+from trainer import ConfigError
 
 TOP_N = 10
+# A valid slug to check --kaggle-user with before the study is read; the real default slug (fat2019-<study>) is
+# checked with it at export.
+EXAMPLE_SLUG = "fat2019-study"
 
 
 def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None = None) -> str:
@@ -70,7 +71,7 @@ def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.best", description=__doc__.splitlines()[0])
     add_study_arguments(parser)
-    parser.add_argument("--data", help="FAT2019 data folder or 'demo' (default: as the study's spec says)")
+    add_data_argument(parser)
     parser.add_argument("--top", type=int, default=TOP_N, help="how many trials to list")
     parser.add_argument("--ensemble", type=int, metavar="K", help="greedy ensemble selection over the study's stored "
                         "validation predictions: K rounds with replacement, within the kernel time budget")
@@ -104,61 +105,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kaggle-user", help="your Kaggle user name (dataset id <user>/<slug>)")
     parser.add_argument("--dataset-slug", help="Kaggle dataset slug (default fat2019-<study>)")
     args = parser.parse_args(argv)
-    try:
-        recipe = _recipe(args)
-        default = recipe is None and args.export and not _explicit_flags(args)  # chosen once the trial is known
+    return run_command(lambda: _best(args), writes={"--out": args.out, "--studies-dir": args.studies_dir},
+                       reads={"--data": args.data})
+
+
+def _best(args: argparse.Namespace) -> int:
+    recipe = _recipe(args)
+    default = recipe is None and args.export and not _explicit_flags(args)  # chosen once the trial is known
+    options = _apply(args, recipe)
+    _check_flags(args)
+    options.check()
+    if args.kaggle_user is not None or args.dataset_slug is not None:  # a typo costs nothing: before the listing
+        check_dataset_identity(args.kaggle_user, args.dataset_slug or EXAMPLE_SLUG)
+    location = locate_args(args)
+    spec = location.spec
+    handle = location.open()
+    study = handle.study
+    files = location.reader_files(handle)
+    trial = choose_trial(study, args.trial) if args.trial is not None else None  # a wrong --trial: one line
+    out = Path(args.out) if args.out else location.folder / "export"
+    if args.export:  # a read-only --out is refused before the listing and any training
+        check_writable_folder(out)
+        if not args.reuse_checkpoints:
+            check_writable_folder(out.parent)  # the retrained members' runs go beside it: <out>-runs
+    print(describe_top(study, args.top, spec))
+    rescored = None
+    if args.rescore is not None:
+        rescored = rescore_top(study, location.folder, resolve_data(spec, args.data), args.rescore, spec=spec,
+                               splits=args.rescore_splits, threads=args.threads)
+        print("\n" + describe_rescored(rescored))
+        trial = rescored[0].trial
+    if args.ensemble is not None:
+        data_dir = resolve_data(spec, args.data)
+        selection = select_from_study(study, files, data_dir, spec=spec, rounds=args.ensemble,
+                                      max_kernel_s=args.max_kernel_s, pooling=args.pooling, bags=args.bags,
+                                      require_weights=args.reuse_checkpoints)
+        if (data_dir / TEST_LABELS).is_file():
+            print(f"scoring the ensemble and the single best trial on the held-out clips of {TEST_LABELS}",
+                  file=sys.stderr)
+        print("\n" + "\n".join(describe(selection, held_out_or_reason(selection, files, data_dir))))
+        if args.export:
+            record = export_ensemble(study, selection, data_dir, out, options, files=files)
+            _record_recipe(out, record, recipe, args)
+        return 0
+    if not args.export:
+        return 0
+    trial = trial or choose_trial(study)
+    if default:
+        recipe, why = default_recipe(trial, spec.kernel if spec is not None else None)
+        print(f"recipe {recipe.name} (the default: {why}): {recipe.summary}; --recipe NAME for another",
+              file=sys.stderr)
         options = _apply(args, recipe)
-        _check_flags(args)
-        options.check()
-        location = locate_args(args)
-        spec = location.spec
-        handle = location.open()
-        study = handle.study
-        files = location.reader_files(handle)
-        trial = choose_trial(study, args.trial) if args.trial is not None else None  # a wrong --trial: one line
-        print(describe_top(study, args.top, spec))
-        rescored = None
-        if args.rescore is not None:
-            rescored = rescore_top(study, location.folder, resolve_data(spec, args.data), args.rescore, spec=spec,
-                                   splits=args.rescore_splits, threads=args.threads)
-            print("\n" + describe_rescored(rescored))
-            trial = rescored[0].trial
-        out = Path(args.out) if args.out else location.folder / "export"
-        if args.ensemble is not None:
-            data_dir = resolve_data(spec, args.data)
-            selection = select_from_study(study, files, data_dir, spec=spec, rounds=args.ensemble,
-                                          max_kernel_s=args.max_kernel_s, pooling=args.pooling, bags=args.bags,
-                                          require_weights=args.reuse_checkpoints)
-            if (data_dir / TEST_LABELS).is_file():
-                print(f"scoring the ensemble and the single best trial on the held-out clips of {TEST_LABELS}",
-                      file=sys.stderr)
-            print("\n" + "\n".join(describe(selection, held_out_or_reason(selection, files, data_dir))))
-            if args.export:
-                record = export_ensemble(study, selection, data_dir, out, options, files=files)
-                _record_recipe(out, record, recipe, args)
-            return 0
-        if not args.export:
-            return 0
-        trial = trial or choose_trial(study)
-        if default:
-            recipe, why = default_recipe(trial, spec.kernel if spec is not None else None)
-            print(f"recipe {recipe.name} (the default: {why}): {recipe.summary}; --recipe NAME for another",
-                  file=sys.stderr)
-            options = _apply(args, recipe)
-        if not is_feasible(trial):
-            print(f"warning: trial {trial.number} exceeds the kernel time budget; exporting it as asked",
-                  file=sys.stderr)
-        record = export_trial(study, trial, resolve_data(spec, args.data), out, options, spec=spec, files=files,
-                              seeds=args.seeds, folds=args.folds,
-                              asked=f"--recipe {recipe.name}" if recipe is not None else None)
-        if rescored is not None:
-            record["rescore"] = {str(r.trial.number): {"trial_lwlrap": r.trial.value, "rescores": list(r.rescores),
-                                                       "mean": r.score, "epochs_each": r.epochs} for r in rescored}
-        _record_recipe(out, record, recipe, args)
-    except (StudyNotFoundError, LookupError, ConfigError, DataError, KernelGenerationError, StorageError,
-            CheckpointError, EnsembleError, KernelRunError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not is_feasible(trial):
+        print(f"warning: trial {trial.number} exceeds the kernel time budget; exporting it as asked",
+              file=sys.stderr)
+    record = export_trial(study, trial, resolve_data(spec, args.data), out, options, spec=spec, files=files,
+                          seeds=args.seeds, folds=args.folds,
+                          asked=f"--recipe {recipe.name}" if recipe is not None else None)
+    if rescored is not None:
+        record["rescore"] = {str(r.trial.number): {"trial_lwlrap": r.trial.value, "rescores": list(r.rescores),
+                                                   "mean": r.score, "epochs_each": r.epochs} for r in rescored}
+    _record_recipe(out, record, recipe, args)
     return 0
 
 

@@ -15,9 +15,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
+from search._cli import UserError, add_study_arguments, run_command
 from search.study.locate import locate_args
-from search.study.storage import StorageError, add_study_arguments, open_storage
-from search.study.record import StudyNotFoundError, redact
+from search.study.storage import open_storage
+from search.study.record import redact
 from search.views.tunnel import LOCAL_HOSTS, tunnel_line
 
 class _ThreadedWSGIServer(ThreadingMixIn, WSGIServer):
@@ -60,19 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port}: expected 0..65535")
-    try:
-        location = locate_args(args)
-        storage_url = location.open().url
-        artifacts = location.artifact_store()
-    except (StudyNotFoundError, StorageError, ValueError) as error:  # SpecError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _serve(args), writes={"--studies-dir": args.studies_dir, "--artifacts": args.artifacts})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    location = locate_args(args)
+    storage_url = location.open().url
+    artifacts = location.artifact_store()
     storage = open_storage(storage_url)  # readers pass no heartbeat: only workers own trials
     try:
         server = make_dashboard_server(storage, args.host, args.port, artifact_store=artifacts)
     except OSError as error:  # port taken, address not on this machine, ...
-        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
     port = server.server_address[1]
     # Ctrl-C is the normal way to stop (also when the shell that started it ignored SIGINT, e.g. nohup or a
     # background job); SIGTERM (kill, tmux kill-session) stops it the same way.

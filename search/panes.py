@@ -23,11 +23,13 @@ from typing import Sequence
 
 import optuna
 
-from search.study.inherit import Source
-from search.study.join import UsageError, add_round_arguments, join_study, previous_round
+from search._cli import UserError, add_data_argument, add_study_arguments, run_command
+from search.study.inherit import Source, inherited
+from search.study.join import add_round_arguments, join_study, previous_round
 from search.study.locate import StudyLocation, locate_args
-from search.study.storage import StorageError, add_study_arguments, open_storage
-from search.study.record import redact
+from search.study.storage import open_storage
+from search.study.record import FINISHED, redact
+from search.worker.console import eta_line
 from search.worker.tmux import (TMUX_MISSING, WATCH_WINDOW, WORKERS_WINDOW, PanesError, TmuxServer, Window,
                          default_session_name, parse_gpus, passed_environment, tmux_words, watch_panes,
                          worker_panes, worker_places)
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, required=True,
                         help="the study's total of its own finished trials (all panes; --from's inherited ones do not "
                              "count)")
-    parser.add_argument("--data", help="FAT2019 data folder or a built-in set, for the workers (default: theirs)")
+    add_data_argument(parser, passed_on=True)
     add_round_arguments(parser)
     parser.add_argument("--gpus", default="all", metavar="all|0,1,...",
                         help="the GPUs to start workers on: all, or indexes like 0,1 (default all)")
@@ -102,31 +104,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
+    return run_command(lambda: _panes(args), writes={"--studies-dir": args.studies_dir, "--artifacts": args.artifacts},
+                       reads={"--data": args.data})
+
+
+def _panes(args: argparse.Namespace) -> int:
     server = TmuxServer(args.tmux_socket)
-    try:
-        if not server.installed():
-            raise PanesError(TMUX_MISSING)
-        gpus = parse_gpus(args.gpus, cuda_device_count())
-        _check_mode_flags(args, gpus)
-        location = locate_args(args, spec_required=True)
-        session = args.session or default_session_name(location.name)
-        study = (location.name, location.storage_url())
-        running = server.session_study(session)
-        if running is None:
-            _join(location, study[1], force=args.force, inherit_from=previous_round(args, location))
-            windows = _windows(args, location, gpus)
-            server.create(session, windows, cwd=os.getcwd(), env=passed_environment(os.environ), study=study)
-            lines = _created_lines(session, location, windows, args)
-        elif running == study:
-            lines = [f"tmux session {session} already runs study {location.name}"]
-        else:
-            raise PanesError(_taken_line(session, running, study, tmux_words(args.tmux_socket)))
-    except (UsageError, StorageError, ValueError) as error:  # PanesError and SpecError are ValueErrors
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # the studies folder cannot be made
-        print(f"error: {error.filename or 'studies folder'}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    if not server.installed():
+        raise PanesError(TMUX_MISSING)
+    gpus = parse_gpus(args.gpus, cuda_device_count())
+    _check_mode_flags(args, gpus)
+    location = locate_args(args, spec_required=True)
+    session = args.session or default_session_name(location.name)
+    study = (location.name, location.storage_url())
+    running = server.session_study(session)
+    if running is None:
+        joined = _join(location, study[1], force=args.force, inherit_from=previous_round(args, location))
+        _check_trials_left(joined, args.trials)
+        windows = _windows(args, location, gpus)
+        server.create(session, windows, cwd=os.getcwd(), env=passed_environment(os.environ), study=study)
+        lines = _created_lines(session, location, windows, args)
+        lines.insert(1, f"  {eta_line(joined, args.trials, len(windows[0].panes))}")
+    elif running == study:
+        lines = [f"tmux session {session} already runs study {location.name}"]
+    else:
+        raise PanesError(_taken_line(session, running, study, tmux_words(args.tmux_socket)))
     tmux = " ".join(tmux_words(args.tmux_socket))
     print("\n".join([*lines, f"  attach: {tmux} attach -t {session}   (detach: Ctrl-b d)",
                       f"  stop:   {tmux} kill-session -t {session}   (each worker fails its running trial as "
@@ -136,13 +138,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _join(location: StudyLocation, storage_url: str, *, force: bool, inherit_from: Source | None) -> None:
+def _join(location: StudyLocation, storage_url: str, *, force: bool, inherit_from: Source | None) -> optuna.Study:
     """Create (or join) the study before any pane starts: the dashboard and the status pane find it at once,
     and a spec that differs from the stored one, or a storage that cannot be reached, is refused here in one
     line instead of in every pane."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the panes say what matters; no "study created" log
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    join_study(open_storage(storage_url), location.spec, force=force, inherit_from=inherit_from)
+    return join_study(open_storage(storage_url), location.spec, force=force, inherit_from=inherit_from)
+
+
+def _check_trials_left(study: optuna.Study, trials: int) -> None:
+    """Refuse before any pane starts when the study already has its ``--trials``: its workers would exit at once
+    while the dashboard and TensorBoard kept running."""
+    own = sum(not inherited(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+    if own >= trials:
+        raise UserError(f"study {study.study_name} already has {own} finished trials of its own, and --trials {trials} "
+                        f"is the study's total: nothing to start (pass --trials above {own} to continue it)")
 
 
 def _check_mode_flags(args: argparse.Namespace, gpus: list[int]) -> None:

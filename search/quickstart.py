@@ -20,10 +20,11 @@ from typing import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
+from search._cli import UserError, run_command
 from search.views.format import format_duration
-from search.kaggle.export import KernelRunError, run_kernel, score_submission
+from search.kaggle.export import run_kernel
+from search.kaggle.score import score_submission
 from search.study.locate import locate
-from search.spec import SpecError
 from search.study.storage import studies_dir
 from search.study.record import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
 from search.kaggle.study_export import ExportOptions, export_trial
@@ -39,14 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--studies-dir", type=studies_dir, default=studies_dir(), help="where studies/quickstart.toml is")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the free cores)")
     args = parser.parse_args(argv)
+    return run_command(lambda: _quickstart(args), writes={"--studies-dir": args.studies_dir})
+
+
+def _quickstart(args: argparse.Namespace) -> int:
     started = time.monotonic()
     worker_args = ["--study", STUDY, "--studies-dir", str(args.studies_dir), "--trials", str(args.trials),
                    "--device", "cpu", *(["--threads", str(args.threads)] if args.threads else [])]
-    try:
-        location = locate(STUDY, args.studies_dir, spec_required=True)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    location = locate(STUDY, args.studies_dir, spec_required=True)
     spec = location.spec
     print(f"1/3 searching: a {args.trials}-trial study of the {spec.data} data (one worker, trials of up to "
           f"{spec.epochs} epochs)", flush=True)
@@ -59,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = resolve_data(spec, None)
     best, baseline = best_trial(study), baseline_trial(study.get_trials(deepcopy=False))
     if best is None or baseline is None or baseline.state != TrialState.COMPLETE:
-        print("error: the study has no complete baseline or best trial yet; run the command again", file=sys.stderr)
-        return 2
+        raise UserError("the study has no complete baseline or best trial yet; run the command again")
 
     print("2/3 exporting the best trial and the baseline (their own weights) as Kaggle kernels", flush=True)
     exports = {"best": (best, location.folder / "export")}
@@ -74,12 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, (_, out) in exports.items():
         with tempfile.TemporaryDirectory() as tmp:
             submission = Path(tmp) / "submission.csv"
-            try:
-                run_kernel(out, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
-            except KernelRunError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            test_scores[label] = score_submission(submission, data_dir / "test_labels.csv")
+            run_kernel(out, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
+            test_scores[label] = score_submission(submission, data_dir / "test_labels.csv").lwlrap
     test_scores.setdefault("baseline", test_scores["best"])
     print()
     print(summary(study.study_name, best, baseline, test_scores, study.get_trials(deepcopy=False), spec.epochs,

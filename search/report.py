@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from search._cli import add_study_arguments, run_command
 from search.study.locate import locate_args
-from search.study.storage import StorageError, add_study_arguments
-from search.study.record import StudyNotFoundError
 from search.views.report import write_report
 
 
@@ -23,15 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        location = locate_args(args)
-        handle = location.open()
-        out_dir = Path(args.out) if args.out else location.folder / "report"
-        path = write_report(handle, out_dir, storage_arg=args.storage, runs_dir=location.folder / "runs" / handle.uid(),
-                            files=location.reader_files(handle), spec=location.spec)
-    except (StudyNotFoundError, StorageError, ValueError) as error:  # SpecError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _report(args), writes={"--out": args.out, "--studies-dir": args.studies_dir})
+
+
+def _report(args: argparse.Namespace) -> int:
+    location = locate_args(args)
+    handle = location.open()
+    out_dir = Path(args.out) if args.out else location.folder / "report"
+    path = write_report(handle, out_dir, storage_arg=args.storage, runs_dir=location.folder / "runs" / handle.uid(),
+                        files=location.reader_files(handle), spec=location.spec)
     print(f"wrote {path}")
     return 0
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import optuna
 
+from search._cli import run_command
 from search.worker.console import Console, eta_line
 from search.worker.failures import DEFAULT_MAX_RETRY
 from search.worker.gpu_choice import device_for_worker, use_device
@@ -35,9 +36,9 @@ from search.worker.lifecycle import Worker, stale_trial_retry
 from search.study.locate import locate_args
 from search.worker.objective import Objective
 from search.spec import StudySpec
-from search.study.storage import StorageError, add_study_arguments, open_storage
+from search.study.storage import add_study_arguments, open_storage
 from search.study.record import StudyHandle, redact, resolve_data
-from trainer import (DEVICE_BANK_SHARE, ConfigError, DataError, check_fits, largest_data_config, plan_data_memory,
+from trainer import (DEVICE_BANK_SHARE, check_fits, largest_data_config, plan_data_memory,
                      remove_stale_temp_files, resolve_device)
 
 
@@ -46,14 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     _quiet_optuna()
     threading.excepthook = quiet_full_disk_in_threads
-    try:
-        return _run(args)
-    except (UsageError, ConfigError, DataError, StorageError, ValueError) as exc:  # SpecError is a ConfigError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a read-only or full studies folder, ...
-        print(f"error: {exc.filename or 'studies folder'}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run(args), writes={"--studies-dir": args.studies_dir, "--artifacts": args.artifacts},
+                       reads={"--data": args.data})
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

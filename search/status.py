@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 from typing import Sequence
@@ -15,10 +14,11 @@ from typing import Sequence
 import optuna
 import sqlalchemy
 
+from search._cli import UserError, add_study_arguments, run_command
 from search.study.locate import locate_args
 from search.views.status import DEFAULT_RECENT, StatusView, watch
-from search.study.storage import StorageError, add_study_arguments, storage_failure_text
-from search.study.record import StudyNotFoundError, redact
+from search.study.storage import storage_failure_text
+from search.study.record import redact
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,10 @@ def main(argv: Sequence[str] | None = None, *, max_frames: int | None = None) ->
         parser.error(f"--watch {args.watch}: expected a number of seconds > 0, e.g. --watch 10")
     if args.recent < 0:
         parser.error(f"--recent {args.recent}: expected a count >= 0")
+    return run_command(lambda: _status(args, max_frames), writes={"--studies-dir": args.studies_dir})
+
+
+def _status(args: argparse.Namespace, max_frames: int | None) -> int:
     url = args.storage
     try:
         location = locate_args(args)
@@ -53,16 +57,9 @@ def main(argv: Sequence[str] | None = None, *, max_frames: int | None = None) ->
             watch(view.lines, args.watch, sys.stdout, max_frames=max_frames)
     except KeyboardInterrupt:  # Ctrl-C is how --watch ends
         return 0
-    except BrokenPipeError:  # `| head` closed the pipe: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return 0
-    except (StudyNotFoundError, StorageError, ValueError) as error:  # SpecError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:  # mid --watch
         where = redact(url) if url else "the study storage"
-        print(f"error: {where}: cannot read the study ({storage_failure_text(error)})", file=sys.stderr)
-        return 2
+        raise UserError(f"{where}: cannot read the study ({storage_failure_text(error)})") from None
     return 0
 
 

@@ -6,7 +6,7 @@ and what was expected, so a typo in a 20k-row CSV is found in seconds, not after
 from __future__ import annotations
 
 import csv
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -123,6 +123,9 @@ def load_splits(data_dir: Path, *, use_noisy: bool) -> tuple[ClipTable, ClipTabl
         raise DataError(f"{data_dir}: data folder not found (expected the FAT2019 layout: train_curated.csv, "
                         f"train_curated/, train_noisy.csv, train_noisy/, test/, sample_submission.csv)")
     curated = read_labelled_csv(data_dir / "train_curated.csv", data_dir / "train_curated")
+    if not len(curated):
+        raise DataError(f"{data_dir / 'train_curated.csv'}: no clips (only a header); expected one 'fname,labels' row "
+                        f"per clip of train_curated/, at least two to train and validate on")
     noisy = read_labelled_csv(data_dir / "train_noisy.csv", data_dir / "train_noisy") if use_noisy else None
     return curated, noisy
 
@@ -136,7 +139,9 @@ def check_unreadable(split: str, total: int, failed: list[tuple[Path, str]]) -> 
     if len(failed) > MAX_UNREADABLE_FRACTION * total:
         raise DataError(f"{split}: {len(failed)} of {total} clips are unreadable (more than "
                         f"{MAX_UNREADABLE_FRACTION:.0%}): {listing}{more}")
-    warnings.warn(f"{split}: skipping {len(failed)} unreadable clip(s) of {total}: {listing}{more}", stacklevel=2)
+    # one plain line: a Python warning would print its source line after it, on every first use
+    print(f"warning: {split}: skipping {len(failed)} unreadable clip(s) of {total}: {listing}{more}", file=sys.stderr,
+          flush=True)
 
 
 def split_curated(targets: np.ndarray, *, val_fraction: float, seed: int,

@@ -108,12 +108,14 @@ def describe(selection: Selection, held_out: HeldOut | str | None = None) -> lis
     bags = f" in {selection.bags} bags of {max(1, math.ceil(BAG_FRACTION * len(pool.candidates)))} trials" if selection.bags > 1 else ""
     lines = [f"Greedy ensemble selection (Caruana et al. 2004): {selection.rounds} round(s) with replacement{bags} "
              f"over {len(pool.candidates)} COMPLETE feasible trial(s) with stored validation predictions "
-             f"({len(pool.fnames)} clips, split {pool.split}); {selection.pooling} pooling; {limit}.", "",
-             "| bag | round | added trial | validation lwlrap | members | projected kernel s |", "|---|---|---|---|---|---|"]
+             f"({len(pool.fnames)} clips, split {pool.split}); {selection.pooling} pooling; {limit}.", ""]
+    projected = budget.test_audio_s is not None  # without the spec's [kernel] there is no test audio to project on
+    lines += ["| bag | round | added trial | validation lwlrap | members |" + (" projected kernel s |" if projected else ""),
+              "|---|---|---|---|---|" + ("---|" if projected else "")]
     for step in selection.steps:
         kept = " (kept)" if step.round == selection.best_round[step.bag] else ""
-        lines.append(f"| {step.bag + 1} | {step.round}{kept} | {step.trial} | {step.lwlrap:.4f} | {step.members} | "
-                     f"{_seconds(step.projected_s)} |")
+        lines.append(f"| {step.bag + 1} | {step.round}{kept} | {step.trial} | {step.lwlrap:.4f} | {step.members} |"
+                     + (f" {_seconds(step.projected_s)} |" if projected else ""))
     lines += ["", "| trial | weight | own validation lwlrap | reported lwlrap | log-mel (n_mels/n_fft/hop) | "
                   "model s per 1000 s audio |", "|---|---|---|---|---|---|"]
     for member in selection.members:
@@ -130,8 +132,11 @@ def describe(selection: Selection, held_out: HeldOut | str | None = None) -> lis
                      f"single best {held_out.single:.4f} ({held_out.ensemble - held_out.single:+.4f}).")
     elif held_out:
         lines.append(f"Held-out test gain not measured: {held_out}.")
-    lines.append(f"Projected kernel time: {_seconds(selection.projected_s)} s"
-                 + ("" if budget.limit_s is None else f" (budget {budget.limit_s:,.0f} s)") + ".")
+    if projected:
+        lines.append(f"Projected kernel time: {_seconds(selection.projected_s)} s"
+                     + ("" if budget.limit_s is None else f" (budget {budget.limit_s:,.0f} s)") + ".")
+    else:
+        lines.append("Kernel time not projected: the study's spec has no [kernel] section (test_audio_s, budget_s).")
     if selection.notes:
         lines += ["", "Notes:"] + [f"- {note}" for note in selection.notes]
     return lines + [""]

@@ -9,6 +9,7 @@ that still meets a locked database is retried with backoff. PostgreSQL/MySQL URL
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import importlib.util
 import logging
@@ -95,7 +96,12 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period, heartbeat_stale_trial_callback=on_stale_trial))
 
-    storage = _retry_schema_race(create, given)
+    try:
+        storage = _retry_schema_race(create, given)
+    except StorageError:
+        if database is not None:
+            _check_folder_writable(database)
+        raise
     # Optuna's schema check nests two connections in one thread; only after it may writers take
     # the lock up front.
     _IMMEDIATE_ENGINES.add(storage.engine)
@@ -119,6 +125,21 @@ def _retry_schema_race(create: Callable[[], _T], url: str) -> _T:
             raise StorageError(f"{_masked(url)}: the database driver {exc.name!r} is not installed "
                                f"(for PostgreSQL: pip install -e '.[postgres]')") from None
     raise AssertionError("unreachable")
+
+
+def _check_folder_writable(database: str) -> None:
+    """SQLite writes its database, journal and shared-memory index beside the file; in a folder it cannot write to
+    it fails with "unable to open database file". Raise the StorageError that names the folder instead."""
+    folder = Path(database).parent
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.touch()
+    except OSError as exc:
+        why = "read-only file system" if exc.errno == errno.EROFS else (exc.strerror or str(exc)).lower()
+        raise StorageError(f"{folder}: the folder of the study database is read-only ({why}); SQLite writes the "
+                           f"database and its journal there: choose a writable --studies-dir (or --storage URL)") \
+            from None
+    probe.unlink(missing_ok=True)
 
 
 def storage_failure(exc: BaseException) -> BaseException | None:

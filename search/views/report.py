@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.study.artifacts import TrialFiles
 from search.views.checks import check_lines
-from search.views.format import format_duration, format_value
+from search.views.format import format_duration, format_value, param_changes
 from search.study.inherit import inherited_text
 from search.kaggle.ensemble_report import report_section
 from search.spec import StudySpec
@@ -72,7 +72,7 @@ def render_markdown(handle: StudyHandle, plots: Sequence[Plot], out_dir: Path, *
     lines += [f"| {state.name} | {sum(t.state == state for t in trials)} |" for state in _STATES]
     lines.append("")
     if ranked:
-        lines += _top_trials(ranked[:TOP_N])
+        lines += _top_trials(ranked[:TOP_N], baseline_trial(trials))
     if best is None:
         why = ("every COMPLETE trial is over the kernel-time budget" if ranked
                else "no trial has completed yet")
@@ -96,11 +96,17 @@ def render_markdown(handle: StudyHandle, plots: Sequence[Plot], out_dir: Path, *
     return "\n".join(lines)
 
 
-def _top_trials(top: Sequence[FrozenTrial]) -> list[str]:
-    lines = [f"## Top {len(top)} complete trials", "", "| rank | trial | lwlrap | epochs | time | kernel budget | params |",
+def _top_trials(top: Sequence[FrozenTrial], baseline: FrozenTrial | None) -> list[str]:
+    """The top trials with the params each changed from the baseline trial's (as the pane lines and search.best
+    show them); every param where the study has no baseline trial."""
+    what = "differs from the baseline" if baseline is not None else "params"
+    lines = [f"## Top {len(top)} complete trials", "", f"| rank | trial | lwlrap | epochs | time | kernel budget | {what} |",
              "|---|---|---|---|---|---|---|"]
     for rank, trial in enumerate(top, start=1):
-        params = ", ".join(f"{k}={format_value(v, 4)}" for k, v in sorted(trial.params.items())) or "(baseline, no params)"
+        if baseline is not None:
+            params = param_changes(trial.params, baseline.params)
+        else:
+            params = ", ".join(f"{k}={format_value(v, 4)}" for k, v in sorted(trial.params.items())) or "(no params)"
         seconds = trial_seconds(trial)
         fits = "fits" if is_feasible(trial) else "**over: not exportable**"
         lines.append(f"| {rank} | {trial.number} | {trial.value:.4f} | {trial.user_attrs.get('epochs_run', '?')} "

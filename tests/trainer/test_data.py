@@ -86,12 +86,13 @@ def test_sample_submission_columns_are_checked(tmp_path):
         read_test_fnames(bad)
 
 
-def test_unreadable_clips_warn_once_then_stop_above_one_percent(tmp_path):
+def test_unreadable_clips_warn_once_then_stop_above_one_percent(tmp_path, capsys):
     failed = [(tmp_path / "x.wav", "empty file")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_unreadable("train_curated", 200, failed)
-    assert len(caught) == 1 and "x.wav (empty file)" in str(caught[0].message)
+    assert caught == []  # a Python warning would print its source line too
+    assert capsys.readouterr().err == "warning: train_curated: skipping 1 unreadable clip(s) of 200: x.wav (empty file)\n"
     with pytest.raises(DataError, match=r"train_curated: 2 of 100 clips are unreadable"):
         check_unreadable("train_curated", 100, failed * 2)
 
@@ -140,3 +141,32 @@ def test_a_csv_that_is_not_utf8_is_one_line(tmp_path):
     (tmp_path / "train_curated.csv").write_bytes("fname,labels\nx.wav,Caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"train_curated.csv: not UTF-8 text; FAT2019's CSVs are UTF-8"):
         read_labelled_csv(tmp_path / "train_curated.csv", tmp_path / "train_curated")
+
+
+def test_a_text_file_named_wav_is_skipped_with_one_line_naming_it(demo_data, session_cache, tmp_path, capfd):
+    """As training meets it: the clips are read for the feature cache, the bad one is left out, one line says so."""
+    from trainer import labelled_bank
+    from trainer.config import TrainConfig
+    from trainer.data import ClipTable
+
+    curated, _ = load_splits(demo_data, use_noisy=False)
+    (tmp_path / "x.wav").write_text("not audio: a text file with a .wav name")
+    paths = (*curated.paths, *curated.paths, tmp_path / "x.wav")  # over 100 clips: one bad one is under 1%
+    table = ClipTable("train_curated", paths, np.concatenate([curated.targets, curated.targets, curated.targets[:1]]))
+    cfg = TrainConfig().with_overrides({"features.n_mels": 32}).features
+    capfd.readouterr()
+    bank, targets = labelled_bank(table, cfg, cache_dir=session_cache)
+    err = capfd.readouterr().err
+    assert len(targets) == len(paths) - 1
+    warned = [line for line in err.splitlines() if "x.wav" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: train_curated: skipping 1 unreadable clip(s) of {len(paths)}: x.wav (")
+    assert "UserWarning" not in err and "check_unreadable" not in err
+
+
+def test_a_header_only_train_curated_is_one_line_naming_the_file(tmp_path):
+    (tmp_path / "train_curated").mkdir()
+    (tmp_path / "train_curated.csv").write_text("fname,labels\n")
+    with pytest.raises(DataError) as raised:
+        load_splits(tmp_path, use_noisy=False)
+    assert str(raised.value).startswith(f"{tmp_path / 'train_curated.csv'}: no clips (only a header)")
+    assert "sample(s)" not in str(raised.value)  # not scikit-learn's words
