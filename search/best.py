@@ -207,7 +207,7 @@ def _apply(args: argparse.Namespace, recipe: Recipe | None) -> ExportOptions:
         args.full_curated = recipe.full_curated
     return ExportOptions(args.pooling, args.reuse_checkpoints, args.epochs,
                          recipe.epochs_scale if recipe is not None else 1, args.full_curated, args.threads,
-                         args.kaggle_user, args.dataset_slug)
+                         args.kaggle_user, args.dataset_slug, trial_folds=recipe is not None and recipe.trial_folds)
 
 
 def _record_recipe(out: Path, record: dict, recipe: Recipe | None, args: argparse.Namespace) -> None:
