@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from search.views.checks import check_lines
 from search.views.format import format_duration, format_value
+from search.study.folds import cv_summary, finished_folds
 from search.study.inherit import inherited_text
 from search.study.record import baseline_trial, best_trial, config_diff, pruning_saved, ranked_trials, trial_seconds
 from trainer import TrainConfig
@@ -47,6 +48,9 @@ def trial_note(number: int, outcome: str, config: TrainConfig | None, base: Trai
         lines.append(str(attrs["resume_note"]))
     lines.append("")
     total = config.optim.epochs if config is not None else "?"
+    folds = attrs.get("folds")
+    if isinstance(folds, int) and folds > 1 and config is not None:
+        total = f"{config.optim.epochs * folds} ({folds} folds of {config.optim.epochs})"
     facts = [f"epochs: {attrs.get('epochs_run', 0)} of {total}"]
     if attrs.get("best_epoch"):
         facts.append(f"best at epoch {attrs['best_epoch']}")
@@ -55,6 +59,8 @@ def trial_note(number: int, outcome: str, config: TrainConfig | None, base: Trai
     if attrs.get("worker_id"):
         facts.append(f"worker {attrs['worker_id']} ({attrs.get('threads', '?')} threads)")
     lines.append("- " + "; ".join(facts))
+    if (cv := cv_summary(attrs)) is not None:
+        lines.append(f"- Cross-validation: {cv}")
     if "kernel_time_s" in attrs:
         fits = "fits the budget" if attrs.get("feasible") else "**over the budget: never exported by default**"
         lines.append(f"- Kaggle kernel: projected {attrs['kernel_time_s']:,.0f} s for the test set, {fits}")
@@ -77,7 +83,9 @@ def study_note(study: optuna.Study, *, spec_epochs: int | None = None) -> str:
         lines.append("No best trial yet: " + ("every COMPLETE trial is over the kernel budget."
                                               if ranked else "no trial has completed."))
     else:
-        lines.append(f"**Best: trial {best.number}, validation lwlrap {best.value:.4f}** "
+        measure = (f"out-of-fold lwlrap over {best.user_attrs['folds']} folds"
+                   if finished_folds(best.user_attrs) else "validation lwlrap")
+        lines.append(f"**Best: trial {best.number}, {measure} {best.value:.4f}** "
                      f"({best.user_attrs.get('epochs_run', '?')} epochs"
                      + (f", {format_duration(s)}" if (s := trial_seconds(best)) is not None else "") + ").")
         if baseline is not None and baseline.value is not None and baseline.number != best.number:

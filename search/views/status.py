@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 from optuna.trial import FrozenTrial, TrialState
 
 from search.views.format import format_duration, param_changes
+from search.study.folds import progress_text
 from search.study.inherit import inherited_text
 from search.spec import StudySpec
 from search.study.record import (StudyHandle, baseline_trial, best_trial, last_reported, pruning_saved, redact,
@@ -29,7 +30,7 @@ ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DEFAULT_RECENT = 5
 
 # Running-trial columns: "  #12   3/30   0.4123  12m05s  cuda:0    host:pid"; the worker takes what is left.
-_TAG, _EPOCH, _LWLRAP, _ETA, _DEVICE = 6, 7, 8, 8, 10
+_TAG, _EPOCH, _LWLRAP, _ETA, _DEVICE = 6, 10, 8, 8, 10  # epoch: 9/30, or f2/5 9/30 in fold 2 of 5
 _RUNNING_HEAD = f"  {'trial':<{_TAG}}{'epoch':<{_EPOCH}}{'lwlrap':<{_LWLRAP}}{'ETA':<{_ETA}}{'device':<{_DEVICE}}worker"
 # Ended-trial columns: "  #11   PRUNED   0.4719   3 ep  <reason, or what it changed>".
 _STATE, _VALUE, _EPOCHS = 9, 9, 7
@@ -65,12 +66,19 @@ def clip(line: str, width: int = WIDTH) -> str:
     return line if len(line) <= width else line[:max(0, width - len(ELLIPSIS))] + ELLIPSIS
 
 
-def epoch_budget(trial: FrozenTrial, spec: StudySpec | None) -> int | None:
-    """``config.optim.epochs`` of the trial's recorded config (else the spec's); None when unknown."""
+def fold_epochs(trial: FrozenTrial, spec: StudySpec | None) -> int | None:
+    """``config.optim.epochs`` of the trial's recorded config (else the spec's): one fold's; None when unknown."""
     try:
         return trial_config(trial, spec).optim.epochs
     except (LookupError, ValueError):  # no config recorded, or one this version cannot read
         return None
+
+
+def epoch_budget(trial: FrozenTrial, spec: StudySpec | None) -> int | None:
+    """The epochs the trial trains if nothing cuts it: one fold's, times its folds when cross-validated."""
+    epochs = fold_epochs(trial, spec)
+    folds = trial.user_attrs.get("folds")
+    return epochs * folds if epochs is not None and isinstance(folds, int) and folds > 1 else epochs
 
 
 def epochs_done(trial: FrozenTrial) -> int:
@@ -140,7 +148,8 @@ class StatusView:
         epochs = epoch_budget(trial, self.spec)
         value = last_reported(trial)
         eta = eta_seconds(trial, epochs, now)
-        cells = (fit(f"#{trial.number}", _TAG - 1), fit(f"{epochs_done(trial)}/{epochs or '?'}", _EPOCH - 1),
+        cells = (fit(f"#{trial.number}", _TAG - 1), fit(progress_text(trial.user_attrs, fold_epochs(trial, self.spec)),
+                                                        _EPOCH - 1),
                  f"{value:.4f}" if value is not None else "-", format_duration(eta) if eta is not None else "-",
                  fit(str(trial.user_attrs.get("device") or "-"), _DEVICE - 1))
         widths = (_TAG, _EPOCH, _LWLRAP, _ETA, _DEVICE)

@@ -79,3 +79,21 @@ def test_folds_that_overlap_or_name_unknown_clips_are_refused(tmp_path):
     stranger = _fold_predictions(tmp_path, 1, ["z.wav"], np.zeros((1, 4)), 0.5)
     with pytest.raises(DataError, match="lacks validation clip"):
         pool_folds([fold0, stranger], targets)
+
+
+def test_views_show_a_cross_validated_trials_fold_and_its_folds_values():
+    from search.study.folds import cv_summary, fold_position, progress_text
+    from search.views.notes import trial_note
+    from trainer import TrainConfig
+
+    attrs = {"folds": 5, "epochs_run": 39, "folds_done": 1, "fold_lwlrap": [0.7], "oof_lwlrap": 0.7}
+    assert fold_position(attrs, 30) == (2, 9, 5) and progress_text(attrs, 30) == "f2/5 9/30"
+    assert progress_text({"epochs_run": 9}, 30) == "9/30"  # one split: as before
+    assert fold_position({"folds": 5, "epochs_run": 150}, 30) == (5, 30, 5)  # the last fold done
+    done = {**attrs, "folds_done": 3, "fold_lwlrap": [0.70, 0.72, 0.69], "oof_lwlrap": 0.7123}
+    assert cv_summary(done) == ("out-of-fold lwlrap 0.7123 over 3/5 folds (per fold 0.700 0.720 0.690, "
+                                "spread 0.012)")
+    assert cv_summary({"epochs_run": 3}) is None
+    config = TrainConfig().with_overrides({"optim.epochs": 30})
+    note = trial_note(4, "PRUNED", config, config, {**done, "epochs_run": 90})
+    assert "epochs: 90 of 150 (5 folds of 30)" in note and "Cross-validation: out-of-fold lwlrap 0.7123" in note
