@@ -158,6 +158,9 @@ def split_curated(targets: np.ndarray, *, val_fraction: float, seed: int,
     n = len(targets)
     labels = (targets > 0).astype(int)
     placeholder = np.zeros((n, 1))
+    if n_folds is not None and n_folds > n:
+        raise DataError(f"train_curated: {n} clips cannot be dealt into {n_folds} folds (data.n_folds, or a study's "
+                        f"[study] folds): every fold needs clips to hold out; use at most {n}")
     try:
         if n_folds is not None:
             folds = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)

@@ -170,3 +170,10 @@ def test_a_header_only_train_curated_is_one_line_naming_the_file(tmp_path):
         load_splits(tmp_path, use_noisy=False)
     assert str(raised.value).startswith(f"{tmp_path / 'train_curated.csv'}: no clips (only a header)")
     assert "sample(s)" not in str(raised.value)  # not scikit-learn's words
+
+
+def test_more_folds_than_curated_clips_is_one_line_naming_the_setting():
+    targets = np.eye(80, dtype=np.float32)[:3]
+    with pytest.raises(DataError, match=r"^train_curated: 3 clips cannot be dealt into 5 folds \(data.n_folds, or a "
+                                         r"study's \[study\] folds\).*use at most 3$"):
+        split_curated(targets, val_fraction=0.2, seed=0, n_folds=5, val_fold=0)
