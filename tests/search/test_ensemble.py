@@ -170,6 +170,14 @@ def test_description_and_curve(hand_made, tmp_path):
     assert image.shape[0] > 100 and np.ptp(image[..., :3]) > 0
 
 
+
+def test_without_a_kernel_section_the_kernel_time_column_is_left_out_and_says_why(hand_made):
+    _, _, pool = hand_made
+    text = "\n".join(describe(select(pool, rounds=2, budget=Budget(None, None), single=C)))
+    assert "| bag | round | added trial | validation lwlrap | members |\n|---|---|---|---|---|\n" in text
+    assert "projected kernel s" not in text and "| ? |" not in text
+    assert "Kernel time not projected: the study's spec has no [kernel] section" in text
+
 # -- a real tiny study ------------------------------------------------------------------------------
 SPACE = ('"optim.lr" = { float = [1e-3, 1e-2], log = true }\n"features.n_mels" = { choices = [24, 32] }\n'
          '"model.head" = { choices = ["linear", "mlp"] }\n')

@@ -328,3 +328,44 @@ def test_sighup_stops_a_worker_like_sigterm_unless_it_was_started_under_nohup(tm
     finally:
         ignoring.send_signal(signal.SIGTERM)
         ignoring.communicate(timeout=30)  # drains its output: a full pipe would block its exit
+
+
+# -- a study that has its trials, and the ETA at the session's pane count ----------------------------------------------
+def _finished_study(studies: Path, name: str, finished: int) -> None:
+    """The study as its panes make it (spec stored, baseline queued), with ``finished`` trials of 36 s each."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from search.spec import load_spec
+    from search.study.join import join_study
+    from search.study.storage import open_storage
+
+    study = join_study(open_storage(default_storage_url(name, studies)), load_spec(write_spec(studies, name)))
+    for i in range(finished):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5 + i / 100, params={"optim.lr": 1e-3},
+                                     distributions={"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)},
+                                     user_attrs={"wall_time": 36.0}))
+
+
+@needs_tmux
+def test_a_study_that_has_its_trials_is_refused_before_any_pane_starts(tmp_path, tmux_socket, monkeypatch, capsys):
+    monkeypatch.setattr(panes, "cuda_device_count", lambda: 0)
+    studies = tmp_path / "studies"
+    _finished_study(studies, "done", 14)
+    assert panes.main(["--study", "done", "--studies-dir", str(studies), "--trials", "6", "-L", tmux_socket]) == 2
+    assert capsys.readouterr().err == ("error: study done already has 14 finished trials of its own, and --trials 6 is "
+                                       "the study's total: nothing to start (pass --trials above 14 to continue it)\n")
+    assert subprocess.run(["tmux", "-L", tmux_socket, "has-session", "-t", "=search-done"],
+                          capture_output=True).returncode != 0  # no session: no workers, dashboard or TensorBoard
+
+
+@pytest.mark.slow
+@needs_tmux
+def test_the_start_lines_eta_counts_the_sessions_panes(tmp_path, tmux_socket, monkeypatch, capsys):
+    monkeypatch.setattr(panes, "cuda_device_count", lambda: 0)
+    studies = tmp_path / "studies"
+    _finished_study(studies, "eta", 4)
+    assert panes.main(["--study", "eta", "--studies-dir", str(studies), "--trials", "8", "--panes", "2",
+                       "--no-watch", "--no-attach", "-L", tmux_socket]) == 0
+    _tmux(tmux_socket, "kill-server")  # the start lines are what is checked
+    assert "  4 more to reach 8; ~36s per trial at 2 panes: ETA ~1m12s\n" in capsys.readouterr().out

@@ -362,3 +362,17 @@ def test_pruning_saved_counts_finished_trials_against_the_full_budget():
     assert pruning_saved(trials, 10) == 1 - 13 / 20  # the failed trial is not a finished one
     assert pruning_saved(trials + [trial(TrialState.PRUNED, None)], 10) is None  # an unknown count: no figure
     assert pruning_saved([], 10) is None
+
+
+def test_the_top_trials_show_what_each_changed_from_the_baseline(tmp_path):
+    from search.study.record import StudyHandle
+    from search.views.report import render_markdown
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    study = _demo_study(tmp_path / "demo.db")
+    text = render_markdown(StudyHandle(study, open_storage(url), url), [], tmp_path)
+    top = text.split("## Top 8 complete trials")[1].split("\n\n")[1].splitlines()
+    assert top[0] == "| rank | trial | lwlrap | epochs | time | kernel budget | differs from the baseline |"
+    best = next(row for row in top if row.startswith(f"| 1 | {study.best_trial.number} |"))
+    assert best.endswith("| lr=0.095 depth=20 loss=focal |")  # as the pane lines: changed params by their short names
+    assert next(row for row in top if "| 0 | 0.5000 |" in row).endswith("| (baseline) |")
