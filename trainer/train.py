@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,21 @@ def next_run_dir(runs: Path) -> Path:
             number += 1
 
 
+def path_error_line(error: OSError, writes: dict[str, Path | None], reads: dict[str, Path | None]) -> str:
+    """``cannot write runs/3: permission denied (choose a writable --out)``: the path, why, and the flag that gave it
+    (the trainer's small equivalent of ``search._cli``, which it cannot import)."""
+    reason = (error.strerror or str(error)).lower()
+    if error.filename is None:
+        return reason
+    path = Path(os.path.abspath(os.fsdecode(error.filename)))
+    for flags, verb, todo in ((writes, "write", "choose a writable"), (reads, "read", "check")):
+        for flag, given in flags.items():
+            root = Path(os.path.abspath(given)) if given is not None else None
+            if root is not None and (path == root or root in path.parents or path in root.parents):
+                return f"cannot {verb} {error.filename}: {reason} ({todo} {flag})"
+    return f"cannot use {error.filename}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="FAT2019 data folder (default: the built-in demo set)")
@@ -66,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                                     progress=False if args.no_progress else None, cache_dir=args.cache_dir)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only --out, a full disk, an unreadable --config: the user's to fix
+        line = path_error_line(exc, {"--out": args.out, "--cache-dir": args.cache_dir},
+                               {"--data": args.data, "--config": args.config})
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:
         print(f"diverged: {exc}", file=sys.stderr)

@@ -1,18 +1,11 @@
 """Every command's errors through ``search._cli.run_command``: one line on stderr, exit 2, never a traceback; a path
-the user gave that cannot be written is named with the flag to change.
-
-A read-only folder here is a real one: a folder with mode 0o555, written to by a command in a child process. Root
-ignores permission bits, so as root the child runs without the two capabilities that let it (CAP_DAC_OVERRIDE,
-CAP_DAC_READ_SEARCH): the kernel then refuses the write with EACCES exactly as it does for a user.
+the user gave that cannot be written is named with the flag to change. The read-only folders are real ones
+(``tests.read_only``).
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -25,62 +18,25 @@ from search._cli import UserError, check_writable_folder, os_error_line, run_com
 from search.study.storage import default_storage_url, open_storage
 
 from tests.conftest import TINY_OVERRIDES
+from tests.read_only import one_error_line, read_only, run_unprivileged  # noqa: F401 - read_only is a fixture
 from tests.search.conftest import write_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 LR = FloatDistribution(1e-3, 1e-2, log=True)
 
 
-def _without_root_file_access() -> None:
-    """In the child before it runs the command: root's override of file permissions goes at its exec."""
-    if os.geteuid() != 0:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def run_unprivileged(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          preexec_fn=_without_root_file_access)
-
-
-@pytest.fixture()
-def read_only(tmp_path):
-    """A folder with mode 0o555 (given back its write bit at the end, so tmp_path can be cleaned)."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    yield folder
-    folder.chmod(0o755)
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """The one ``error:`` line a command ended on (after any progress lines), no traceback."""
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.stderr
-    return lines[-1]
-
-
 def test_the_child_really_cannot_write_the_read_only_folder(read_only):
-    """What the other tests rely on: the folder refuses the command's writes (as root too)."""
+    """What the tests here rely on: the folder refuses the child's writes (as root too)."""
     result = run_unprivileged("-c", f"open({str(read_only / 'x')!r}, 'w')")
     assert result.returncode == 1 and "PermissionError: [Errno 13]" in result.stderr
 
 
-def _study(studies: Path, *, kernel: bool = True) -> Path:
+def _study(studies: Path) -> Path:
     """A study of three finished trials with their configs (nothing trained: the commands here stop before)."""
     base = "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in TINY_OVERRIDES.items() if k != "optim.epochs")
-    kernel_section = '\n[kernel]\nbudget_s = 3600\ntest_audio_s = 10000\n' if kernel else ""
     studies.mkdir(parents=True, exist_ok=True)
     (studies / "demo.toml").write_text(f'[study]\nname = "demo"\ndata = "demo"\ndata_scale = 0.05\nepochs = 2\n\n'
                                        f'[base]\n{base}\n\n[space]\n"optim.lr" = {{ float = [1e-3, 1e-2], log = true }}\n'
-                                       f'{kernel_section}')
+                                       f'\n[kernel]\nbudget_s = 3600\ntest_audio_s = 10000\n')
     study = optuna.create_study(storage=open_storage(default_storage_url("demo", studies)), study_name="demo",
                                 direction="maximize")
     for value, lr in ((0.5, 3e-3), (0.6, 5e-3), (0.4, 2e-3)):

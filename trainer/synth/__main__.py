@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         out = generate(args.out, kind=args.kind, scale=args.scale, seed=args.seed, progress=sys.stderr.isatty())
     except (ValueError, FileExistsError, MissingSoundSourceError) as error:
         parser.exit(2, f"error: {error}\n")
+    except OSError as error:  # a read-only or full --out
+        parser.exit(2, f"error: cannot write {args.out}: {(error.strerror or str(error)).lower()} (choose a writable "
+                       f"--out)\n")  # not the name of the temporary folder beside it that it was writing
     print(out)
     return 0
 
