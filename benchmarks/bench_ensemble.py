@@ -1,6 +1,6 @@
 """Held-out test gain of an exported study ensemble over the single best trial, measured through the kernels.
 
-    python benchmarks/bench_ensemble.py --study demo [--studies-dir studies] [--storage URL] [--artifacts DIR]
+    python -m benchmarks.bench_ensemble --study demo [--studies-dir studies] [--storage URL] [--artifacts DIR]
         [--ensemble 8] [--bags 1] [--pooling mean] [--max-kernel-s S] [--reuse-checkpoints] [--data DIR] [--out DIR]
 
 Given a finished study, exports the single best trial (``search.best --export``) and the K-round greedy

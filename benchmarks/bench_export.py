@@ -1,11 +1,11 @@
 """From study to submission: which export recipe scores best on held-out test clips, at what cost.
 
-    python benchmarks/bench_export.py --from bench-quality --jobs 2 --out bench-export
-    python benchmarks/bench_export.py --out bench-export --table      # the table from the records
+    python -m benchmarks.bench_export --from bench-quality --jobs 2 --out bench-export
+    python -m benchmarks.bench_export --out bench-export --table      # the table from the records
 
 For finished studies of the search-quality benchmark (``--from``: its ``--out`` folder; by default its ``ours``
-studies of repeats 0 and 1 on every set found), every recipe of ``search.kaggle.recipes.RECIPES`` is exported
-through ``python -m search.best --export --recipe NAME`` (one torch thread; the recipes that train the trials'
+studies of repeats 0 and 1 on every set found), every recipe of ``search.kaggle.recipes.RECIPES`` (but
+``cv-folds``: those studies do not cross-validate) is exported through ``python -m search.best --export --recipe NAME`` (one torch thread; the recipes that train the trials'
 configs as they trained take their kept weights with ``--reuse-checkpoints``: CPU training is deterministic, so
 that is what a retrain gives), the generated kernel.py runs as its own process on the set's held-out test clips,
 and its submission is scored against test_labels.csv. Per recipe it records the held-out test lwlrap, the
@@ -24,20 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import REPO, STUDIES, read_spec
+from search.kaggle.export import run_kernel, score_submission
+from search.kaggle.recipes import RECIPES
+from search.spec import load_spec
+from trainer import atomic_write_text, ensure_builtin
 
-from search.kaggle.export import run_kernel, score_submission  # noqa: E402
-from search.kaggle.recipes import RECIPES  # noqa: E402
-from search.spec import load_spec  # noqa: E402
-from trainer import atomic_write_text, ensure_builtin  # noqa: E402
-
-FAT2019_KERNEL_S = load_spec(REPO / "studies" / "fat2019.toml").kernel.budget_s  # the Kaggle kernel's hour
+FAT2019_KERNEL_S = load_spec(STUDIES / "fat2019.toml").kernel.budget_s  # the Kaggle kernel's hour
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class Export:
         return f"{self.study}-{self.recipe}" + (f"-rescore{self.rescore}" if self.rescore else "")
 
     def data(self) -> tuple[str, float]:
-        spec = tomllib.loads((self.studies / f"{self.study}.toml").read_text(encoding="utf-8"))["study"]
+        spec = read_spec(self.studies / f"{self.study}.toml")["study"]
         return spec["data"], float(spec.get("data_scale", 1.0))
 
 
@@ -138,7 +135,9 @@ def main() -> None:
     parser.add_argument("--from", dest="source", type=Path, default=REPO / "bench-quality",
                         help="the search-quality benchmark's --out folder (its studies/ are exported)")
     parser.add_argument("--studies", nargs="+", help="study names in --from/studies (default: its ours r0, r1)")
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES),
+                        default=[name for name, recipe in RECIPES.items() if not recipe.trial_folds],
+                        help="default: every recipe but those of a cross-validated study ([study] folds)")
     parser.add_argument("--rescore", type=int, metavar="K",
                         help="export through search.best --rescore K (the top K re-scored on another split)")
     parser.add_argument("--jobs", type=int, default=2, help="exports side by side (one torch thread each)")
@@ -149,7 +148,7 @@ def main() -> None:
         studies = args.studies or default_studies(args.source)
         if not studies:
             sys.exit(f"error: {args.source / 'studies'}: no search-quality studies to export (run "
-                     f"benchmarks/bench_search_quality.py --out {args.source} first, or name them with --studies)")
+                     f"python -m benchmarks.bench_search_quality --out {args.source} first, or name them with --studies)")
         missing = [s for s in studies if not (args.source / "studies" / f"{s}.db").is_file()]
         if missing:
             sys.exit(f"error: {args.source / 'studies'}: no study {missing[0]!r} (expected {missing[0]}.db there)")

@@ -5,8 +5,8 @@ decoding and computing log-mel per item every epoch, and (b) the cache's first f
 all cores) vs that same per-item pipeline over the same files. Everything but the fill runs on one
 core. Timings are only meaningful on an otherwise idle machine.
 
-    python benchmarks/bench_features.py                # demo data (generated once into the cache)
-    python benchmarks/bench_features.py --data DIR     # a FAT2019 folder, or any folder of .wav
+    python -m benchmarks.bench_features                # demo data (generated once into the cache)
+    python -m benchmarks.bench_features --data DIR     # a FAT2019 folder, or any folder of .wav
 """
 from __future__ import annotations
 

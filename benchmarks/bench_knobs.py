@@ -1,7 +1,7 @@
 """Where in its range each knob of the demo space helps or hurts, on held-out test labels: one-knob sweeps from the base.
 
-    python benchmarks/bench_knobs.py --data demo sampled --jobs 2 --out bench-knobs
-    python benchmarks/bench_knobs.py --data demo sampled --out bench-knobs --table   # the table; trains nothing
+    python -m benchmarks.bench_knobs --data demo sampled --jobs 2 --out bench-knobs
+    python -m benchmarks.bench_knobs --data demo sampled --out bench-knobs --table   # the table; trains nothing
 
 A point is the demo spec's base (40% of the curated clips held out for validation, as in the search-quality
 benchmark) with one knob of its [space] changed: every other choice of a categorical knob; the low end, the middle
@@ -23,7 +23,6 @@ import argparse
 import json
 import multiprocessing
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -32,13 +31,11 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import STUDIES
+from search.spec import Param, StudySpec, load_spec
+from trainer import atomic_write_text
 
-from search.spec import Param, StudySpec, load_spec  # noqa: E402
-from trainer import atomic_write_text  # noqa: E402
-
-DEMO_SPEC = REPO / "studies" / "demo.toml"
+DEMO_SPEC = STUDIES / "demo.toml"
 VAL_FRACTION = 0.4  # pinned, as the search-quality benchmark pins it
 BASE = "(base)"
 COLLAPSE = 0.1  # a point "collapses" training where its test lwlrap is this far below the base's worst seed

@@ -1,6 +1,6 @@
 """Does the quickstart's 12-trial study beat its baseline on held-out test clips? Repeats and both built-in sets.
 
-    python benchmarks/bench_quickstart.py --data demo sampled --repeats 3 --jobs 2 --out bench-quickstart
+    python -m benchmarks.bench_quickstart --data demo sampled --repeats 3 --jobs 2 --out bench-quickstart
 
 Each run is ``python -m search.quickstart --threads 1`` itself (``--threads 0``: no ``--threads``, the quickstart's
 own default, what a new user's first command gets), in its own studies folder holding
@@ -19,19 +19,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import REPO, STUDIES, read_spec, write_spec
+from trainer import atomic_write_text, ensure_builtin
 
-from trainer import atomic_write_text, ensure_builtin  # noqa: E402
-
-SPEC = REPO / "studies" / "quickstart.toml"
+SPEC = STUDIES / "quickstart.toml"
 ROW = re.compile(r"^\s*(validation|held-out test) lwlrap\s+([0-9.]+)\s+([0-9.]+)\s+([+-][0-9.]+)\s*$", re.M)
 
 
-def quickstart_spec(data: str, repeat: int, spec: Path = SPEC) -> str:
-    text = spec.read_text(encoding="utf-8")
-    text = re.sub(r'^data = "demo"', f'data = "{data}"', text, count=1, flags=re.M)
-    return re.sub(r"^seed = 0\b", f"seed = {repeat}", text, flags=re.M)  # [sampler] and [startup]
+def quickstart_spec(data: str, repeat: int, spec: Path = SPEC) -> dict[str, dict]:
+    """``spec`` on ``data`` with the repeat as the seed of its sampler and its startup trials."""
+    tables = read_spec(spec)
+    return {**tables, "study": {**tables["study"], "data": data},
+            "sampler": {**tables["sampler"], "seed": repeat}, "startup": {**tables["startup"], "seed": repeat}}
 
 
 def parse(output: str) -> dict:
@@ -49,7 +48,7 @@ def measure(data: str, repeat: int, trials: int, out: Path, spec: Path = SPEC, t
         return json.loads(record_path.read_text())
     studies = out / name
     studies.mkdir(parents=True, exist_ok=True)
-    (studies / "quickstart.toml").write_text(quickstart_spec(data, repeat, spec), encoding="utf-8")
+    write_spec(studies / "quickstart.toml", quickstart_spec(data, repeat, spec))
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "search.quickstart", "--studies-dir", str(studies),
                           *(["--threads", str(threads)] if threads else []), "--trials", str(trials)],

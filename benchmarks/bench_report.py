@@ -1,7 +1,7 @@
 """The study report on synthetic studies of any size: look at the plots, time the report.
 
-    python benchmarks/bench_report.py --trials 50 --out test-artifacts/report-50
-    python benchmarks/bench_report.py --trials 10 50 200 --out test-artifacts   # report-10/, report-50/, ...
+    python -m benchmarks.bench_report --trials 50 --out test-artifacts/report-50
+    python -m benchmarks.bench_report --trials 10 50 200 --out test-artifacts   # report-10/, report-50/, ...
 
 A study here samples the spec's real space with its real sampler and pruner, but a made-up objective
 replaces training (a score from a few parameters, a per-epoch learning curve, noise), so a 200-trial study
@@ -18,11 +18,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from benchmarks.harness import STUDIES
 from search.views.report import write_report
 from search.spec import StudySpec, load_spec
 from search.study.record import StudyHandle
 
-DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
+DEMO_SPEC = STUDIES / "demo.toml"
 FAIL_PROBABILITY = 0.04
 
 

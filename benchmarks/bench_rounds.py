@@ -1,7 +1,7 @@
 """Tuning in rounds: does round 2 started ``--from`` round 1 reach a cold round 2's held-out best sooner?
 
-    python benchmarks/bench_rounds.py --data demo sampled --repeats 3 --jobs 2 --out bench-rounds
-    python benchmarks/bench_rounds.py --out bench-rounds --table     # table of the records; run nothing
+    python -m benchmarks.bench_rounds --data demo sampled --repeats 3 --jobs 2 --out bench-rounds
+    python -m benchmarks.bench_rounds --out bench-rounds --table     # table of the records; run nothing
 
 Per data set and repeat: round 1 is a 30-trial study of a deliberately narrow space (the demo spec's, with
 ``optim.lr`` in [5e-4, 2e-3] and ``features.crop_frames`` in [128, 256], the base at the top of both). Round 2's
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +33,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
-
-from bench_search_quality import Run as QualityRun, epochs_spent, incumbents, ordered_trials, spec_text, test_score  # noqa: E402
-from search.views.checks import edge_params, widened  # noqa: E402
-from search.study.record import best_trial, load_study  # noqa: E402
-from trainer import atomic_write_text, ensure_builtin  # noqa: E402
+from benchmarks.bench_search_quality import Run as QualityRun, epochs_spent, incumbents, ordered_trials, \
+    spec_tables, test_score
+from benchmarks.harness import REPO, run_worker, search_run, toml_value, with_study, write_spec
+from search.views.checks import edge_params, widened
+from search.study.record import best_trial, load_study
+from trainer import atomic_write_text, ensure_builtin
 
 STRATEGY = "ours-10ep"
-NARROW = {"optim.lr": "{ float = [5e-4, 2e-3], log = true }",
-          "features.crop_frames": "{ int = [128, 256], log = true }"}
+NARROW = {"optim.lr": {"float": [5e-4, 2e-3], "log": True}, "features.crop_frames": {"int": [128, 256], "log": True}}
 ROUNDS = ("round1", "cold", "warm")
 
 
@@ -60,34 +56,23 @@ class Study:
         return f"rounds-{self.data}-{self.round}-r{self.repeat}"
 
 
-def with_space(text: str, lines: dict[str, str]) -> str:
-    """``text`` (a spec) with the ``[space]`` entries of ``lines`` replaced (each must be there)."""
-    head, space = text.split("[space]\n", 1)  # [base] has the same quoted keys
-    for key, value in lines.items():
-        space, count = re.subn(rf'^"{re.escape(key)}" = .*$', f'"{key}" = {value}', space, count=1, flags=re.M)
-        if count != 1:
-            raise KeyError(f"the spec has no [space] entry {key!r}")
-    return f"{head}[space]\n{space}"
+def with_space(spec: dict[str, dict], entries: dict[str, dict]) -> dict[str, dict]:
+    """``spec`` with the ``[space]`` entries of ``entries`` replaced (each must be there)."""
+    missing = set(entries) - set(spec["space"])
+    if missing:
+        raise KeyError(f"the spec has no [space] entry {', '.join(sorted(missing))}")
+    return {**spec, "space": {**spec["space"], **entries}}
 
 
-def demo_lines(keys) -> dict[str, str]:
-    text = spec_text(QualityRun("demo", STRATEGY, 0), 1.0).split("[space]\n", 1)[1]
-    return {key: re.search(rf'^"{re.escape(key)}" = (.*?)\s*(#.*)?$', text, flags=re.M).group(1) for key in keys}
+def demo_entries(keys) -> dict[str, dict]:
+    space = spec_tables(QualityRun("demo", STRATEGY, 0), 1.0)["space"]
+    return {key: space[key] for key in keys}
 
 
-def widened_lines(best: FrozenTrial) -> dict[str, str]:
+def widened_entries(best: FrozenTrial) -> dict[str, dict]:
     """Round 2's changed [space] entries: the report's widening of every flagged edge at round 1's best."""
-    return {edge.name: value for edge in edge_params(best)
+    return {edge.name: tomllib.loads(f"entry = {value}")["entry"] for edge in edge_params(best)
             if edge.name in NARROW and (value := widened(edge, best.distributions[edge.name])) is not None}
-
-
-def run_worker(study: Study, studies: Path, trials: int, out: Path, extra: list[str]) -> None:
-    log = out / "logs" / f"{study.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as stream:
-        subprocess.run([sys.executable, "-m", "search.run", "--study", study.name, "--studies-dir", str(studies),
-                        "--trials", str(trials), "--threads", "1", "--seed", str(study.repeat), "--device", "cpu",
-                        *extra], cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, check=True)
 
 
 def own_incumbents(trials: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
@@ -99,13 +84,14 @@ def own(trial: FrozenTrial) -> bool:
     return "from_study" not in trial.user_attrs
 
 
-def measure(study: Study, studies: Path, out: Path, scale: float, trials: int, spec: str, extra: list[str]) -> dict:
+def measure(study: Study, studies: Path, out: Path, scale: float, trials: int, spec: dict, extra: list[str]) -> dict:
     record_path = out / "records" / f"{study.name}.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
     started = time.perf_counter()
-    (studies / f"{study.name}.toml").write_text(spec, encoding="utf-8")
-    run_worker(study, studies, trials, out, extra)
+    write_spec(studies / f"{study.name}.toml", spec)
+    run_worker(search_run(study.name, studies, "--trials", trials, "--threads", 1, "--seed", study.repeat,
+                          "--device", "cpu", *extra), out / "logs" / f"{study.name}.log")
     handle = load_study(study.name, None, studies)
     finished = ordered_trials(handle.study)
     data_dir = ensure_builtin(study.data, scale=scale)
@@ -131,16 +117,16 @@ def measure_chain(data: str, repeat: int, out: Path, scale: float, trials: int, 
         return [json.loads((out / "records" / f"{name}.json").read_text()) for name in names]
     studies = out / "studies"
     studies.mkdir(parents=True, exist_ok=True)
-    base = spec_text(QualityRun(data, STRATEGY, repeat), scale)
+    base = spec_tables(QualityRun(data, STRATEGY, repeat), scale)
     if epochs is not None:  # the tiny run of the test suite
-        base = re.sub(r"^epochs = \d+$", f"epochs = {epochs}", base, count=1, flags=re.M)
+        base = with_study(base, epochs=epochs)
     first = Study(data, "round1", repeat)
     records = [measure(first, studies, out, scale, trials, with_space(base, NARROW), [])]
     best = best_trial(load_study(first.name, None, studies).study)
-    changed = widened_lines(best)
+    changed = widened_entries(best)
     # nothing flagged: round 2 takes the demo spec's ranges, still a superset of round 1's
-    space = {**NARROW, **(changed or demo_lines(NARROW))}
-    records[0]["widened"] = {key: space[key] for key in NARROW if space[key] != NARROW[key]}
+    space = {**NARROW, **(changed or demo_entries(NARROW))}
+    records[0]["widened"] = {key: toml_value(space[key]) for key in NARROW if space[key] != NARROW[key]}
     records[0]["edge_flagged"] = sorted(changed)
     atomic_write_text(out / "records" / f"{first.name}.json", json.dumps(records[0], indent=1))
     second = with_space(base, space)

@@ -1,8 +1,8 @@
 """Search benchmarks on the demo study: what pruning saves, what a second worker adds, what storage costs.
 
-    python benchmarks/bench_search.py pruning [--trials 24]   # pruners vs the same trials unpruned
-    python benchmarks/bench_search.py workers [--trials 20]   # finished trials per hour, 1 vs 2 workers
-    python benchmarks/bench_search.py storage [--trials 200]  # SQLite and in-memory storage ms per trial
+    python -m benchmarks.bench_search pruning [--trials 24]   # pruners vs the same trials unpruned
+    python -m benchmarks.bench_search workers [--trials 20]   # finished trials per hour, 1 vs 2 workers
+    python -m benchmarks.bench_search storage [--trials 200]  # SQLite and in-memory storage ms per trial
 
 Each mode takes ``--spec FILE`` (default studies/demo.toml): the study spec whose space, data and epochs it uses.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,36 +21,34 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from benchmarks.harness import STUDIES, Fleet, read_spec, search_run, write_spec
 from search.study.join import join_study
 from search.spec import load_spec
 from search.study.storage import default_storage_url, open_storage
 from search.study.record import resolve_data
 
-DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
+DEMO_SPEC = STUDIES / "demo.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def unpruned_spec(spec_path: str | Path, folder: Path) -> Path:
     """A copy of the spec in ``folder`` with pruning off, so every trial trains its whole budget."""
-    text = Path(spec_path).read_text(encoding="utf-8")
-    path = folder / "bench.toml"
-    path.write_text(text[:text.index("[pruner]")] + '[pruner]\nname = "none"\n\n' + text[text.index("[space]"):],
-                    encoding="utf-8")
-    return path
+    return write_spec(folder / "bench.toml", {**read_spec(spec_path), "pruner": {"name": "none"}})
 
 
 def run_workers(spec_path: Path, folder: Path, *, workers: int, trials: int, threads: int, seed: int | None = None
                 ) -> float:
     """``workers`` ``python -m search.run`` processes on the spec's study in ``folder``; returns their wall time."""
-    command = [sys.executable, "-m", "search.run", "--study", str(spec_path), "--studies-dir", str(folder),
-               "--trials", str(trials), "--threads", str(threads), *(["--seed", str(seed)] if seed is not None else [])]
+    fleet = Fleet(search_run(spec_path, folder, "--trials", trials, "--threads", threads,
+                             *(["--seed", seed] if seed is not None else [])), folder / "logs")
     started = time.perf_counter()
-    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(workers)]
-    for proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"error: a worker exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
+    for _ in range(workers):
+        fleet.start()
+    fleet.wait()
+    try:
+        fleet.check()
+    except RuntimeError as exc:
+        raise SystemExit(f"error: {exc}")
     return time.perf_counter() - started
 
 

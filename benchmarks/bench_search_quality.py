@@ -1,7 +1,7 @@
 """Search quality per compute, on held-out test labels: what a study's exported best scores at equal compute.
 
-    python benchmarks/bench_search_quality.py --data demo sampled --repeats 3 --jobs 2 --out bench-quality
-    python benchmarks/bench_search_quality.py --out bench-quality --table     # table and plot from the records
+    python -m benchmarks.bench_search_quality --data demo sampled --repeats 3 --jobs 2 --out bench-quality
+    python -m benchmarks.bench_search_quality --out bench-quality --table     # table and plot from the records
 
 Every strategy's study (one worker, one torch thread, the repeat's seed, through ``python -m search.run``) runs
 until it has spent the largest compute budget, counted in training epochs and measured in units of one baseline
@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +37,12 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import REPO, STUDIES, read_spec, run_worker, search_run, write_spec
+from search.kaggle.export import run_kernel, score_submission
+from search.study.record import is_feasible, load_study
+from trainer import atomic_write_text, ensure_builtin
 
-from search.kaggle.export import run_kernel, score_submission  # noqa: E402
-from search.study.record import is_feasible, load_study  # noqa: E402
-from trainer import atomic_write_text, ensure_builtin  # noqa: E402
-
-DEMO_SPEC = REPO / "studies" / "demo.toml"
+DEMO_SPEC = STUDIES / "demo.toml"
 BASELINE_EPOCHS = 10  # B: one training of the demo spec's base; every budget is a multiple of it
 VAL_FRACTION = 0.4  # pinned, not read from demo.toml: the recorded studies stay comparable if the spec moves
 STEP_EPOCHS = 10  # the anytime curve's resolution
@@ -80,17 +77,7 @@ STRATEGIES: dict[str, dict] = {
     "seed-recipe": {"recipe": {"optim.epochs": 3 * BASELINE_EPOCHS, "optim.batch_size": 64,
                                "optim.schedule": "cosine", "optim.eta_min": 1e-5, "augment.mixup_alpha": 1.0}},
 }
-RECIPE_SPACE = '[space]\n"model.dropout" = { float = [0.0, 0.5], step = 0.05 }\n'
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def toml_table(name: str, values: dict) -> str:
-    return f"[{name}]\n" + "".join(f"{key} = {toml_value(v)}\n" for key, v in values.items())
+RECIPE_SPACE = {"model.dropout": {"float": [0.0, 0.5], "step": 0.05}}
 
 
 @dataclass(frozen=True)
@@ -104,10 +91,9 @@ class Run:
         return f"q-{self.data}-{self.strategy}-r{self.repeat}"
 
 
-def spec_text(run: Run, scale: float) -> str:
+def spec_tables(run: Run, scale: float) -> dict[str, dict]:
     """The demo spec with this run's data set, strategy, budget and seeds; every trial keeps its weights."""
-    text = DEMO_SPEC.read_text(encoding="utf-8")
-    demo = tomllib.loads(text)
+    demo = read_spec(DEMO_SPEC)
     strategy = STRATEGIES[run.strategy]
     recipe = strategy.get("recipe", {})
     study = {"data": run.data, "data_scale": scale, "keep_weights": 100000,
@@ -115,16 +101,12 @@ def spec_text(run: Run, scale: float) -> str:
     base = {**demo["base"], "data.val_fraction": VAL_FRACTION, **recipe, **({"seed": run.repeat} if recipe else {})}
     base.pop("optim.epochs", None)  # the trial budget is [study] epochs
     if recipe:
-        sections = [toml_table("sampler", {"name": "random"}), toml_table("startup", NO_STARTUP),
-                    toml_table("pruner", {"name": "none"})]
-        space = RECIPE_SPACE
+        search = {"sampler": {"name": "random"}, "startup": NO_STARTUP, "pruner": {"name": "none"},
+                  "space": RECIPE_SPACE}
     else:
-        sections = [toml_table("sampler", strategy["sampler"]),
-                    toml_table("startup", {"seed": run.repeat, **strategy["startup"]}),
-                    toml_table("pruner", strategy["pruner"])]
-        space = text[text.index("[space]"):]
-    quoted = {f'"{key}"': value for key, value in base.items()}
-    return "\n".join([toml_table("study", study), toml_table("base", quoted), *sections, space])
+        search = {"sampler": strategy["sampler"], "startup": {"seed": run.repeat, **strategy["startup"]},
+                  "pruner": strategy["pruner"], "space": demo["space"]}
+    return {"study": study, "base": base, **search}
 
 
 def epochs_spent(trial: FrozenTrial) -> int:
@@ -144,9 +126,8 @@ def run_study(run: Run, out: Path, budget_epochs: int, scale: float) -> Path:
     """Run the study until it has spent ``budget_epochs`` (resumable: an existing database is continued)."""
     studies = out / "studies"
     studies.mkdir(parents=True, exist_ok=True)
-    (studies / f"{run.name}.toml").write_text(spec_text(run, scale), encoding="utf-8")
+    write_spec(studies / f"{run.name}.toml", spec_tables(run, scale))
     log = out / "logs" / f"{run.name}.log"
-    log.parent.mkdir(exist_ok=True)
     single = "recipe" in STRATEGIES[run.strategy]
     trial_epochs = STRATEGIES[run.strategy].get("epochs", BASELINE_EPOCHS)
     while True:
@@ -156,11 +137,8 @@ def run_study(run: Run, out: Path, budget_epochs: int, scale: float) -> Path:
             return studies
         # as many trials as the budget left would take unpruned, plus one: the study stops close to the budget
         more = 1 if single else (budget_epochs - (total_epochs(handle.study) if handle else 0)) // trial_epochs + 1
-        with open(log, "a", encoding="utf-8") as stream:
-            subprocess.run([sys.executable, "-m", "search.run", "--study", run.name, "--studies-dir", str(studies),
-                            "--trials", str(len(done) + more), "--threads", "1",
-                            "--seed", str(run.repeat), "--device", "cpu"],
-                           cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, check=True)
+        run_worker(search_run(run.name, studies, "--trials", len(done) + more, "--threads", 1, "--seed", run.repeat,
+                              "--device", "cpu"), log)
 
 
 def incumbents(trials: list[FrozenTrial], cost: Callable[[FrozenTrial], int] = epochs_spent

@@ -1,6 +1,6 @@
 """Training throughput on the built-in demo set: samples/s of training epochs and validation.
 
-    python benchmarks/bench_training.py [--threads N] [--epochs E] [--scale S] [--set key=value ...]
+    python -m benchmarks.bench_training [--threads N] [--epochs E] [--scale S] [--set key=value ...]
 
 Runs the demo config (trainer.train's default for the demo set) through train_and_evaluate and prints a
 markdown table row per configuration. Not a test: numbers depend on the machine and on what else runs.

@@ -1,7 +1,7 @@
 """The GPU check (issue 24): one script for one device command, each step timed, one table at the end.
 
-    python benchmarks/gpu_check.py --out /tmp/gpu-check             # on a CUDA box (defaults sized for an H200)
-    python benchmarks/gpu_check.py --tiny --out /tmp/gpu-check      # every step at toy size on CPU (a check)
+    python -m benchmarks.gpu_check --out /tmp/gpu-check             # on a CUDA box (defaults sized for an H200)
+    python -m benchmarks.gpu_check --tiny --out /tmp/gpu-check      # every step at toy size on CPU (a check)
 
 Steps, and the time each is expected to take on an H200 at the defaults (estimates from model FLOPs and the
 CPU runs, not yet measured on one; the whole check is meant to end within about 7 of one command's 10 minutes):
@@ -41,11 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from benchmarks.harness import REPO as ROOT, STUDIES, Fleet, last_line, process_tree, read_spec, search_run, \
+    status_kb, with_study, write_spec
 
 NO_CUDA = "skipped: no CUDA"
 NOT_SUPPORTED = "not supported by the trainer (TrainConfig has no channels_last / compile knob)"
@@ -90,11 +89,6 @@ def run_logged(command: list[str], log: Path, timeout: float, env: dict | None =
         done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})})
     return done
-
-
-def last_line(log: Path) -> str:
-    lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "(no output)"
 
 
 # -- step 1: the tests that touch CUDA ----------------------------------------------------------------------------
@@ -151,7 +145,7 @@ def flops_per_sample(config, device: torch.device) -> float:
 def step_baseline(a: argparse.Namespace) -> dict:
     if not torch.cuda.is_available() and not a.tiny:
         raise StepSkipped(NO_CUDA)
-    from scale_data import make_dataset
+    from benchmarks.scale_data import make_dataset
 
     from trainer import TrainConfig, train_and_evaluate
     from trainer.prepare import prepare_data
@@ -191,43 +185,10 @@ def step_baseline(a: argparse.Namespace) -> dict:
 
 # -- step 3: search.run panes ------------------------------------------------------------------------------------
 def demo_spec(folder: Path, a: argparse.Namespace) -> Path:
-    text = (ROOT / "studies" / "demo.toml").read_text(encoding="utf-8")
-    text, n1 = re.subn(r"(?m)^epochs = \d+", f"epochs = {a.pane_epochs}", text)
-    text, n2 = re.subn(r"(?m)^data_scale = [0-9.]+", f"data_scale = {a.pane_scale}", text)
-    if (n1, n2) != (1, 1):
-        raise RuntimeError("studies/demo.toml: no single 'epochs =' / 'data_scale =' line to resize")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "demo.toml").write_text(text, encoding="utf-8")
+    """``folder`` holding studies/demo.toml resized to ``--pane-epochs`` and ``--pane-scale``."""
+    write_spec(folder / "demo.toml", with_study(read_spec(STUDIES / "demo.toml"), epochs=a.pane_epochs,
+                                                data_scale=a.pane_scale))
     return folder
-
-
-def _tree(root_pid: int) -> set[int]:
-    """``root_pid`` and its descendants, from /proc."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, frontier = {root_pid}, [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        kids = [c for c, p in parents.items() if p == pid and c not in tree]
-        tree.update(kids)
-        frontier += kids
-    return tree
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _gpu_mib_by_pid() -> dict[int, float]:
@@ -256,34 +217,25 @@ def count_finished(studies: Path) -> dict[str, int]:
 def run_panes(a: argparse.Namespace, n: int) -> dict:
     studies = demo_spec(a.work / f"panes-{n}", a)
     threads = max(1, (os.cpu_count() or 1) // n)
-    logs = [a.logs / f"pane-{n}-{i}.log" for i in range(n)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    panes = Fleet(search_run("demo", studies, "--device", a.device, "--threads", threads, "--timeout", a.pane_seconds),
+                  a.logs, prefix=f"pane-{n}", env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     started = time.perf_counter()
-    procs = []
-    for log in logs:
-        with open(log, "w", encoding="utf-8") as handle:
-            procs.append(subprocess.Popen([sys.executable, "-m", "search.run", "--study", "demo", "--studies-dir",
-                                           str(studies), "--device", a.device, "--threads", str(threads),
-                                           "--timeout", str(a.pane_seconds)], cwd=ROOT, stdout=handle,
-                                          stderr=subprocess.STDOUT, env=env))
+    procs = [panes.start() for _ in range(n)]
     rss = [0.0] * n
     gpu = [0.0] * n
     while any(p.poll() is None for p in procs):
         if time.perf_counter() - started > a.step_timeout:
-            for p in procs:
-                p.kill()
+            panes.kill()
             raise RuntimeError(f"{n} panes ran past --step-timeout {a.step_timeout:.0f} s")
         by_pid = _gpu_mib_by_pid() if a.cuda else {}
         for i, p in enumerate(procs):
             if p.poll() is None:
-                tree = _tree(p.pid)
-                rss[i] = max(rss[i], sum(_rss_mib(q) for q in tree))
+                tree = process_tree(p.pid)
+                rss[i] = max(rss[i], sum(status_kb("VmRSS", q) for q in tree) / 1024)
                 gpu[i] = max(gpu[i], sum(by_pid.get(q, 0.0) for q in tree))
         time.sleep(0.5)
     wall = time.perf_counter() - started
-    for i, p in enumerate(procs):
-        if p.returncode != 0:
-            raise RuntimeError(f"pane {i} of {n} exited {p.returncode}: {last_line(logs[i])}")
+    panes.check()
     states = count_finished(studies)
     finished = states["COMPLETE"] + states["PRUNED"]
     return {"panes": n, "threads_per_pane": threads, "wall_s": round(wall, 2), "finished": finished,

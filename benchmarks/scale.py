@@ -1,8 +1,8 @@
 """Full FAT2019 scale on one box: cache fill rate, bank build, warm trial start-up, memory of 1 and 4 workers
 with noisy clips on, and an epoch of random-crop batches, printed as one markdown table.
 
-    python benchmarks/scale.py --root /var/tmp/fat2019-scale        # ~17 GB of disk at 64 mels; rm -rf it after
-    python benchmarks/scale.py --root /tmp/s --fraction 0.01 ...    # a 1% data set: checks the script, measures little
+    python -m benchmarks.scale --root /var/tmp/fat2019-scale        # ~17 GB of disk at 64 mels; rm -rf it after
+    python -m benchmarks.scale --root /tmp/s --fraction 0.01 ...    # a 1% data set: checks the script, measures little
 
 What is synthetic and what is measured how (see benchmarks/scale_data.py): the data set has FAT2019's clip
 counts and length distribution, but sparse wav files and random log-mel features written straight into the
@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_features import per_item_epoch  # noqa: E402  (the seed baseline, timed the same way there)
-from scale_data import clip_seconds, make_dataset, write_real_audio  # noqa: E402
-
-from trainer.config import TrainConfig  # noqa: E402
+from benchmarks.bench_features import per_item_epoch  # the seed baseline, timed the same way there
+from benchmarks.harness import REPO, rss_and_pss, status_kb
+from benchmarks.scale_data import clip_seconds, make_dataset, write_real_audio
+from trainer.config import TrainConfig
 
 SMALL_MODEL = {"model.depth": 18, "model.width": 0.25}  # training steps only; the data path is what is measured
 
@@ -90,7 +89,7 @@ def child(args: argparse.Namespace) -> dict:
         while not (args.root / "go").exists():
             time.sleep(0.05)
         result["step_s"] = _train_steps(config, data, args.steps)
-    result["vm_hwm"] = _status_kb("VmHWM") * 1024
+    result["vm_hwm"] = status_kb("VmHWM") * 1024
     return result
 
 
@@ -113,24 +112,6 @@ def _train_steps(config: TrainConfig, data, steps: int) -> float:
     return (time.perf_counter() - started) / max(steps, 1)
 
 
-def _status_kb(field: str, pid: str = "self") -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def memory_of(pid: int) -> tuple[int, int] | None:
-    """(RSS, PSS) bytes of a live process from /proc/<pid>/smaps_rollup."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in text.splitlines()[1:] if ":" in line}
-    return fields.get("Rss", 0), fields.get("Pss", 0)
-
-
 def run_children(args: argparse.Namespace, mode: str, count: int = 1) -> tuple[list[dict], dict]:
     """Start ``count`` child processes at once, wait for them (sampling workers' memory); results and peaks.
 
@@ -139,15 +120,16 @@ def run_children(args: argparse.Namespace, mode: str, count: int = 1) -> tuple[l
     """
     for marker in [*args.root.glob("ready-*"), args.root / "go"]:
         marker.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--child", mode, "--root", str(args.root), "--mels", str(args.mels),
-               "--steps", str(args.steps), "--epochs", str(args.epochs), "--per-item-clips", str(args.per_item_clips)]
-    procs = [subprocess.Popen(command + ["--spawned", repr(time.time())], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "benchmarks.scale", "--child", mode, "--root", str(args.root),
+               "--mels", str(args.mels), "--steps", str(args.steps), "--epochs", str(args.epochs),
+               "--per-item-clips", str(args.per_item_clips)]
+    procs = [subprocess.Popen(command + ["--spawned", repr(time.time())], cwd=REPO, stdout=subprocess.PIPE, text=True)
              for _ in range(count)]
     peaks = {"rss_each": [0] * count, "pss_each": [0] * count, "rss_sum": 0, "pss_sum": 0,
              "data_rss_each": [0] * count, "data_pss_each": [0] * count, "data_rss_sum": 0, "data_pss_sum": 0}
 
     def sample(prefix: str = "") -> None:
-        memory = [memory_of(p.pid) or (0, 0) for p in procs]
+        memory = [rss_and_pss(p.pid) or (0, 0) for p in procs]
         for i, (rss, pss) in enumerate(memory):
             peaks[f"{prefix}rss_each"][i] = max(peaks[f"{prefix}rss_each"][i], rss)
             peaks[f"{prefix}pss_each"][i] = max(peaks[f"{prefix}pss_each"][i], pss)

@@ -1,6 +1,6 @@
 """Stress the service as a hostile user would, bounded in time, and count what went wrong.
 
-    python benchmarks/stress.py [--workers 4] [--trials 24] [--chaos-s 90] [--backends sqlite postgresql]
+    python -m benchmarks.stress [--workers 4] [--trials 24] [--chaos-s 90] [--backends sqlite postgresql]
         [--scale 0.1] [--epochs 4] [--full-disk-epochs 12] [--scenarios storm full-disk oom]
         [--oom-limit-mb 3072] [--oom-max-starts 8]
 
@@ -39,133 +39,50 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import optuna
+from optuna.trial import TrialState
 
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+from benchmarks.harness import (REPO, Fleet, children_of, processes_with_environment, search_run, with_study,
+                                write_spec)
+from search.study.artifacts import TrialFiles, open_artifact_store
+from search.study.storage import open_storage
+from search.study.record import load_study
+from trainer import CheckpointError, ensure_demo_data, load_checkpoint
 
-from search.study.artifacts import TrialFiles, open_artifact_store  # noqa: E402
-from search.study.storage import open_storage  # noqa: E402
-from search.study.record import load_study  # noqa: E402
-from trainer import CheckpointError, ensure_demo_data, load_checkpoint  # noqa: E402
-
-SPEC = """[study]
-data = "demo"
-data_scale = 0.1
-epochs = 4
-
-[base]
-"model.depth" = 18
-"model.width" = 0.0625
-"features.n_mels" = 32
-"features.crop_frames" = 64
-"optim.batch_size" = 16
-"optim.lr" = 3e-3
-
-[sampler]
-name = "random"
-seed = 0
-
-[startup]
-near_baseline = 2
-
-[pruner]
-name = "asha"
-min_resource = 1
-reduction_factor = 2
-min_trials = 2
-
-[space]
-"optim.lr" = { float = [1e-4, 1e-2], log = true }
-"features.n_mels" = { choices = [24, 32, 40, 48] }
-"features.hop" = { choices = [220, 256, 320] }  # 12 feature settings: many cache fills to kill
-"model.head" = { choices = ["linear", "mlp"] }
-"model.head_hidden" = { int = [8, 32], when = { "model.head" = "mlp" } }
-"""
+SPEC = {
+    "study": {"data": "demo", "data_scale": 0.1, "epochs": 4},
+    "base": {"model.depth": 18, "model.width": 0.0625, "features.n_mels": 32, "features.crop_frames": 64,
+             "optim.batch_size": 16, "optim.lr": 3e-3},
+    "sampler": {"name": "random", "seed": 0},
+    "startup": {"near_baseline": 2},
+    "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 2, "min_trials": 2},
+    "space": {"optim.lr": {"float": [1e-4, 1e-2], "log": True},
+              "features.n_mels": {"choices": [24, 32, 40, 48]},
+              "features.hop": {"choices": [220, 256, 320]},  # 12 feature settings: many cache fills to kill
+              "model.head": {"choices": ["linear", "mlp"]},
+              "model.head_hidden": {"int": [8, 32], "when": {"model.head": "mlp"}}},
+}
 PG = "postgresql://postgres@127.0.0.1:5432"
 HUNG_AFTER_S = 300.0  # a storm worker still running this long after the chaos waits for something that never comes
+MARKER = "FAT2019_STRESS"  # in the environment of this run's workers and their fill processes
 
 
-def spec_text(args: argparse.Namespace, epochs: int | None = None) -> str:
-    """SPEC at ``--scale`` of the demo set and ``epochs`` (default ``--epochs``) per trial."""
-    return (SPEC.replace("data_scale = 0.1", f"data_scale = {args.scale}")
-            .replace("epochs = 4", f"epochs = {args.epochs if epochs is None else epochs}"))
+def sized(spec: dict, args: argparse.Namespace, epochs: int | None = None) -> dict:
+    """``spec`` at ``--scale`` of the demo set and ``epochs`` (default ``--epochs``) per trial."""
+    return with_study(spec, data_scale=args.scale, epochs=args.epochs if epochs is None else epochs)
 
 
-class Fleet:
-    """Worker processes of one study, each logging to its own file, all marked with this run's id."""
-
-    def __init__(self, studies: Path, name: str, url: str, trials: int, env: dict[str, str]) -> None:
-        self.studies, self.name, self.url, self.trials, self.env = studies, name, url, trials, env
-        self.procs: list[subprocess.Popen] = []
-        self.kills = 0
-        self.hung = 0
-        self.logs = studies / "logs"
-        self.logs.mkdir(exist_ok=True)
-
-    def start(self, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-        log = open(self.logs / f"worker-{len(self.procs)}.log", "w", encoding="utf-8")
-        proc = subprocess.Popen([sys.executable, "-m", "search.run", "--study", self.name, "--studies-dir",
-                                 str(self.studies), "--storage", self.url, "--trials", str(self.trials),
-                                 "--threads", "1", "--heartbeat", "1", "--grace", "3", *extra],
-                                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def alive(self) -> list[subprocess.Popen]:
-        return [p for p in self.procs if p.poll() is None]
-
-    def kill_one(self, rng: random.Random) -> None:
-        alive = self.alive()
-        if alive:
-            rng.choice(alive).send_signal(signal.SIGKILL)
-            self.kills += 1
-
-    def wait(self, timeout_s: float = HUNG_AFTER_S) -> None:
-        """Wait for every worker; one still running after ``timeout_s`` is hung (counted, then killed)."""
-        deadline = time.monotonic() + timeout_s
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.hung += 1
-                proc.kill()
-                proc.wait()
-
-    def unexpected_exits(self) -> list[int]:
-        return [p.returncode for p in self.procs if p.returncode not in (0, -signal.SIGKILL)]
-
-    def log_text(self) -> str:
-        return "".join(path.read_text(encoding="utf-8", errors="replace") for path in sorted(self.logs.glob("*.log")))
+def storm_worker(studies: Path, name: str, url: str, trials: int) -> list[str]:
+    return search_run(name, studies, "--storage", url, "--trials", trials, "--threads", 1, "--heartbeat", 1,
+                      "--grace", 3)
 
 
-def marked_processes(marker: str) -> list[int]:
-    """Live processes carrying ``marker`` in their environment (workers and their fill processes)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if f"FAT2019_STRESS={marker}".encode() in environ and int(entry.name) != os.getpid():
-            found.append(int(entry.name))
-    return found
-
-
-def children_of(pids: set[int]) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid in pids:
-                found.append(int(entry.name))
-    return found
+def kill_one(fleet: Fleet, rng: random.Random) -> int:
+    """SIGKILL one live worker of ``fleet`` at random; the number killed (0 or 1)."""
+    alive = fleet.alive()
+    if alive:
+        rng.choice(alive).send_signal(signal.SIGKILL)
+    return len(alive[:1])
 
 
 class FillKiller:
@@ -275,12 +192,12 @@ def audit(studies: Path, name: str, url: str, trials: int) -> dict:
 
 def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
     marker = uuid.uuid4().hex
-    env = {**os.environ, "FAT2019_STRESS": marker, "FAT2019_SEARCH_CACHE": str(root / "cache"),
+    env = {**os.environ, MARKER: marker, "FAT2019_SEARCH_CACHE": str(root / "cache"),
            "PYTHONUNBUFFERED": "1"}
     studies = root / backend
     studies.mkdir(parents=True)
     name = f"stress-{backend}"
-    (studies / f"{name}.toml").write_text(spec_text(args), encoding="utf-8")
+    write_spec(studies / f"{name}.toml", sized(SPEC, args))
     database = None
     if backend == "sqlite":
         url = f"sqlite:///{studies / (name + '.db')}"
@@ -290,7 +207,8 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
                         f"CREATE DATABASE {database}"], check=True)
         url = f"{PG}/{database}"
     rng = random.Random(args.seed)
-    fleet = Fleet(studies, name, url, args.trials, env)
+    fleet = Fleet(storm_worker(studies, name, url, args.trials), studies / "logs", env=env)
+    kills = 0
     started = time.monotonic()
     for _ in range(args.workers):  # all at once: the schema and the study are created in a race
         fleet.start()
@@ -302,10 +220,10 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
     deadline = time.monotonic() + args.chaos_s
     while time.monotonic() < deadline:
         time.sleep(rng.uniform(1.0, 4.0))
-        fleet.kill_one(rng)
+        kills += kill_one(fleet, rng)
         fleet.start()
     fill_killer.stop()
-    fleet.wait()
+    fleet.wait(HUNG_AFTER_S)
     for _ in range(10):  # then workers without chaos until the study has its trials
         handle = load_study(name, url, studies)
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in handle.study.get_trials())
@@ -314,18 +232,18 @@ def storm(backend: str, args: argparse.Namespace, root: Path) -> dict:
         time.sleep(4)  # the heartbeat grace, so dead workers' trials are failed and re-queued
         for _ in range(2):
             fleet.start()
-        fleet.wait()
+        fleet.wait(HUNG_AFTER_S)
     dashboard.stop()
     elapsed = time.monotonic() - started
     time.sleep(1)
     result = audit(studies, name, url, args.trials)
     text = fleet.log_text()
     result.update({
-        "backend": backend, "seconds": round(elapsed), "worker_kills": fleet.kills, "fill_kills": fill_killer.kills,
-        "worker_exits_not_0": fleet.unexpected_exits(),
+        "backend": backend, "seconds": round(elapsed), "worker_kills": kills, "fill_kills": fill_killer.kills,
+        "worker_exits_not_0": [p.returncode for p in fleet.procs if p.returncode not in (0, -signal.SIGKILL)],
         "lock_errors": text.count("database is locked"), "tracebacks": text.count("Traceback"),
         "temp_files_left": len(list(studies.rglob(".tmp-*"))),
-        "orphans": len(marked_processes(marker)), "hung_workers": fleet.hung,
+        "orphans": len(processes_with_environment(f"{MARKER}={marker}")), "hung_workers": fleet.hung,
         "dashboard_polls": dashboard.polls, "dashboard_errors": len(dashboard.errors),
     })
     if args.keep_logs:
@@ -364,14 +282,13 @@ def full_disk(args: argparse.Namespace, root: Path, *, artifacts_only: bool) -> 
         studies.mkdir()
         trial_dir = studies if artifacts_only else mount
         artifacts = mount / "artifacts" if artifacts_only else trial_dir / name / "artifacts"
-        (trial_dir / f"{name}.toml").write_text(spec_text(args, args.full_disk_epochs), encoding="utf-8")
+        write_spec(trial_dir / f"{name}.toml", sized(SPEC, args, args.full_disk_epochs))
         url = f"sqlite:///{studies / 'full.db'}"
         env = {**os.environ, "FAT2019_SEARCH_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
 
         def worker(trials: int) -> list[str]:
-            return [sys.executable, "-m", "search.run", "--study", name, "--studies-dir", str(trial_dir),
-                    "--storage", url, "--artifacts", str(artifacts), "--trials", str(trials), "--threads", "1",
-                    "--heartbeat", "1", "--grace", "3"]
+            return search_run(name, trial_dir, "--storage", url, "--artifacts", artifacts, "--trials", trials,
+                              "--threads", 1, "--heartbeat", 1, "--grace", 3)
         proc = subprocess.Popen(worker(1), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         filler = mount / "filler"
@@ -406,18 +323,10 @@ def full_disk(args: argparse.Namespace, root: Path, *, artifacts_only: bool) -> 
                 "temp_files_left": len(list(mount.rglob(".tmp-*"))) + len(list(studies.rglob(".tmp-*")))}
 
 
-OOM_SPEC = SPEC.split("[sampler]")[0] + """[sampler]
-name = "random"
-seed = 0
-
-[startup]
-near_baseline = 0
-
-[space]
-"optim.lr" = { float = [1e-4, 1e-2], log = true }
-"model.width" = { choices = [0.0625, 4.0] }
-"features.crop_frames" = { choices = [64, 4096] }
-"""
+OOM_SPEC = {"study": SPEC["study"], "base": SPEC["base"], "sampler": {"name": "random", "seed": 0},
+            "startup": {"near_baseline": 0},
+            "space": {"optim.lr": {"float": [1e-4, 1e-2], "log": True}, "model.width": {"choices": [0.0625, 4.0]},
+                      "features.crop_frames": {"choices": [64, 4096]}}}
 # A trial asking for more memory than there is: width 4 on 4096-frame crops, tens of GB of activations. It is queued
 # by hand; the workers' sampler seed (OOM_SEED, used as given by every worker) draws tiny points first, so each
 # worker started after the hog is dropped finishes the study instead of drawing another hog.
@@ -435,16 +344,15 @@ def out_of_memory(args: argparse.Namespace, root: Path, *, killer: str) -> dict:
     name = f"oom-{killer}"
     studies = root / name
     studies.mkdir()
-    (studies / f"{name}.toml").write_text(OOM_SPEC.replace("data_scale = 0.1", f"data_scale = {args.scale}")
-                                          .replace("epochs = 4", f"epochs = {args.epochs}"), encoding="utf-8")
+    write_spec(studies / f"{name}.toml", sized(OOM_SPEC, args))
     url = f"sqlite:///{studies / (name + '.db')}"
     env = {**os.environ, "FAT2019_SEARCH_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
     trials = 3
 
     def worker(wrapper: list[str], trials: int = trials) -> subprocess.CompletedProcess:
-        return subprocess.run([*wrapper, sys.executable, "-m", "search.run", "--study", name, "--studies-dir",
-                               str(studies), "--storage", url, "--trials", str(trials), "--threads", "1",
-                               "--heartbeat", "1", "--grace", "2", "--seed", str(OOM_SEED)],
+        return subprocess.run([*wrapper, *search_run(name, studies, "--storage", url, "--trials", trials,
+                                                     "--threads", 1, "--heartbeat", 1, "--grace", 2,
+                                                     "--seed", OOM_SEED)],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     first = worker([], trials=1)  # the baseline, unconstrained; then the hog is queued next
     if first.returncode != 0:

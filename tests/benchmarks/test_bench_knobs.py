@@ -4,17 +4,12 @@ knobs are read from studies/fat2019.toml, which keeps bce_minmax (the demo specs
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
+from benchmarks.bench_knobs import BASE, DEMO_SPEC, points, table
+from benchmarks.harness import STUDIES
 from search.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_knobs import BASE, DEMO_SPEC, points, table  # noqa: E402
-
-FULL = ROOT / "studies" / "fat2019.toml"
+FULL = STUDIES / "fat2019.toml"
 
 
 def by_name(spec=None):

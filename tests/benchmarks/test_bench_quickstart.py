@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.benchmarks import load_script
+from benchmarks import bench_quickstart as bench
 
 PRINTED = """study quickstart: 12 trials
   validation lwlrap     0.7281         0.7473     +0.0192
@@ -16,7 +16,6 @@ PRINTED = """study quickstart: 12 trials
 
 @pytest.mark.parametrize("threads, passed, recorded", [(1, ["--threads", "1"], 1), (0, [], "default")])
 def test_threads_zero_leaves_the_quickstart_its_own_default(tmp_path, monkeypatch, threads, passed, recorded):
-    bench = load_script("bench_quickstart")
     asked = []
 
     def quickstart(argv, **kwargs):

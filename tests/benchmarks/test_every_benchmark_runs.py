@@ -1,6 +1,7 @@
-"""Every script in benchmarks/ runs against the current code: each at its smallest size, as a subprocess, exit 0
-and the table (or records) it exists to print. benchmarks/bench_search_quality.py has its own end-to-end run in
-test_search_quality.py; benchmarks/scale_data.py is a library of scale.py, not a script."""
+"""Every script in benchmarks/ runs against the current code: each at its smallest size, as ``python -m
+benchmarks.<name>`` in a subprocess, exit 0 and the table (or records) it exists to print. Those run elsewhere
+are named in COVERED_ELSEWHERE; benchmarks/scale_data.py and benchmarks/harness.py are libraries of the scripts,
+not scripts."""
 from __future__ import annotations
 
 import json
@@ -12,24 +13,24 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness import REPO, run_worker, search_run
 from tests.search import conftest as search_fixtures
 from tests.search.conftest import write_spec
 
 warm_cache = search_fixtures.warm_cache  # the search tests' warm feature cache, as a fixture of this module too
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks"
-COVERED_ELSEWHERE = {"bench_search_quality.py": "tests/benchmarks/test_search_quality.py",
-                     "gpu_check.py": "tests/benchmarks/test_gpu_check.py"}
-LIBRARIES = {"scale_data.py": "scale.py"}  # imported by the named script, never run itself
+BENCH = REPO / "benchmarks"
+COVERED_ELSEWHERE = {"bench_search_quality": "tests/benchmarks/test_search_quality.py",
+                     "gpu_check": "tests/benchmarks/test_gpu_check.py",
+                     "bench_ensemble": "tests/search/test_ensemble.py"}  # over that module's five-trial study
+LIBRARIES = {"scale_data": "scale", "harness": "stress"}  # imported by the named script (and others), never run
 NUMBER = r"([0-9][0-9,]*\.?[0-9]*)"
 
 
-def bench(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> str:
-    """Run ``benchmarks/<script> args`` from the repository root; assert exit 0; its stdout."""
-    run = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=timeout,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})})
+def bench(script: str, *args: str, timeout: float = 300) -> str:
+    """Run ``python -m benchmarks.<script> args`` from the repository root; assert exit 0; its stdout."""
+    run = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", *map(str, args)], cwd=REPO,
+                         capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert run.returncode == 0, f"{script} exited {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return run.stdout
 
@@ -51,7 +52,7 @@ def tiny_spec(folder: Path, name: str, **kwargs) -> Path:
 
 # -- one case per benchmark (mode) ------------------------------------------------------------------------------
 def case_bench_report(tmp_path: Path) -> None:
-    out = bench("bench_report.py", "--trials", "6", "--out", tmp_path / "report")
+    out = bench("bench_report", "--trials", "6", "--out", tmp_path / "report")
     (row,) = rows(out, "6")
     complete, pruned, failed = map(int, row[1:4])
     assert complete + pruned + failed == 6 and complete >= 1  # the baseline completes: nothing prunes trial 0
@@ -60,7 +61,7 @@ def case_bench_report(tmp_path: Path) -> None:
 
 
 def case_bench_features(tmp_path: Path, demo_data: Path) -> None:
-    out = bench("bench_features.py", "--data", demo_data, "--clips", "8", "--workers", "1", "--epochs", "1",
+    out = bench("bench_features", "--data", demo_data, "--clips", "8", "--workers", "1", "--epochs", "1",
                 "--batch-size", "4")
     assert "\n8 clips," in out
     for name in ("per-item", "cache: first fill", "cache: a later run", "cache: epoch"):
@@ -70,7 +71,7 @@ def case_bench_features(tmp_path: Path, demo_data: Path) -> None:
 
 
 def case_bench_training(tmp_path: Path, demo_data: Path) -> None:
-    out = bench("bench_training.py", "--threads", "1", "--epochs", "1", "--scale", "0.05",
+    out = bench("bench_training", "--threads", "1", "--epochs", "1", "--scale", "0.05",
                 "--set", "model.width=0.0625", "--set", "features.crop_frames=64")
     assert "torch threads: 1" in out
     (demo,) = rows(out, "demo config")
@@ -83,19 +84,19 @@ def case_bench_training(tmp_path: Path, demo_data: Path) -> None:
 def case_bench_search_pruning(tmp_path: Path, warm_cache: Path) -> None:
     spec = tiny_spec(tmp_path, "prune", epochs=3)
     curves = tmp_path / "curves.json"
-    out = bench("bench_search.py", "pruning", "--spec", spec, "--trials", "3", "--threads", "1", "--curves", curves)
+    out = bench("bench_search", "pruning", "--spec", spec, "--trials", "3", "--threads", "1", "--curves", curves)
     recorded = json.loads(curves.read_text())
     assert len(recorded) == 3 and all(len(c) == 3 and all(0.0 < v <= 1.0 for v in c) for c in recorded)
     (none,) = rows(out, "none")
     assert none[1:3] == ["0", "9 (100%)"] and float(none[3].split()[0]) == pytest.approx(max(map(max, recorded)), abs=1e-4)
     assert len(rows(out, "median")) == 2 and rows(out, "ASHA") and rows(out, "hyperband")
-    again = bench("bench_search.py", "pruning", "--spec", spec, "--curves", curves, timeout=60)  # replays, no training
+    again = bench("bench_search", "pruning", "--spec", spec, "--curves", curves, timeout=60)  # replays, no training
     assert rows(again, "none") == [none]
 
 
 def case_bench_search_workers(tmp_path: Path, warm_cache: Path) -> None:
     spec = tiny_spec(tmp_path, "workers", epochs=1)
-    out = bench("bench_search.py", "workers", "--spec", spec, "--trials", "2")
+    out = bench("bench_search", "workers", "--spec", spec, "--trials", "2")
     table = rows(out, "1") + rows(out, "2")
     assert [r[0] for r in table] == ["1", "2"]
     for row in table:
@@ -104,54 +105,39 @@ def case_bench_search_workers(tmp_path: Path, warm_cache: Path) -> None:
 
 
 def case_bench_search_storage(tmp_path: Path) -> None:
-    out = bench("bench_search.py", "storage", "--spec", tiny_spec(tmp_path, "store"), "--trials", "3")
+    out = bench("bench_search", "storage", "--spec", tiny_spec(tmp_path, "store"), "--trials", "3")
     assert out.startswith("3 trials, each:")
     table = rows(out, "in-memory") + rows(out, "SQLite")
     assert len(table) == 3 and all(float(r[1]) > 0 for r in table)
 
 
-def case_bench_ensemble(tmp_path: Path, warm_cache: Path) -> None:
-    studies = tmp_path / "studies"
-    tiny_spec(studies, "ens", epochs=2)
-    run = subprocess.run([sys.executable, "-m", "search.run", "--study", "ens", "--studies-dir", str(studies),
-                          "--trials", "3", "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    out = bench("bench_ensemble.py", "--study", "ens", "--studies-dir", studies, "--ensemble", "2",
-                "--reuse-checkpoints", "--device", "cpu", "--out", tmp_path / "bench")
-    (row,) = rows(out, "ens")
-    assert row[1] == "2" and re.fullmatch(r"(#\d+ x[0-9.]+)(, #\d+ x[0-9.]+)*", row[2])
-    for cell in (row[3].split()[0], row[4], row[5], row[6]):
-        assert 0.0 < float(cell) <= 1.0
-    assert (tmp_path / "bench" / "single" / "submission.csv").is_file()
-    assert (tmp_path / "bench" / "ensemble-2" / "submission.csv").is_file()
-
-
 def case_bench_export(tmp_path: Path, warm_cache: Path) -> None:
-    """Every recipe of a tiny finished study, named as the search-quality benchmark names its studies."""
+    """One recipe exported as trained (its kept weights), one retrained, and one through a re-score, from a tiny
+    finished study named as the search-quality benchmark names its studies. Each recipe's own export is tested in
+    tests/search/test_best.py; here, what the benchmark adds: its choice of flags per recipe, its records, its
+    table."""
     from search.kaggle.recipes import RECIPES
 
     studies = tmp_path / "quality" / "studies"
     tiny_spec(studies, "q-demo-ours-r0", epochs=2, study="keep_weights = 10")
-    run = subprocess.run([sys.executable, "-m", "search.run", "--study", "q-demo-ours-r0", "--studies-dir",
-                          str(studies), "--trials", "3", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    out = bench("bench_export.py", "--from", tmp_path / "quality", "--jobs", "2", "--out", tmp_path / "bench",
-                timeout=600)
-    records = {name: json.loads((tmp_path / "bench" / "records" / f"q-demo-ours-r0-{name}.json").read_text())
-               for name in RECIPES}
-    for name, record in records.items():
+    run_worker(search_run("q-demo-ours-r0", studies, "--trials", 3, "--threads", 1), tmp_path / "worker.log",
+               timeout=300)
+    recipes = ["single", "single-2x"]
+    assert RECIPES["single"].as_trained and not RECIPES["single-2x"].as_trained
+    out = bench("bench_export", "--from", tmp_path / "quality", "--recipes", *recipes, "--jobs", "2",
+                "--out", tmp_path / "bench", timeout=600)
+    for name in recipes:
+        record = json.loads((tmp_path / "bench" / "records" / f"q-demo-ours-r0-{name}.json").read_text())
         recipe = RECIPES[name]
         assert 0.0 < record["test_lwlrap"] <= 1.0  # its kernel ran on the held-out clips and was scored
-        if recipe.models is not None:
-            assert record["models"] == recipe.models
-            assert record["recipe_epochs"] == 2 * recipe.epochs_scale * recipe.models
+        assert record["models"] == recipe.models == 1
+        assert record["recipe_epochs"] == 2 * recipe.epochs_scale
         assert record["trained_epochs"] == (0 if recipe.as_trained else record["recipe_epochs"])
-        assert record["validation"]["held_out"] is not recipe.full_curated
-    assert [r[1] for r in rows(out, "demo")] == list(RECIPES)
+        assert record["validation"]["held_out"] is True
+    assert [r[1] for r in rows(out, "demo")] == recipes
     assert rows(out, "demo")[0][4] == "+0.0000"  # single against itself
 
-    out = bench("bench_export.py", "--from", tmp_path / "quality", "--recipes", "single", "--rescore", "2",
+    out = bench("bench_export", "--from", tmp_path / "quality", "--recipes", "single", "--rescore", "2",
                 "--out", tmp_path / "bench", timeout=600)
     rescored = json.loads((tmp_path / "bench" / "records" / "q-demo-ours-r0-single-rescore2.json").read_text())
     assert rescored["rescore"] == 2 and len(rescored["rescore_trials"]) == 2
@@ -163,7 +149,7 @@ def case_bench_export(tmp_path: Path, warm_cache: Path) -> None:
 def case_bench_quickstart(tmp_path: Path, warm_cache: Path) -> None:
     spec = tiny_spec(tmp_path / "spec", "quickstart", epochs=2)
     out_dir = tmp_path / "bench"
-    out = bench("bench_quickstart.py", "--data", "demo", "--repeats", "1", "--trials", "2", "--jobs", "1",
+    out = bench("bench_quickstart", "--data", "demo", "--repeats", "1", "--trials", "2", "--jobs", "1",
                 "--spec", spec, "--out", out_dir)
     record = json.loads((out_dir / "records" / "quickstart-demo-r0.json").read_text())
     assert record["trials"] == 2 and record["wall_s"] > 0 and record["threads"] == 1  # the table's runs: one thread
@@ -172,13 +158,13 @@ def case_bench_quickstart(tmp_path: Path, warm_cache: Path) -> None:
     (row,) = rows(out, "demo")
     assert row[1] == "0" and row[3] == f"{record['test_baseline']:.4f} → {record['test_best']:.4f}"
     assert "demo: the search beat its baseline on held-out test in" in out and "of 1 repeats" in out
-    table = bench("bench_quickstart.py", "--data", "demo", "--out", out_dir, "--table", timeout=60)
+    table = bench("bench_quickstart", "--data", "demo", "--out", out_dir, "--table", timeout=60)
     assert rows(table, "demo") == [row]
 
 
 def case_bench_rounds(tmp_path: Path) -> None:
     out_dir = tmp_path / "bench"
-    out = bench("bench_rounds.py", "--data", "demo", "--repeats", "1", "--trials", "2", "--epochs", "1",
+    out = bench("bench_rounds", "--data", "demo", "--repeats", "1", "--trials", "2", "--epochs", "1",
                 "--scale", "0.05", "--jobs", "1", "--out", out_dir, timeout=600)
     records = {name: json.loads((out_dir / "records" / f"rounds-demo-{name}-r0.json").read_text())
                for name in ("round1", "cold", "warm")}
@@ -190,7 +176,7 @@ def case_bench_rounds(tmp_path: Path) -> None:
     assert '"optim.lr" = { float = [5e-4, 2e-3], log = true }' not in spec  # round 2's space is the widened one
     (row,) = rows(out, "demo")
     assert row[1] == "1" and row[-1] == (", ".join(records["round1"]["edge_flagged"]) or "none")
-    table = bench("bench_rounds.py", "--data", "demo", "--trials", "2", "--out", out_dir, "--table", timeout=60)
+    table = bench("bench_rounds", "--data", "demo", "--trials", "2", "--out", out_dir, "--table", timeout=60)
     assert rows(table, "demo") == [row]
 
 
@@ -198,7 +184,7 @@ def case_bench_knobs(tmp_path: Path, demo_data: Path) -> None:
     out_dir = tmp_path / "bench"
     args = ("--data", "demo", "--scale", "0.05", "--epochs", "1", "--base-seeds", "2", "--knobs", "optim.eta_min",
             "--jobs", "2", "--out", out_dir)
-    out = bench("bench_knobs.py", *args)
+    out = bench("bench_knobs", *args)
     records = [json.loads(p.read_text()) for p in sorted((out_dir / "records").glob("knobs-demo-*.json"))]
     floors = sorted(r["value"] for r in records if r["knob"] == "optim.eta_min")
     assert floors == [0.0, 5e-05, 0.0001] and len(records) == 5  # and the base at 2 seeds
@@ -207,12 +193,12 @@ def case_bench_knobs(tmp_path: Path, demo_data: Path) -> None:
         assert (record["overrides"].get("optim.schedule") == "cosine") is (record["knob"] != "(base)")
     table = rows(out, "`optim.eta_min`")
     assert len(table) == 4 and sum(int(part.split()[0]) for part in table[-1][1].split(", ")) == 3  # its summary
-    again = bench("bench_knobs.py", *args, timeout=60)  # every record there: trains nothing
+    again = bench("bench_knobs", *args, timeout=60)  # every record there: trains nothing
     assert again.startswith("0 trainings to run") and rows(again, "`optim.eta_min`") == table
 
 
 def case_scale(tmp_path: Path) -> None:
-    out = bench("scale.py", "--root", tmp_path / "scale", "--fraction", "0.01", "--mels", "16", "--workers", "2",
+    out = bench("scale", "--root", tmp_path / "scale", "--fraction", "0.01", "--mels", "16", "--workers", "2",
                 "--steps", "1", "--epochs", "1", "--fill-clips", "4", "--per-item-clips", "2", timeout=600)
     (data,) = rows(out, "data set")
     assert "50 curated" in data[1] and "198 noisy" in data[1]
@@ -227,7 +213,7 @@ def case_scale(tmp_path: Path) -> None:
 
 
 def case_stress(tmp_path: Path, warm_cache: Path) -> None:
-    out = bench("stress.py", "--backends", "sqlite", "--workers", "2", "--trials", "3", "--chaos-s", "3",
+    out = bench("stress", "--backends", "sqlite", "--workers", "2", "--trials", "3", "--chaos-s", "3",
                 "--scale", "0.05", "--epochs", "2", "--full-disk-epochs", "8", "--scenarios", "storm", "full-disk",
                 timeout=600)  # the out-of-memory scenarios take minutes of worker restarts: run by hand
     results = [json.loads(block) for block in re.findall(r"^\{\n.*?^\}$", out, flags=re.M | re.S)]
@@ -246,19 +232,18 @@ def case_stress(tmp_path: Path, warm_cache: Path) -> None:
 
 
 CASES = {
-    "bench_report.py": case_bench_report,
-    "bench_features.py": case_bench_features,
-    "bench_training.py": case_bench_training,
-    "bench_search.py pruning": case_bench_search_pruning,
-    "bench_search.py workers": case_bench_search_workers,
-    "bench_search.py storage": case_bench_search_storage,
-    "bench_ensemble.py": case_bench_ensemble,
-    "bench_export.py": case_bench_export,
-    "bench_quickstart.py": case_bench_quickstart,
-    "bench_rounds.py": case_bench_rounds,
-    "bench_knobs.py": case_bench_knobs,
-    "scale.py": case_scale,
-    "stress.py": case_stress,
+    "bench_report": case_bench_report,
+    "bench_features": case_bench_features,
+    "bench_training": case_bench_training,
+    "bench_search pruning": case_bench_search_pruning,
+    "bench_search workers": case_bench_search_workers,
+    "bench_search storage": case_bench_search_storage,
+    "bench_export": case_bench_export,
+    "bench_quickstart": case_bench_quickstart,
+    "bench_rounds": case_bench_rounds,
+    "bench_knobs": case_bench_knobs,
+    "scale": case_scale,
+    "stress": case_stress,
 }
 
 
@@ -273,12 +258,12 @@ def test_benchmark_runs_at_its_smallest_size(case, request, tmp_path, session_ca
 
 def test_every_benchmark_script_has_a_case():
     """A new benchmarks/*.py without a case here (or a test elsewhere) fails this."""
-    scripts = {p.name for p in BENCH.glob("*.py")}
+    scripts = {p.stem for p in BENCH.glob("*.py")} - {"__init__"}
     cased = {name.split()[0] for name in CASES}
     assert scripts - cased - set(COVERED_ELSEWHERE) - set(LIBRARIES) == set()
     assert cased | set(COVERED_ELSEWHERE) | set(LIBRARIES) <= scripts  # no case for a script that is gone
     for other, test in COVERED_ELSEWHERE.items():
-        assert f'"{other}"' in (ROOT / test).read_text(encoding="utf-8")
+        assert other in (REPO / test).read_text(encoding="utf-8")
     for library, user in LIBRARIES.items():
-        assert "__main__" not in (BENCH / library).read_text(encoding="utf-8")  # not a script
-        assert f"from {library.removesuffix('.py')} import" in (BENCH / user).read_text(encoding="utf-8")
+        assert "__main__" not in (BENCH / f"{library}.py").read_text(encoding="utf-8")  # not a script
+        assert f"from benchmarks.{library} import" in (BENCH / f"{user}.py").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py --tiny runs every step at toy size on CPU (about 5 min on a loaded 2-core box, mostly
+"""python -m benchmarks.gpu_check --tiny runs every step at toy size on CPU (about 5 min on a loaded 2-core box, mostly
 the 7 pane start-ups): exit 0, every step in the JSON with figures
 or an explicit skip reason, and the one table printed."""
 from __future__ import annotations
@@ -7,11 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.harness import REPO
 STEPS = ("tests", "baseline", "panes", "kernel")
 
 
@@ -19,10 +17,10 @@ STEPS = ("tests", "baseline", "panes", "kernel")
 @pytest.mark.timeout(600)  # the subprocess's own limit is 540 s
 def test_gpu_check_tiny_runs_every_step(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--panes", "1,2",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--tiny", "--panes", "1,2",
                           "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=540,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+                         cwd=REPO, capture_output=True, text=True, timeout=540,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert run.returncode == 0, f"gpu_check exited {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     report = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))
     steps = report["steps"]

@@ -1,32 +1,21 @@
 """benchmarks/bench_search_quality.py: its strategies are valid specs, its budget arithmetic is right, and a tiny
-run of every strategy goes end to end (studies, exports, kernels, table, plot)."""
+run of each kind of strategy goes end to end (studies, exports, kernels, table, plot)."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_search_quality as bench
+from benchmarks.harness import REPO, STUDIES, write_spec
 from search.spec import load_spec
 
-from tests.benchmarks import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "bench_search_quality.py"
-
-
-def _bench():
-    return load_script("bench_search_quality")
-
-
-@pytest.mark.parametrize("strategy", list(_bench().STRATEGIES))
+@pytest.mark.parametrize("strategy", list(bench.STRATEGIES))
 def test_every_strategy_is_a_spec_the_worker_accepts(strategy, tmp_path):
-    bench = _bench()
-    path = tmp_path / f"{strategy}.toml"
-    path.write_text(bench.spec_text(bench.Run("demo", strategy, 1), 1.0), encoding="utf-8")
-    spec = load_spec(path)
+    spec = load_spec(write_spec(tmp_path / f"{strategy}.toml", bench.spec_tables(bench.Run("demo", strategy, 1), 1.0)))
     entry = bench.STRATEGIES[strategy]
     assert spec.base["data.val_fraction"] == bench.VAL_FRACTION
     if "recipe" in entry:
@@ -36,13 +25,14 @@ def test_every_strategy_is_a_spec_the_worker_accepts(strategy, tmp_path):
         assert spec.epochs == entry["epochs"]
         assert spec.sampler["name"] == entry["sampler"]["name"] and spec.pruner["name"] == entry["pruner"]["name"]
         assert spec.startup["near_baseline"] == entry["startup"]["near_baseline"]
+    spec.make_sampler(0), spec.make_pruner()  # what a worker builds from it (a bad setting raises here)
 
 
 @pytest.mark.parametrize("name", ["demo", "quickstart", "fat2019"])
 def test_ours_is_the_search_every_shipped_spec_runs(name):
     """The table's `ours` row measures what users get: each shipped spec's epochs, sampler, startup and pruner."""
-    ours = _bench().STRATEGIES["ours"]
-    spec = load_spec(ROOT / "studies" / f"{name}.toml")
+    ours = bench.STRATEGIES["ours"]
+    spec = load_spec(STUDIES / f"{name}.toml")
     assert spec.epochs == ours["epochs"]
     assert {k: spec.sampler[k] for k in ours["sampler"]} == ours["sampler"]
     assert {k: spec.startup[k] for k in ours["startup"]} == ours["startup"]
@@ -55,7 +45,6 @@ def _record(strategy, budget, incumbents):
 
 
 def test_what_a_study_would_have_exported_at_a_budget():
-    bench = _bench()
     record = _record("ours", 150, [(10, 0, 0.5), (40, 3, 0.6), (120, 9, 0.7)])
     assert bench.test_at(record, 9) is None  # nothing finished yet
     assert [bench.test_at(record, e) for e in (10, 39, 40, 119, 150)] == [0.5, 0.5, 0.6, 0.6, 0.7]
@@ -64,16 +53,22 @@ def test_what_a_study_would_have_exported_at_a_budget():
     assert bench.test_at(recipe, 20) is None and bench.test_at(recipe, 300) == 0.8  # one training, cost 30
 
 
+# One strategy per path through the benchmark: a search whose best changes within the budget (random), one whose
+# first trial outlasts it (ours: its 30-epoch baseline, nothing to export within 20 epochs) and a single training
+# (seed-recipe). The other strategies differ from these only in their spec, which the tests above build.
+TINY_STRATEGIES = ("random", "ours", "seed-recipe")
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # six studies, one of 30-epoch trials, on a loaded 2-core box
-def test_a_tiny_run_of_every_strategy_end_to_end(tmp_path, session_cache):
-    bench = _bench()
+@pytest.mark.timeout(900)  # three studies, two of 30-epoch trainings, on a loaded 2-core box
+def test_a_tiny_run_of_each_kind_of_strategy_end_to_end(tmp_path, session_cache):
     out = tmp_path / "bench"
-    run = subprocess.run([sys.executable, str(SCRIPT), "--data", "demo", "--repeats", "1", "--budgets", "1", "2",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench_search_quality", "--data", "demo",
+                          "--strategies", *TINY_STRATEGIES, "--repeats", "1", "--budgets", "1", "2",
                           "--scale", "0.05", "--jobs", "2", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    for strategy in bench.STRATEGIES:
+    for strategy in TINY_STRATEGIES:
         record = json.loads((out / "records" / f"q-demo-{strategy}-r0.json").read_text())
         spent = sum(t["epochs"] for t in record["trials"])
         assert spent >= (30 if strategy == "seed-recipe" else 20)  # ran to its budget (the recipe: one training)
