@@ -17,27 +17,22 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
-import socket
 import sys
 import threading
 import warnings
-import zlib
 from pathlib import Path
 
 import optuna
 
 from search._cli import run_command
-from search.worker.console import Console, eta_line
+from search.worker.build import build_worker
+from search.worker.console import eta_line
 from search.worker.failures import DEFAULT_MAX_RETRY
-from search.worker.gpu_choice import device_for_worker, use_device
-from search.study.join import UsageError, add_round_arguments, join_study, previous_round
-from search.worker.lifecycle import Worker, stale_trial_retry
+from search.study.join import UsageError, add_round_arguments, previous_round
 from search.study.locate import locate_args
-from search.worker.objective import Objective
 from search.spec import StudySpec
-from search.study.storage import add_study_arguments, open_storage
-from search.study.record import StudyHandle, redact, resolve_data
+from search.study.storage import add_study_arguments
+from search.study.record import redact, resolve_data
 from trainer import (DEVICE_BANK_SHARE, check_fits, largest_data_config, plan_data_memory,
                      remove_stale_temp_files, resolve_device)
 
@@ -90,38 +85,18 @@ def _run(args: argparse.Namespace) -> int:
     location = locate_args(args, spec_required=True)
     spec = location.spec
     source = previous_round(args, location)  # a missing OLD fails first
-    requested_device = args.device or spec.base_config().device
-    resolve_device(requested_device)  # a pane asked for a GPU it cannot see fails now, not at its first trial
+    resolve_device(args.device or spec.base_config().device)  # a pane asked for a GPU it cannot see fails now
     data_dir = resolve_data(spec, args.data)
     _check_data_memory(spec, data_dir)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    url = location.storage_url()
-    max_retry = args.max_retry
-    storage = open_storage(url, heartbeat_interval=args.heartbeat, grace_period=args.grace,
-                           on_stale_trial=stale_trial_retry(max_retry))
-    seed = args.seed if args.seed is not None else _worker_seed(spec.sampler.get("seed"), worker_id)
-    handle = StudyHandle(join_study(storage, spec, sampler=spec.make_sampler(seed), force=args.force,
-                                    inherit_from=source), storage, url)
-
-    study_dir = location.folder.resolve()
-    uid = handle.uid()
-    files = location.trial_files(uid)
-    runs_dir = study_dir / "runs" / uid
-    leftovers = remove_stale_temp_files(study_dir)
-    # Chosen once, after joining (the study's running trials say which GPUs its panes use): the pane keeps its
-    # GPU for every trial, since its CUDA context and cached banks live on that one device.
-    device = device_for_worker(requested_device, handle.study, worker_id)
-    use_device(device.device)
-    console = Console(baseline=spec.baseline_params(), worker_id=worker_id)
-    worker = Worker(handle, spec, files, runs_dir, console, worker_id, data_dir, max_retry=max_retry,
-                    threads=args.threads, grace=args.grace)
-    objective = Objective(spec, data_dir, worker, device=device.device, device_bank_share=args.device_bank_share)
-    panes = worker.panes_on_host()
-    console.message(f"worker {worker_id} joined study {spec.name} ({redact(url)}), data {data_dir}, "
-                    f"device {device}; "
-                    f"{eta_line(handle.study, args.trials, panes)}"
-                    + (f"; removed {len(leftovers)} temp file(s) of killed writers" if leftovers else ""))
-    return worker.run(objective, trials=args.trials, timeout=args.timeout)
+    worker = build_worker(location, data_dir, device=args.device, threads=args.threads, seed=args.seed,
+                          force=args.force, inherit_from=source, heartbeat=args.heartbeat, grace=args.grace,
+                          max_retry=args.max_retry, device_bank_share=args.device_bank_share)
+    leftovers = remove_stale_temp_files(location.folder.resolve())
+    worker.console.message(f"worker {worker.worker_id} joined study {spec.name} ({redact(worker.handle.url)}), "
+                           f"data {data_dir}, device {worker.device}; "
+                           f"{eta_line(worker.study, args.trials, worker.panes_on_host())}"
+                           + (f"; removed {len(leftovers)} temp file(s) of killed writers" if leftovers else ""))
+    return worker.run(trials=args.trials, timeout=args.timeout)
 
 
 def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:
@@ -137,11 +112,6 @@ def _check_data_memory(spec: StudySpec, data_dir: Path) -> None:
     refusal = check_fits(plan, panes=1)
     if refusal is not None:
         raise UsageError(refusal)
-
-
-def _worker_seed(spec_seed: int | None, worker_id: str) -> int | None:
-    """Panes of one study must not propose the same points: the spec seed is mixed with the worker's id."""
-    return None if spec_seed is None else (spec_seed + zlib.crc32(worker_id.encode())) % 2**32
 
 
 def quiet_full_disk_in_threads(hook_args: threading.ExceptHookArgs) -> None:

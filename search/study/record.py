@@ -169,10 +169,6 @@ def pruning_saved(trials: Sequence[FrozenTrial], epochs: int) -> float | None:
     return 1 - sum(t.user_attrs["epochs_run"] for t in finished) / (epochs * len(finished))
 
 
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
 # -- what a trial ran -------------------------------------------------------------------------------
 def trial_config(trial: FrozenTrial, spec: StudySpec | None = None) -> TrainConfig:
     """The exact TrainConfig the trial ran: user attr ``config``, else the spec's base config with the

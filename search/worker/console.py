@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.study.inherit import inherited_text
 from search.study.record import FINISHED, baseline_trial, best_trial, last_reported, trial_seconds
-from search.views.format import format_duration, format_value, param_changes
+from search.views.format import format_duration, param_changes
 
 NUMBER_WIDTH = 4  # "#12 " and "#123" keep the columns of later lines aligned
 

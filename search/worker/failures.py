@@ -1,20 +1,18 @@
-"""How trials fail and which failures are tried again: one policy for every failure, wherever it is seen
-(a worker's own trial, or a dead worker's trial found by the storage heartbeat)."""
+"""Which failed trials are tried again: one policy for every failure, wherever it is seen (a worker's own trial,
+or a dead worker's trial found by the storage heartbeat), read from the table of outcomes
+(``search.worker.outcomes``)."""
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from search.worker.outcomes import DEAD_WORKER, outcome_of
+
 DEFAULT_MAX_RETRY = 3  # failed attempts of one trial for a reason of its own (without progress) before it is dropped
-# Reasons (prefixes of the ``reason`` attr) that say nothing about the trial itself: never counted. A dead
-# worker ("heartbeat") is not among them: one that dies before its trial's first new epoch was most often killed
-# by the kernel's OOM killer for that trial's memory, and uncounted, such a trial would take down every pane
-# in turn for ever (benchmarks/stress.py, out of memory: oom-killer).
-ENVIRONMENT_REASONS = ("interrupted", "data", "disk full")
-NEVER_RETRIED = ("config",)  # the same params fail the same way
 
 
 @dataclass(frozen=True)
@@ -28,19 +26,26 @@ class Dropped:
         return f"dropped: {self.attempts} attempts failed without progress (--max-retry {self.max_retry})"
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = DEFAULT_MAX_RETRY
-            ) -> int | Dropped | None:
+def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = DEFAULT_MAX_RETRY,
+            trials: list[FrozenTrial] | None = None) -> int | Dropped | None:
     """Queue a FAILED ``trial`` again as WAITING with its params; returns the new trial number, ``Dropped``
     when more than ``max_retry`` attempts failed for a reason of the trial's own without progress, or None when
-    there is nothing to queue (an impossible config; a trial already re-queued is not queued twice)."""
-    trials = study.get_trials(deepcopy=False)
-    if any(t.user_attrs.get("retry_of") == trial.number for t in trials):
+    there is nothing to queue (an impossible config; a trial already re-queued is not queued twice). ``trials``:
+    the study's trials when the caller has just read them."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    # why each earlier attempt ended: its own reason, else the one its retry was queued with (a write the failing
+    # storage refused), else none: the storage's check for dead workers failed it
+    queued_for = {t.user_attrs["retry_of"]: t.user_attrs.get("retry_reason") for t in trials
+                  if "retry_of" in t.user_attrs}
+    if trial.number in queued_for:
         return None
-    if reason.startswith(NEVER_RETRIED):
+    if not outcome_of(reason).retried:
         return None
     history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
     by_number = {t.number: t for t in trials}
-    fruitless = sum(1 for number in history if number in by_number and _counts_against(by_number[number]))
+    queued_for[trial.number] = reason
+    fruitless = sum(1 for number in history if number in by_number
+                    and counts_against(by_number[number], queued_for.get(number)))
     if fruitless > max_retry:
         return Dropped(fruitless, max_retry)
     user_attrs = {"retry_of": trial.number, "retry_reason": reason}
@@ -58,17 +63,52 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: 
     return max(t.number for t in study.get_trials(deepcopy=False))
 
 
-def _counts_against(attempt: FrozenTrial) -> bool:
-    reason = str(attempt.user_attrs.get("reason", "heartbeat"))  # a dead worker's trial carries no reason
-    if attempt.state != TrialState.FAIL or reason.startswith(ENVIRONMENT_REASONS):
+def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """The storage's ``on_stale_trial``: a trial whose worker died (its heartbeat stopped) is retried like any
+    other failure, by whichever worker noticed."""
+    def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+        _retry_dead(study, trial, "stopped beating (its worker died)", max_retry)
+    return retry
+
+
+def fail_unclaimed_trials(study: optuna.Study, running: Iterable[FrozenTrial], *, older_than_s: float,
+                          max_retry: int = DEFAULT_MAX_RETRY, now: dt.datetime | None = None) -> list[int]:
+    """Fail and retry the ``running`` trials no worker ever claimed: no ``worker_id`` after ``older_than_s`` since
+    they started. A worker killed between taking a trial (RUNNING) and its first heartbeat leaves one that Optuna's
+    stale check never sees (it only looks at trials with a heartbeat), so without this every pane waits for it
+    for ever (benchmarks/stress.py, the PostgreSQL storm). Returns the numbers failed."""
+    now = now or dt.datetime.now()  # Optuna stamps datetime_start with the local clock
+    failed = []
+    for trial in running:
+        if trial.state != TrialState.RUNNING or "worker_id" in trial.user_attrs or trial.datetime_start is None:
+            continue
+        if (now - trial.datetime_start).total_seconds() < older_than_s:
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        except ValueError:  # claimed or finished in the meantime
+            continue
+        failed.append(trial.number)
+        _retry_dead(study, study.get_trials(deepcopy=False)[trial.number],
+                    "was taken by a worker that died before its first heartbeat", max_retry)
+    return failed
+
+
+def _retry_dead(study: optuna.Study, trial: FrozenTrial, what: str, max_retry: int) -> None:
+    """Queue the retry of a dead worker's FAILED trial (or drop it), saying which in one line."""
+    outcome = requeue(study, trial, reason=DEAD_WORKER.reason, max_retry=max_retry)
+    if isinstance(outcome, Dropped):
+        print(f"#{trial.number} {what} and is {outcome}", flush=True)
+    elif outcome is not None:
+        print(f"#{trial.number} {what}: queued for retry as #{outcome}", flush=True)
+
+
+def counts_against(attempt: FrozenTrial, queued_reason: str | None = None) -> bool:
+    """Whether a failed ``attempt`` counts against --max-retry: it made no progress (no epoch beyond where it
+    resumed) and its outcome counts. Its reason is its own ``reason``, else ``queued_reason`` (what its retry was
+    queued with), else a dead worker's."""
+    if attempt.state != TrialState.FAIL:
+        return False
+    if not outcome_of(attempt.user_attrs.get("reason") or queued_reason).counts:
         return False
     return int(attempt.user_attrs.get("epochs_run", 0)) <= int(attempt.user_attrs.get("resumed_from_epoch", 0))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA or CPU allocation failure (torch reports the CPU one as a RuntimeError)."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text
-                                              or "can't allocate memory" in text)

@@ -1,61 +1,52 @@
 """The life of a trial in a worker, in one place: start, heartbeat, interrupt, retry, resume hand-off.
 
-    worker = Worker(handle, spec, files, runs_dir, console, ...)
-    exit_code = worker.run(Objective(spec, data_dir, worker), trials=50)
+    worker = build_worker(location, ...)             # search.worker.build: the set-up, top to bottom
+    exit_code = worker.run(objective, trials=50)     # objective = Objective(spec, data_dir, worker.start)
 
 - **start**: a trial trains in ``runs/<study uid>/trial-<n>/``; a retried trial first pulls its
-  predecessor's checkpoints from the artifact store (``search.study.artifacts``), so it resumes on any machine;
-  an unloadable checkpoint is set aside and the trial starts from epoch 0, saying so.
+  predecessor's checkpoints from the artifact store (``search.worker.resume``), so it resumes on any machine.
 - **heartbeat**: Optuna's storage heartbeat. A worker that dies stops beating; the next worker fails its
-  trial and re-queues it through ``stale_trial_retry`` (``requeue``), the same policy as every other failure.
-- **interrupt**: Ctrl-C, SIGTERM or SIGHUP (the pane's terminal closed: ``tmux kill-session``, a dropped SSH;
-  left alone under ``nohup``) stops the running trial at once; it is marked FAILED ("interrupted") and its
-  retry queued before the worker exits (130 / 143 / 129). A second signal only skips the summary; a
-  third exits at once.
-- **retry**: ``requeue`` queues a FAILED trial again with its params and checkpoints. Only attempts that
-  failed without making progress for a reason that may be the trial's own (out of memory, or a worker that
-  died: the kernel's OOM killer) count against ``max_retry``; interruptions, data and disk problems never do.
-  Impossible configs are never retried.
-- **failures**: NaN -> PRUNED ("diverged"); out of memory / impossible config -> FAILED with the reason and
-  the worker goes on; what would fail every later trial too (data, disk full, storage, a changed spec
-  file) fails the trial, queues its retry and stops the worker with one line (exit 2). A SQLite database
-  on a full disk still takes those writes: the worker frees the database's reserve file first
-  (``storage.DiskReserve``).
+  trial and re-queues it (``search.worker.failures``), the same policy as every other failure.
+- **interrupt**: Ctrl-C, SIGTERM or SIGHUP stop the running trial at once (``search.worker.signals``); it is
+  marked FAILED ("interrupted") and its retry queued before the worker exits (130 / 143 / 129).
+- **failures**: what each way of ending means (state, reason, retried, counted against ``--max-retry``, stops
+  the worker) is one table, ``search.worker.outcomes``; this module applies it. What stops a worker fails the
+  trial, queues its retry and prints one line (exit 2). A SQLite database on a full disk still takes those
+  writes: the worker frees the database's reserve file first (``storage.DiskReserve``).
 - **exact totals**: with ``--trials N`` a worker counts the study's trials and starts its own under the
   study's slot lock (``search.worker.slots``), so panes racing for the last slot never overshoot N.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import errno
 import gc
-import os
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import optuna
-import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from search.views import notes
-from search.study.artifacts import WORKING_FILES, TrialFiles
-from search.worker.console import Console
-from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, is_out_of_memory, requeue
-from search.study.inherit import inherited
-from search.worker.slots import SlotLock
 from search.spec import SpecError, StudySpec, load_spec
-from search.study.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
+from search.study.artifacts import TrialFiles
+from search.study.inherit import inherited
 from search.study.record import FINISHED, StudyHandle, on_host, trials_keeping_weights
-from search.worker.trial_run import Interrupted, StopWorker, TrialFailed, TrialRun, choose_threads
-from trainer import (CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainConfig, feature_cache_key,
-                     load_checkpoint)
+from search.study.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
+from search.views import notes
+from search.worker.console import Console
+from search.worker.gpu_choice import DeviceChoice
+from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, fail_unclaimed_trials, requeue
+from search.worker.outcomes import (BY_REASON, EXIT_2, EXIT_SIGNAL, PRUNED, RAISES, STORAGE_ERRORS, StopWorker,
+                                    TrialFailed, ending)
+from search.worker.resume import resume
+from search.worker.signals import Interrupted, StopSignals, signals_blocked
+from search.worker.slots import SlotLock
+from search.worker.trial_run import RecordedTrial, TrialRun, choose_threads
+from trainer import NonFiniteLossError, TrainConfig, feature_cache_key
 
 WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
 # A trial's worker records itself (user attr worker_id) well within a second of taking it; an unclaimed RUNNING
@@ -64,47 +55,6 @@ WAIT_POLL_S = 2.0  # how often a worker waiting for other workers' trials looks 
 UNCLAIMED_MIN_S = 30.0
 
 
-def stale_trial_retry(max_retry: int = DEFAULT_MAX_RETRY) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """The storage's ``on_stale_trial``: a trial whose worker died (its heartbeat stopped) is retried like any
-    other failure, by whichever worker noticed."""
-    def retry(study: optuna.Study, trial: FrozenTrial) -> None:
-        _retry_dead(study, trial, "stopped beating (its worker died)", max_retry)
-    return retry
-
-
-def fail_unclaimed_trials(study: optuna.Study, running: Iterable[FrozenTrial], *, older_than_s: float,
-                          max_retry: int = DEFAULT_MAX_RETRY, now: dt.datetime | None = None) -> list[int]:
-    """Fail and retry the ``running`` trials no worker ever claimed: no ``worker_id`` after ``older_than_s`` since
-    they started. A worker killed between taking a trial (RUNNING) and its first heartbeat leaves one that Optuna's
-    stale check never sees (it only looks at trials with a heartbeat), so without this every pane waits for it
-    for ever (benchmarks/stress.py, the PostgreSQL storm). Returns the numbers failed."""
-    now = now or dt.datetime.now()  # Optuna stamps datetime_start with the local clock
-    failed = []
-    for trial in running:
-        if trial.state != TrialState.RUNNING or "worker_id" in trial.user_attrs or trial.datetime_start is None:
-            continue
-        if (now - trial.datetime_start).total_seconds() < older_than_s:
-            continue
-        try:
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        except ValueError:  # claimed or finished in the meantime
-            continue
-        failed.append(trial.number)
-        _retry_dead(study, study.get_trials(deepcopy=False)[trial.number],
-                    "was taken by a worker that died before its first heartbeat", max_retry)
-    return failed
-
-
-def _retry_dead(study: optuna.Study, trial: FrozenTrial, what: str, max_retry: int) -> None:
-    """Queue the retry of a dead worker's FAILED trial (or drop it), saying which in one line."""
-    outcome = requeue(study, trial, reason="heartbeat", max_retry=max_retry)
-    if isinstance(outcome, Dropped):
-        print(f"#{trial.number} {what} and is {outcome}", flush=True)
-    elif outcome is not None:
-        print(f"#{trial.number} {what}: queued for retry as #{outcome}", flush=True)
-
-
-# -- the worker --------------------------------------------------------------------------------------
 @dataclass
 class Worker:
     """Runs trials of one study in this process until the study has enough, a timeout, or a signal."""
@@ -119,11 +69,12 @@ class Worker:
     max_retry: int = DEFAULT_MAX_RETRY
     threads: int | None = None
     grace: float = 180.0  # the storage's heartbeat grace period (search.run --grace)
+    device: DeviceChoice | None = None  # what its trials train on, and why (the start line)
+    objective: Callable[[optuna.Trial], float] | None = None  # search.worker.build gives its Objective
     current: optuna.Trial | None = None
     current_run: TrialRun | None = None  # the running attempt, once ``start`` prepared it
-    objective: Callable[[optuna.Trial], float] | None = None  # given to ``run``
     stop: StopWorker | None = None
-    signals: int = 0
+    signals: StopSignals = field(default_factory=StopSignals)
     evicted: set[int] = field(default_factory=set)
     slots: SlotLock = field(init=False)
     reserve: DiskReserve | None = field(init=False)
@@ -138,19 +89,27 @@ class Worker:
         return self.handle.study
 
     # -- the loop ------------------------------------------------------------------------------------
-    def run(self, objective: Callable[[optuna.Trial], float], *, trials: int | None = None,
+    def run(self, objective: Callable[[optuna.Trial], float] | None = None, *, trials: int | None = None,
             timeout: float | None = None) -> int:
-        """Take trials until done; returns the exit status (0 done, 130/143 interrupted, 2 stopped)."""
-        self.objective = objective
+        """Take trials until done (``objective``: instead of the one built with the worker); returns the exit
+        status (0 done, 130/143 interrupted, 2 stopped)."""
+        self.objective = objective or self.objective
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.reserve is not None:
             self.reserve.ensure()
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in _stop_signals()}
         # What is alive now (torch, Optuna, the study) lives as long as the worker. Frozen out of the collector,
         # the collection Optuna runs after every trial scans only that trial's objects: a full collection after
         # the worker's imports took 0.22 s here, 0.0 s frozen. Thawed on the way out, for a caller that goes on.
         gc.collect()
         gc.freeze()
+        try:
+            with self.signals:
+                return self._loop(trials, deadline)
+        finally:
+            self.slots.release()
+            gc.unfreeze()
+
+    def _loop(self, trials: int | None, deadline: float | None) -> int:
         try:
             while True:
                 reason = self._wait_for_work(trials, deadline)
@@ -166,13 +125,13 @@ class Worker:
                     raise self.stop
         except KeyboardInterrupt as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            with _signals_blocked():
-                self._abandon_current("interrupted")
-            if self.signals < 2:
+            with signals_blocked():
+                self._abandon_current(BY_REASON["interrupted"].reason)
+            if self.signals.count < 2:
                 self.console.summary(self.study, "interrupted")
             return 128 + signum
         except StopWorker as exc:
-            with _signals_blocked():
+            with signals_blocked():
                 self._abandon_current(str(exc).split(":")[0])
             self.console.error(str(exc))
             return exc.code
@@ -182,14 +141,9 @@ class Worker:
             failure = storage_failure(exc)
             if failure is None:
                 raise
-            with _signals_blocked():
+            with signals_blocked():
                 self.console.error(self._storage_failed(failure))
             return 2
-        finally:
-            self.slots.release()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            gc.unfreeze()
 
     def _wait_for_work(self, trials: int | None, deadline: float | None) -> str | None:
         """None when a trial may start, with the slot lock held; else why the worker is done. Keeps the
@@ -242,63 +196,43 @@ class Worker:
 
     # -- one trial -------------------------------------------------------------------------------------
     def _attempt(self, trial: optuna.Trial) -> float:
-        """The objective, with every known failure turned into the trial's state and ``reason``."""
+        """The objective, with every exception turned into the trial's state and ``reason`` by the table of
+        outcomes (``search.worker.outcomes``)."""
         self.current, self.current_run = trial, None
         self.slots.release()  # the trial is RUNNING: it counts, so the next worker may look
         try:
             value = self.objective(trial)
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
-            raise  # nothing more can be recorded: ``run`` says so in one line
-        except optuna.TrialPruned:
-            self._note(trial, "PRUNED")
-            raise
-        except NonFiniteLossError as exc:
-            self._end(trial, f"diverged: {exc}", "PRUNED")
-            raise optuna.TrialPruned(str(exc)) from None
-        except ConfigError as exc:  # includes an impossible combination of the suggested params
-            self._end(trial, f"config: {exc}")
-            raise TrialFailed(str(exc)) from None
-        except CheckpointError as exc:
-            self._end(trial, f"checkpoint: {exc}")
-            raise TrialFailed(str(exc)) from None
-        except DataError as exc:
-            self._end(trial, f"data: {exc}")
-            self.stop = StopWorker(f"data: {exc}")
-            raise TrialFailed(str(exc)) from None
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            # A copy (shutil, into the artifact store) names its source first and the full destination second;
-            # torch.save and buffered writes raise ENOSPC without a file name: name where the trial writes
-            where = exc.filename2 or exc.filename or (f"the files of trial {trial.number} (its folder {self.trial_dir(trial.number)}, "
-                                     f"the feature cache or the artifact store)")
-            self._end(trial, f"disk full: {where}")
-            self.stop = StopWorker(f"disk full: no space left for {where}; free space and start the worker "
-                                   f"again (the trial is queued for retry)")
-            raise TrialFailed(str(exc)) from None
-        except KeyboardInterrupt:
-            trial.set_user_attr("reason", "interrupted")
-            raise
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                self._end(trial, f"error: {type(exc).__name__}: {str(exc)[:200]}")
-                raise  # a bug: it surfaces with its traceback
-            if torch.cuda.is_available():
+        except (Exception, KeyboardInterrupt) as exc:
+            outcome, reason = ending(exc, trial_files=f"the files of trial {trial.number} (its folder "
+                                                      f"{self.trial_dir(trial.number)}, the feature cache or the "
+                                                      f"artifact store)")
+            if outcome.reason == "storage":
+                with contextlib.suppress(*STORAGE_ERRORS):  # the storage may take this one write still
+                    trial.set_user_attr("reason", reason)
+                raise  # nothing more can be recorded: ``run`` says so in one line
+            self._end(trial, "PRUNED" if outcome.state == PRUNED else "FAILED", reason)
+            if outcome.stops in (EXIT_SIGNAL, RAISES):
+                raise  # an interrupt: ``run`` queues the retry and exits; a bug surfaces with its traceback
+            if outcome.reason == "out of memory" and torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            self._end(trial, f"out of memory: {str(exc).splitlines()[0][:200]}")
-            raise TrialFailed(str(exc)) from None
-        self._note(trial, f"COMPLETE, lwlrap {value:.4f}")
+            if outcome.stops == EXIT_2:
+                self.stop = StopWorker(_stop_line(reason))
+            if outcome.state == PRUNED:
+                raise optuna.TrialPruned(reason) from None
+            raise TrialFailed(reason) from None
+        self._end(trial, f"COMPLETE, lwlrap {value:.4f}", None)
         return value
 
-    def _end(self, trial: optuna.Trial, reason: str, state: str = "FAILED") -> None:
-        trial.set_user_attr("reason", reason)
-        self._note(trial, state)
-
-    def _note(self, trial: optuna.Trial, outcome: str) -> None:
-        """The trial's dashboard note, written while the trial can still take it."""
-        run = self.current_run if self.current_run is not None and self.current_run.trial is trial else None
-        config = run.config if run is not None else None  # None: its params made no valid config
-        notes.save(trial, notes.trial_note(trial.number, outcome, config, self.spec.base_config(), trial.user_attrs))
+    def _end(self, trial: optuna.Trial, outcome: str, reason: str | None) -> None:
+        """Record why the attempt ended and write the trial's dashboard note from what the attempt recorded (its
+        run's record; without a run, its params made no valid config: the attrs it was queued with), while the
+        trial can still take them."""
+        run = self.current_run if self.current_run is not None and self.current_run.trial.live is trial else None
+        record = run.trial if run is not None else RecordedTrial(trial)
+        if reason is not None:
+            record.set_user_attr("reason", reason)
+        notes.save(trial, notes.trial_note(trial.number, outcome, run.config if run is not None else None,
+                                           self.spec.base_config(), record.attrs))
 
     @contextlib.contextmanager
     def start(self, trial: optuna.Trial, config: TrainConfig, *, device: str) -> Iterator[TrialRun]:
@@ -308,73 +242,40 @@ class Worker:
         if workdir.exists():  # numbers are unique within a study: an earlier start of this very attempt
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
-        run = TrialRun(self, trial, config, workdir, threads=choose_threads(self.threads,
-                                                                            panes_on_host=self.panes_on_host()))
+        trials = self.study.get_trials(deepcopy=False)  # Optuna 5's live Trial has no system attrs; its frozen one does
+        run = TrialRun(RecordedTrial(trial), config, workdir, choose_threads(self.threads,
+                                                                            panes_on_host=self.panes_on_host(trials)),
+                       files=self.files, console=self.console, kernel=self.spec.kernel)
         self.current_run = run
-        run.resumed_from_epoch = self._resume_hand_off(trial, config, workdir)
+        history = trials[trial.number].system_attrs.get("retry_history") or []
+        run.resumed_from_epoch = resume(run, [trials[n] for n in reversed(history)], self.trial_dir)
         run.first_epoch = run.resumed_from_epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
                            "resumed_from_epoch": run.resumed_from_epoch, "device": device}.items():
-            trial.set_user_attr(key, value)
+            run.trial.set_user_attr(key, value)
         try:
             yield run
-        except optuna.TrialPruned as exc:  # a divergence's reason is the worker's (``_attempt``)
-            trial.set_user_attr("reason", str(exc) or "pruned")
+        except optuna.TrialPruned:  # its reason is the worker's (``_attempt``), like every outcome's
             run.register_files()
             raise
         except NonFiniteLossError:  # diverged within an epoch: the epochs before it count
-            trial.set_user_attr("epochs_run", run.epochs_done)
+            run.trial.set_user_attr("epochs_run", run.epochs_done)
             run.register_files()
             raise
         else:
             run.register_files()
         finally:
-            trial.set_user_attr("wall_time", round(time.perf_counter() - run.started, 3))
-
-    def _resume_hand_off(self, trial: optuna.Trial, config: TrainConfig, workdir: Path) -> int:
-        """Pull the newest predecessor attempt's files into ``workdir``; returns the epoch it resumes after."""
-        # Optuna 5's live Trial has no system attrs; its frozen record does.
-        history = self.study.get_trials(deepcopy=False)[trial.number].system_attrs.get("retry_history") or []
-        for number in reversed(history):
-            if self.files.pull(number, "last.pth", workdir) is None:
-                continue
-            try:
-                checkpoint = load_checkpoint(workdir / "last.pth")
-                if TrainConfig.from_json(checkpoint["config"]) != config:
-                    raise CheckpointError("it belongs to another config")
-                epoch = int(checkpoint["epoch"])
-            except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
-                (workdir / "last.pth").rename(workdir / "last.pth.unloadable")
-                note = f"last.pth of trial {number} could not be loaded ({exc}); starting from epoch 0"
-                trial.set_user_attr("resume_note", note[:300])
-                self.console.message(f"#{trial.number} {note}")
-                return 0
-            for name in WORKING_FILES:
-                if name != "last.pth":
-                    self.files.pull(number, name, workdir)
-            local_tb = self.trial_dir(number) / "tb"
-            if local_tb.is_dir():  # the curves of the earlier attempt, when it ran on this machine
-                shutil.copytree(local_tb, workdir / "tb", dirs_exist_ok=True)
-            # The curve of the epochs this attempt keeps, and no later one: a resume from an older checkpoint
-            # must not show (or let the pruner see) epochs it will train again.
-            kept = {step: value for step, value in
-                    self.study.get_trials(deepcopy=False)[number].intermediate_values.items() if step <= epoch}
-            if epoch >= 1:  # killed between handing off this epoch's checkpoint and reporting it: the checkpoint
-                kept.setdefault(epoch, float(checkpoint["best_lwlrap"]))  # holds the running best it would report
-            for step in sorted(kept):
-                trial.report(kept[step], step)
-            trial.set_user_attr("resumed_from_trial", number)
-            self.console.message(f"#{trial.number} resumes trial {number} after epoch {epoch}")
-            return epoch
-        return 0
+            run.trial.set_user_attr("wall_time", round(time.perf_counter() - run.started, 3))
 
     def trial_dir(self, number: int) -> Path:
         """The trial's working folder on this machine (the artifact store holds what other machines need)."""
         return self.runs_dir / f"trial-{number}"
 
-    def panes_on_host(self) -> int:
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    def panes_on_host(self, trials: list[FrozenTrial] | None = None) -> int:
+        """Panes of this study on this host running a trial now, this one included (``trials``: just read)."""
+        running = [t for t in (self.study.get_trials(deepcopy=False) if trials is None else trials)
+                   if t.state == TrialState.RUNNING]
         return 1 + len({t.user_attrs["worker_id"] for t in on_host(running, self.worker_id)} - {self.worker_id})
 
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -382,15 +283,16 @@ class Worker:
         self.current = None
         self.console.trial_done(study, trial)
         notes.save(study, notes.study_note(study, spec_epochs=self.spec.epochs))
+        trials = study.get_trials(deepcopy=False)
         if trial.state == TrialState.FAIL:
-            self._requeue(trial, str(trial.user_attrs.get("reason", "error")))
+            self._requeue(trial, str(trial.user_attrs.get("reason", BY_REASON["error"].reason)), trials)
         elif trial.state in FINISHED:
             for number in [*trial.system_attrs.get("retry_history", []), trial.number]:
                 self._drop(number, "last.pth")
-            self._retain_top_weights()
+            self._retain_top_weights(trials)
 
-    def _requeue(self, trial: FrozenTrial, reason: str) -> None:
-        outcome = requeue(self.study, trial, reason=reason, max_retry=self.max_retry)
+    def _requeue(self, trial: FrozenTrial, reason: str, trials: list[FrozenTrial] | None = None) -> None:
+        outcome = requeue(self.study, trial, reason=reason, max_retry=self.max_retry, trials=trials)
         if isinstance(outcome, Dropped):
             self.console.message(f"#{trial.number} {outcome}")
         elif outcome is not None:
@@ -427,24 +329,28 @@ class Worker:
         return f"storage unreachable or failing: {text}{then}"
 
     def _abandon_current(self, reason: str) -> None:
-        """Fail the running trial (if the interrupt landed outside the objective) and queue its retry."""
+        """Fail the running trial (if the interrupt landed outside the objective) with ``reason`` unless it
+        recorded its own, and queue its retry."""
         if self.current is None:
             return
         number = self.current.number
-        frozen = self.study.get_trials(deepcopy=False)[number]
-        if frozen.state == TrialState.RUNNING:
-            self.study.tell(number, state=TrialState.FAIL)  # its reason was set when it stopped, if it could be
-            frozen = self.study.get_trials(deepcopy=False)[number]
+        trials = self.study.get_trials(deepcopy=False)
+        if trials[number].state == TrialState.RUNNING:
+            if "reason" not in trials[number].user_attrs:  # else set when it stopped
+                self.current.set_user_attr("reason", reason)
+            self.study.tell(number, state=TrialState.FAIL)
+            trials = self.study.get_trials(deepcopy=False)
+        frozen = trials[number]
         if frozen.state == TrialState.FAIL:
             self.console.trial_done(self.study, frozen)
-            self._requeue(frozen, str(frozen.user_attrs.get("reason", reason)))
+            self._requeue(frozen, str(frozen.user_attrs.get("reason", reason)), trials)
         self.current = None
 
-    def _retain_top_weights(self) -> None:
+    def _retain_top_weights(self, trials: list[FrozenTrial]) -> None:
         """Keep weights only for the spec's ``keep_weights`` best feasible COMPLETE trials (and best, baseline)."""
         keep = trials_keeping_weights(self.study, self.spec.keep_weights)
-        for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
-            if trial.number not in keep and trial.number not in self.evicted:
+        for trial in trials:
+            if trial.state in FINISHED and trial.number not in keep and trial.number not in self.evicted:
                 self._drop(trial.number, "best.pth")
                 self.evicted.add(trial.number)
 
@@ -452,51 +358,10 @@ class Worker:
         self.files.remove(number, name)
         (self.trial_dir(number) / name).unlink(missing_ok=True)
 
-    # -- signals -------------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signals += 1
-        if signum == signal.SIGHUP:
-            _leave_hung_up_terminal()
-        if self.signals == 1:
-            print(f"\n{signal.Signals(signum).name}: stopping the running trial and queueing its retry "
-                  f"(again: skip the summary; a third time: exit at once)", file=sys.stderr, flush=True)
-            raise Interrupted(signum)
-        if self.signals == 2:
-            print("queueing the retry, then exiting", file=sys.stderr, flush=True)
-            return
-        os._exit(128 + signum)
 
-
-def _stop_signals() -> tuple[signal.Signals, ...]:
-    """The signals that stop the worker the same way. SIGHUP is one unless the worker was started to ignore it
-    (``nohup``): then it must keep ignoring it and outlive its terminal."""
-    hang_up = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
-    return (signal.SIGINT, signal.SIGTERM, *hang_up)
-
-
-def _leave_hung_up_terminal() -> None:
-    """After SIGHUP the pane's terminal may be gone (``tmux kill-session``): every write to it then fails with
-    EIO, which would cut short failing the trial and queueing its retry. stdout/stderr that fail so (a
-    zero-byte write tells) now go to /dev/null; a pipe or a file (nohup.out, a test) keeps its output."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            try:
-                os.write(fd, b"")
-            except OSError as exc:
-                if exc.errno == errno.EIO:  # anything else (a closed fd) is no hung-up terminal: left as it is
-                    os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold the stop signals while the running trial is failed and re-queued (a few storage writes), so an
-    impatient second Ctrl-C cannot cut that short; they are delivered afterwards."""
-    signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+def _stop_line(reason: str) -> str:
+    """The one line a worker stops with after a trial failed for ``reason`` (a data error or a full disk)."""
+    if reason.startswith("disk full: "):
+        return (f"disk full: no space left for {reason.removeprefix('disk full: ')}; free space and start the "
+                f"worker again (the trial is queued for retry)")
+    return reason

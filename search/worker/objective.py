@@ -1,21 +1,25 @@
 """The Optuna objective: suggest -> TrainConfig -> train_and_evaluate(on_epoch=report/prune) -> best lwlrap.
 
 Everything around a trial (its folder, resuming a retried attempt, heartbeat, interrupts, failure
-reasons, retries) is the worker's (``search.worker.lifecycle``); this is only the search idiom.
+reasons, retries) is the worker's (``search.worker.lifecycle``): it hands its ``start`` in. This is only the
+search idiom.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import optuna
 
-from search.worker.lifecycle import Worker
 from search.spec import StudySpec
+from search.worker.trial_run import TrialRun
 from trainer import DEVICE_BANK_SHARE, Result, resolve_device, train_and_evaluate
 
 Trainer = Callable[..., Result]  # train_and_evaluate's signature: (config, data_dir, *, on_epoch, workdir, ...)
+# The worker's ``start(trial, config, device=...)``: prepares the attempt (folder, resume, record) around training
+Start = Callable[..., AbstractContextManager[TrialRun]]
 
 
 @dataclass
@@ -24,7 +28,7 @@ class Objective:
 
     spec: StudySpec
     data_dir: Path
-    worker: Worker
+    start: Start
     device: str | None = None  # the worker's (search.run picks a GPU); None: each config's own, resolved
     cache_dir: Path | None = None
     device_bank_share: float = DEVICE_BANK_SHARE  # share of free GPU memory feature banks may take
@@ -33,7 +37,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.spec.config_for(self.spec.suggest(trial))
         device = self.device or str(resolve_device(config.device))  # what the trial trains on and records
-        with self.worker.start(trial, config, device=device) as run:
+        with self.start(trial, config, device=device) as run:
             def on_epoch(epoch: int, metrics: dict) -> None:
                 run.epoch_done(epoch, metrics)
                 # The running best: what a pruner compares is what the trial returns, and it never falls.

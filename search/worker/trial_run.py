@@ -1,41 +1,21 @@
 """One attempt at a trial (``TrialRun``: per-epoch hand-off to the artifact store, kernel-budget check, final
-record), the worker's control-flow exceptions and its thread choice. The worker (``search.worker.lifecycle``) owns the
-loop around them."""
+record) and its thread choice. The worker (``search.worker.lifecycle``) owns the loop around them."""
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 
-from search.study.artifacts import REGISTERED_FILES
+from search.spec import Kernel
+from search.study.artifacts import REGISTERED_FILES, TrialFiles
 from search.study.record import KERNEL_CONSTRAINT
+from search.worker.console import Console
 from trainer import Result, TrainConfig
-
-
-class TrialFailed(Exception):
-    """A trial failed for a known reason (recorded on it); the worker goes on."""
-
-
-class StopWorker(Exception):
-    """A problem every later trial would hit too; the worker stops with this one line."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or SIGHUP: the running trial stops and is re-queued, the worker exits."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
@@ -51,15 +31,34 @@ def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
 
 
 # -- one attempt at a trial --------------------------------------------------------------------------
+class RecordedTrial:
+    """The attempt's trial as the attempt writes it: each user attr goes to the storage and stays in ``attrs``
+    (with the ones the trial was queued with), so the trial's note is built from what the attempt recorded."""
+
+    def __init__(self, live: optuna.Trial, queued: Mapping[str, Any] | None = None) -> None:
+        self.live = live
+        self.number = live.number
+        self.attrs: dict[str, Any] = dict(live.user_attrs if queued is None else queued)
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.live.set_user_attr(key, value)
+        self.attrs[key] = value
+
+    def set_constraint(self, name: str, violation: float) -> None:
+        self.live.set_constraint(name, violation)
+
+
 @dataclass
 class TrialRun:
-    """One attempt at a trial: its folder, the resume hand-off, per-epoch hand-off and the final record."""
+    """One attempt at a trial: its folder, per-epoch hand-off to the artifact store and the final record."""
 
-    worker: Any  # the search.worker.lifecycle.Worker running it (not imported: lifecycle imports this module)
-    trial: optuna.Trial
+    trial: RecordedTrial
     config: TrainConfig
     workdir: Path
     threads: int
+    files: TrialFiles
+    console: Console
+    kernel: Kernel | None  # the spec's [kernel] budget
     resumed_from_epoch: int = 0
     first_epoch: int = 1
     best_seen: float = float("-inf")
@@ -68,7 +67,9 @@ class TrialRun:
 
     def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
         """After the trainer saved this epoch: hand its checkpoints to the store, then show the epoch."""
-        files = self.worker.files
+        files = self.files
+        if not self.costs and (self.workdir / "config.json").exists():  # the attempt's first epoch: its resume
+            files.push(self.trial.number, self.workdir / "config.json")  # needs it (written at epoch 0 only)
         files.push(self.trial.number, self.workdir / "last.pth")
         if metrics["best_lwlrap"] > self.best_seen:
             self.best_seen = metrics["best_lwlrap"]
@@ -77,7 +78,7 @@ class TrialRun:
                     files.push(self.trial.number, self.workdir / name)
         self.trial.set_user_attr("epochs_run", epoch)  # progress survives a kill -9 of this worker
         self.costs.append(float(metrics["inference_cost"]))
-        self.worker.console.epoch(self.trial.number, epoch, self.config.optim.epochs, metrics)
+        self.console.epoch(self.trial.number, epoch, self.config.optim.epochs, metrics)
 
     @property
     def epochs_done(self) -> int:
@@ -86,12 +87,12 @@ class TrialRun:
 
     def status(self, line: str) -> None:
         """Progress of the data preparation (cache fill, bank packing, where the banks went), in the pane."""
-        self.worker.console.message(f"  #{self.trial.number} {line}")
+        self.console.message(f"  #{self.trial.number} {line}")
 
     def kernel_budget_refusal(self, metrics: dict[str, Any]) -> str | None:
         """At the attempt's first epoch: why the measured inference cost already breaks the kernel budget (it
         does not depend on training), which the objective prunes the trial with; None while it fits."""
-        kernel = self.worker.spec.kernel
+        kernel = self.kernel
         if kernel is None or metrics["epoch"] != self.first_epoch:
             return None
         if kernel.violation(metrics["inference_cost"]) <= 0:
@@ -111,7 +112,7 @@ class TrialRun:
 
     def _record_cost(self, cost: float) -> None:
         self.trial.set_user_attr("inference_cost", cost)
-        kernel = self.worker.spec.kernel
+        kernel = self.kernel
         if kernel is not None:
             self.trial.set_user_attr("kernel_time_s", round(kernel.projected_s(cost), 1))
             self.trial.set_user_attr("feasible", bool(kernel.violation(cost) <= 0))
@@ -120,4 +121,4 @@ class TrialRun:
     def register_files(self) -> None:
         for name in REGISTERED_FILES:
             if (self.workdir / name).exists():
-                self.worker.files.register(self.trial, self.workdir / name)
+                self.files.register(self.trial.live, self.workdir / name)

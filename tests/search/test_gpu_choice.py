@@ -142,29 +142,21 @@ def test_a_worker_through_the_cli_records_its_device_on_every_trial(tmp_path, wa
 
 
 def test_without_a_device_a_trial_records_the_one_its_config_resolves_to(tmp_path):
-    from search.study.artifacts import TrialFiles, open_artifact_store
-    from search.worker.console import Console
-    from search.study.join import join_study
-    from search.worker.lifecycle import Worker
+    from search.study.locate import locate
+    from search.worker.build import build_worker
     from search.worker.objective import Objective
-    from search.spec import load_spec
-    from search.study.storage import default_storage_url, open_storage
-    from search.study.record import StudyHandle
 
     studies = tmp_path / "studies"
-    spec = load_spec(write_spec(studies, "cfg", epochs=1))
-    url = default_storage_url("cfg", studies)
-    storage = open_storage(url)
-    handle = StudyHandle(join_study(storage, spec), storage, url)
-    worker = Worker(handle, spec, TrialFiles(open_artifact_store(studies / "artifacts"), handle.uid()),
-                    studies / "runs", Console(baseline=spec.baseline_params(), worker_id="box:1"), "box:1", tmp_path,
-                    threads=1)
+    write_spec(studies, "cfg", epochs=1)
+    worker = build_worker(locate("cfg", studies, spec_required=True), tmp_path, threads=1, worker_id="box:1")
+    spec = worker.spec
     trained_on = []
 
     def train(config, data_dir=None, **kwargs):
         trained_on.append(kwargs["device"])
         return fake_training()(config, data_dir, **kwargs)
 
-    assert worker.run(Objective(spec, tmp_path, worker, device=None, train=train), trials=1) == 0
+    # an Objective without the worker's device: each config's own, resolved
+    assert worker.run(Objective(spec, tmp_path, worker.start, device=None, train=train), trials=1) == 0
     expected = str(resolve_device(spec.base_config().device))  # the config's "auto": cpu here, cuda on a GPU box
-    assert handle.study.trials[0].user_attrs["device"] == expected and trained_on == [expected]
+    assert worker.study.trials[0].user_attrs["device"] == expected and trained_on == [expected]

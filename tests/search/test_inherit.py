@@ -8,18 +8,17 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.study.artifacts import TrialFiles, open_artifact_store
-from search.worker.console import Console
 from search.study.inherit import INHERITED_ATTR, Source, inside
 from search.study.join import UsageError, join_study
 from search.kaggle.ensemble import load_candidates
 from search.study.locate import locate
+from search.worker.build import build_worker
 from search import panes
 from search.run import main
 from search.views.notes import study_note
 from search.spec import load_spec
 from search.views.status import StatusView
 from search.study.storage import default_storage_url, open_storage
-from search.study.record import StudyHandle
 
 from trainer import TrainConfig
 
@@ -188,15 +187,15 @@ def test_inside_a_float_range(value, expected):
 
 def test_the_status_view_note_and_pane_summary_count_inherited_trials(rounds, capsys):
     studies, old, spec = rounds
-    url = default_storage_url("round2", studies)
-    storage = open_storage(url)
-    study = join_study(storage, spec, inherit_from=Source(old))
+    worker = build_worker(locate("round2", studies, spec_required=True), studies, device="cpu", worker_id="host:1",
+                          inherit_from=Source(old))
+    study = worker.study
     capsys.readouterr()
-    screen = "\n".join(StatusView.of(StudyHandle(study, storage, url), spec).lines())
+    screen = "\n".join(StatusView.of(worker.handle, spec).lines())
     assert "3 of them inherited from study 'round1'" in " ".join(screen.split())
     assert all(len(line) <= 80 for line in screen.splitlines())
     assert "3 of them inherited from study 'round1' (`search.run --from`)" in study_note(study)
-    Console(baseline=spec.baseline_params(), worker_id="host:1").summary(study, "done")
+    worker.console.summary(study, "done")
     assert "(3 of them inherited from study 'round1')" in capsys.readouterr().out
 
 

@@ -16,15 +16,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.study.artifacts import TrialFiles, open_artifact_store
-from search.worker.console import Console
-from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, requeue
-from search.worker.lifecycle import Worker, fail_unclaimed_trials, stale_trial_retry
-from search.worker.objective import Objective, Trainer
-from search.study.join import join_study
-from search.spec import load_spec
+from search.study.locate import locate
 from search.study.storage import default_storage_url, open_storage
-from search.study.record import StudyHandle
+from search.worker.build import build_worker
+from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, fail_unclaimed_trials, requeue, stale_trial_retry
+from search.worker.objective import Trainer
 from trainer import DataError, NonFiniteLossError, train_and_evaluate
 
 from tests.search.conftest import fake_training, write_spec
@@ -37,27 +33,21 @@ class Setup:
 
     def __init__(self, tmp_path: Path, data: Path | None = None, train: Trainer = train_and_evaluate,
                  **spec_args) -> None:
-        self.train = train
         studies = tmp_path / "studies"
-        self.spec = load_spec(write_spec(studies, "life", **spec_args))
-        url = default_storage_url("life", studies)
-        self.storage = open_storage(url, heartbeat_interval=60, grace_period=120)
-        study = join_study(self.storage, self.spec, sampler=optuna.samplers.RandomSampler(seed=0))
-        self.handle = StudyHandle(study, self.storage, url)
-        self.files = TrialFiles(open_artifact_store(studies / "life" / "artifacts"), self.handle.uid())
+        write_spec(studies, "life", **spec_args)
         self.out = io.StringIO()
-        self.data = data or tmp_path
-        self.runs = studies / "life" / "runs" / self.handle.uid()
-        self.worker = Worker(self.handle, self.spec, self.files, self.runs,
-                             Console(baseline=self.spec.baseline_params(), worker_id="test:1", stream=self.out),
-                             "test:1", self.data, threads=1)
+        self.worker = build_worker(locate("life", studies, spec_required=True), data or tmp_path, device="cpu",
+                                   threads=1, sampler=optuna.samplers.RandomSampler(seed=0), heartbeat=60,
+                                   grace=120, worker_id="test:1", stream=self.out, train=train)
+        self.spec, self.handle, self.files = self.worker.spec, self.worker.handle, self.worker.files
+        self.storage, self.runs = self.handle.storage, self.worker.runs_dir
 
     @property
     def study(self) -> optuna.Study:
         return self.handle.study
 
     def run(self, trials: int | None = None, **kwargs) -> int:
-        return self.worker.run(Objective(self.spec, self.data, self.worker, device="cpu", train=self.train), trials=trials, **kwargs)
+        return self.worker.run(trials=trials, **kwargs)
 
 
 def _states(study: optuna.Study) -> list[TrialState]:
@@ -410,6 +400,31 @@ def test_a_retry_reports_the_epoch_its_predecessor_saved_but_never_reported(tmp_
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 2
     assert sorted(retry.intermediate_values) == [1, 2, 3]
     assert retry.intermediate_values[2] == pytest.approx(saved["best_lwlrap"])
+
+
+def test_a_resumed_retry_still_registers_its_config(tmp_path, warm_cache):
+    """The trainer writes config.json only when it starts from epoch 0, and a retry starts in a folder of its own:
+    a resumed attempt pulls its predecessor's from the store (pushed at its first epoch), so the trial still lists
+    it on the dashboard."""
+    attempts = []
+
+    def train(config, data_dir=None, *, on_epoch=None, **kwargs):
+        attempts.append(kwargs["workdir"])
+        if len(attempts) > 1:
+            return train_and_evaluate(config, data_dir, on_epoch=on_epoch, **kwargs)
+
+        def out_of_memory_after_epoch_1(epoch, metrics):
+            on_epoch(epoch, metrics)
+            raise MemoryError("Unable to allocate 9.1 GiB for an array")
+        return train_and_evaluate(config, data_dir, on_epoch=out_of_memory_after_epoch_1, **kwargs)
+
+    setup = Setup(tmp_path, warm_cache, epochs=2, train=train)
+    assert setup.run(trials=1) == 0
+    failed, retry = setup.study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["reason"].startswith("out of memory")
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 1
+    registered = {m.filename for m in optuna.artifacts.get_all_artifact_meta(retry, storage=setup.storage)}
+    assert registered == {"config.json", "val_predictions.npz"}
 
 
 # -- folders and weights ---------------------------------------------------------------------------

@@ -11,16 +11,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.worker import lifecycle
-from search.study.artifacts import TrialFiles, open_artifact_store
-from search.worker.console import Console
-from search.study.join import join_study
-from search.worker.lifecycle import Worker
-from search.worker.objective import Objective
-from search.worker.slots import SlotLock
-from search.spec import load_spec
+from search.study.locate import locate
+from search.study.record import FINISHED
 from search.study.storage import open_storage
-from search.study.record import FINISHED, StudyHandle
+from search.worker import lifecycle
+from search.worker.build import build_worker
+from search.worker.slots import SlotLock
 
 from tests.search.conftest import fake_training, fresh_database, unique_name, write_spec
 
@@ -32,16 +28,12 @@ TRIALS = 8
 def _pane(studies: Path, name: str, url: str, pane: int, start, results) -> None:
     """One worker process: join the study, wait for the others, run to ``TRIALS`` with instant trials."""
     lifecycle.WAIT_POLL_S = 0.1  # instant trials: a pane waiting on the others' last ones need not sleep 2 s
-    spec = load_spec(studies / f"{name}.toml")
-    storage = open_storage(url, heartbeat_interval=60, grace_period=120)
-    handle = StudyHandle(join_study(storage, spec, sampler=optuna.samplers.RandomSampler(seed=pane)), storage, url)
-    files = TrialFiles(open_artifact_store(studies / name / "artifacts"), handle.uid())
     out = io.StringIO()
-    worker = Worker(handle, spec, files, studies / name / "runs" / handle.uid(),
-                    Console(baseline=spec.baseline_params(), worker_id=f"race:{pane}", stream=out),
-                    f"race:{pane}", studies, threads=1)
+    worker = build_worker(locate(name, studies, url, spec_required=True), studies, device="cpu", threads=1,
+                          sampler=optuna.samplers.RandomSampler(seed=pane), heartbeat=60, grace=120,
+                          worker_id=f"race:{pane}", stream=out, train=fake_training())
     start.wait()
-    code = worker.run(Objective(spec, studies, worker, device="cpu", train=fake_training()), trials=TRIALS)
+    code = worker.run(trials=TRIALS)
     results.put((code, out.getvalue().strip().splitlines()[-1]))
 
 
@@ -50,7 +42,7 @@ def processes():
     """Worker processes forked from a clean server that imported the search code once (fast, and never a
     fork of this multi-threaded test process)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["search.worker.lifecycle", "search.worker.objective", "tests.search.conftest"])
+    context.set_forkserver_preload(["search.worker.build", "tests.search.conftest"])
     return context
 
 
