@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build .whl/, the wheels the device machine (an H200 box: x86-64, Python 3.12, CUDA PyTorch, no registry)
-# needs to run benchmarks/gpu_check.py, and print the one device command line that installs them and runs it.
+# Build .whl/, the wheels an offline CUDA box (x86-64, Python 3.12, CUDA PyTorch, no package registry) needs to
+# run benchmarks/gpu_check.py, and print the one command line that installs them there and runs it.
 #
 #     bash benchmarks/device_wheels.sh [PYTHON] [WHEEL_DIR]     # defaults: .venv/bin/python, .whl
 #
 # Which wheels: every package `pip freeze` lists in this project's venv, at that exact version, except those
-# the device's image already holds (DEVICE_HAS below, the package list of /work/.library/device/KINDS.md as read
-# on 2026-11-17; torch and numpy among them: the device's CUDA builds stay) and the project itself.
+# that box's image already holds (DEVICE_HAS below, as listed on 2026-11-17; torch and numpy among them: its
+# CUDA builds stay) and the project itself.
 # Downloaded with --no-deps (every needed one is named) for cp312 manylinux x86-64; .whl/ is git-ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,6 @@ for pin in $pins; do
 done
 count=$(ls "$DIR"/*.whl | wc -l)
 echo "device_wheels: $count wheels, $(du -sh "$DIR" | cut -f1), in $DIR/ for: $(echo $pins | tr '\n' ' ')" >&2
-git check-ignore -q "$DIR" || { echo "device_wheels: $DIR is not git-ignored (carry needs an ignored path)" >&2; exit 1; }
-echo "device command (carry [\"$DIR\"], timeout_s 600):"
+git check-ignore -q "$DIR" || { echo "device_wheels: $DIR is not git-ignored (it is copied beside the checkout, not committed)" >&2; exit 1; }
+echo "command for the CUDA box, in a copy of this checkout with $DIR/ in it (OUT: a folder for the results; at most 600 s):"
 echo "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $DIR/*.whl && export PYTHONPATH=/tmp/site:\$PWD || exit; set -o pipefail; PYTHONUNBUFFERED=1 timeout 560 python3 benchmarks/gpu_check.py --out /tmp/gc 2>&1 | tee \$OUT/gpu_check.log; rc=\$?; cp /tmp/gc/gpu_check.json /tmp/gc/table.md /tmp/gc/logs.tar.gz \$OUT/; exit \$rc"

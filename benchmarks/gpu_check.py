@@ -1,4 +1,4 @@
-"""The GPU check (issue 24): one script for one device command, each step timed, one table at the end.
+"""The GPU check: one script for one command on a CUDA box, each step timed, one table at the end.
 
     python -m benchmarks.gpu_check --out /tmp/gpu-check             # on a CUDA box (defaults sized for an H200)
     python -m benchmarks.gpu_check --tiny --out /tmp/gpu-check      # every step at toy size on CPU (a check)

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"workers per GPU (default {DEFAULT_PER_GPU}: a worker keeps its feature banks on its GPU "
                              "and trains from them, so one worker is GPU-bound; a second one time-slices the GPU, "
                              "holds its own CUDA context and banks, and gains only the first one's pauses "
-                             "(validation, checkpoints); try 2 where nvidia-smi shows the GPU idle with 1 - not "
-                             "measured here, no GPU)")
+                             "(validation, checkpoints); try 2 where nvidia-smi shows the GPU idle with 1 - no "
+                             "GPU measurement of it is recorded yet)")
     parser.add_argument("--panes", type=int, metavar="P", help=f"CPU workers on a box where torch sees no GPU (default "
                                                   f"{DEFAULT_CPU_PANES}; each gets --threads cores/panes)")
     parser.add_argument("--session", help="tmux session name (default: search-<study>)")

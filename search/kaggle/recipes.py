@@ -3,7 +3,7 @@
 A search ranks configs at the trial budget; the Kaggle score comes from what is finally trained. A recipe is
 one answer to "train longer? all curated? folds? seeds? an ensemble?", as data: ``RECIPES``. The default is
 the recipe that scored best on held-out test clips on both built-in sets (``benchmarks/bench_export.py``,
-README "Export recipes"); the explicit flags (``--epochs``, ``--full-curated``, ``--folds``, ``--seeds``,
+benchmarks/README.md "Export recipes"); the explicit flags (``--epochs``, ``--full-curated``, ``--folds``, ``--seeds``,
 ``--ensemble``, ``--reuse-checkpoints``) still export exactly what they say instead.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("ensemble-8-2x", "a greedy ensemble of the study's trials (8 rounds), members at 2x their epochs",
            ensemble=8, epochs_scale=2),
 )}
-# Measured by benchmarks/bench_export.py on both built-in sets (README "Export recipes"), best first: the default is
+# Measured by benchmarks/bench_export.py on both built-in sets (benchmarks/README.md "Export recipes"), best first: the default is
 # the first whose models fit the spec's kernel budget (the last is one model, so it always fits). folds-5 led on
 # sampled (+0.083 over single) and tied full-curated-2x on demo (+0.047); full-curated-2x is the best one model.
 DEFAULT_RECIPES = ("folds-5", "full-curated-2x")

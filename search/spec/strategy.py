@@ -1,7 +1,7 @@
 """The search strategy of a study: sampler, pruner and startup trials, built from the spec.
 
 Every setting a result depends on is written in the spec (``[sampler]``, ``[pruner]``, ``[startup]``);
-what a spec leaves out takes the defaults below, which the search-quality benchmark chose (README,
+what a spec leaves out takes the defaults below, which the search-quality benchmark chose (benchmarks/README.md,
 "Search quality") — never a library's implicit default, so an Optuna upgrade cannot change a study.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The layering the README promises: search/ uses the trainer's public surface only; the trainer never
+"""The layering docs/development.md promises: search/ uses the trainer's public surface only; the trainer never
 imports optuna or search/."""
 from __future__ import annotations
 

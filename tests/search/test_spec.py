@@ -40,7 +40,7 @@ def test_shipped_specs_give_valid_configs_for_sampled_params(name):
 def test_fat2019_baseline_is_train_config_default_at_the_trial_budget_and_demo_is_small():
     fat2019 = load_spec(STUDIES / "fat2019.toml")
     default = TrainConfig()
-    assert fat2019.epochs == 3 * default.optim.epochs  # the seed's first kept change, measured again in the README
+    assert fat2019.epochs == 3 * default.optim.epochs  # the seed's first kept change, measured again in benchmarks/README.md
     assert fat2019.base_config() == dataclasses.replace(
         default, optim=dataclasses.replace(default.optim, epochs=fat2019.epochs))
     demo = load_spec(STUDIES / "demo.toml")

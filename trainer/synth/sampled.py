@@ -20,7 +20,7 @@ from trainer.synth.playing import Domain, Melodic, Percussive, Presets, Spoken, 
 from trainer.synth.soundfont import SoundFont
 from trainer.synth.speech import PhraseBank
 
-# Difficulty knobs (measured in the README: validation lwlrap of the demo config).
+# Difficulty knobs (measured in benchmarks/README.md: validation lwlrap of the demo config).
 EVENT_SNR_DB = (-9.0, 9.0)  # event RMS while it sounds over background RMS, curated and test
 NOISY_SNR_SHIFT_DB = -6.0  # noisy events sit this much deeper in their (louder, humming) background
 NOISY_LOWPASS_HZ = (3500.0, 9000.0)  # the noisy split's microphone and codec cut the top off
