@@ -110,7 +110,8 @@ def describe(selection: Selection, held_out: HeldOut | str | None = None) -> lis
              f"over {len(pool.candidates)} COMPLETE feasible trial(s) with stored validation predictions "
              f"({len(pool.fnames)} clips, split {pool.split}); {selection.pooling} pooling; {limit}.", ""]
     projected = budget.test_audio_s is not None  # without the spec's [kernel] there is no test audio to project on
-    lines += ["| bag | round | added trial | validation lwlrap | members |" + (" projected kernel s |" if projected else ""),
+    lines += ["| bag | round | added trial | validation lwlrap | members |"
+              + (" projected kernel s |" if projected else ""),
               "|---|---|---|---|---|" + ("---|" if projected else "")]
     for step in selection.steps:
         kept = " (kept)" if step.round == selection.best_round[step.bag] else ""

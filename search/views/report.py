@@ -100,7 +100,8 @@ def _top_trials(top: Sequence[FrozenTrial], baseline: FrozenTrial | None) -> lis
     """The top trials with the params each changed from the baseline trial's (as the pane lines and search.best
     show them); every param where the study has no baseline trial."""
     what = "differs from the baseline" if baseline is not None else "params"
-    lines = [f"## Top {len(top)} complete trials", "", f"| rank | trial | lwlrap | epochs | time | kernel budget | {what} |",
+    lines = [f"## Top {len(top)} complete trials", "",
+             f"| rank | trial | lwlrap | epochs | time | kernel budget | {what} |",
              "|---|---|---|---|---|---|---|"]
     for rank, trial in enumerate(top, start=1):
         if baseline is not None:

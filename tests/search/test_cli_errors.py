@@ -35,7 +35,8 @@ def _study(studies: Path) -> Path:
     base = "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in TINY_OVERRIDES.items() if k != "optim.epochs")
     studies.mkdir(parents=True, exist_ok=True)
     (studies / "demo.toml").write_text(f'[study]\nname = "demo"\ndata = "demo"\ndata_scale = 0.05\nepochs = 2\n\n'
-                                       f'[base]\n{base}\n\n[space]\n"optim.lr" = {{ float = [1e-3, 1e-2], log = true }}\n'
+                                       f'[base]\n{base}\n\n'
+                                       f'[space]\n"optim.lr" = {{ float = [1e-3, 1e-2], log = true }}\n'
                                        f'\n[kernel]\nbudget_s = 3600\ntest_audio_s = 10000\n')
     study = optuna.create_study(storage=open_storage(default_storage_url("demo", studies)), study_name="demo",
                                 direction="maximize")

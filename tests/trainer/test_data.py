@@ -92,7 +92,8 @@ def test_unreadable_clips_warn_once_then_stop_above_one_percent(tmp_path, capsys
         warnings.simplefilter("always")
         check_unreadable("train_curated", 200, failed)
     assert caught == []  # a Python warning would print its source line too
-    assert capsys.readouterr().err == "warning: train_curated: skipping 1 unreadable clip(s) of 200: x.wav (empty file)\n"
+    assert capsys.readouterr().err == ("warning: train_curated: skipping 1 unreadable clip(s) of 200: "
+                                       "x.wav (empty file)\n")
     with pytest.raises(DataError, match=r"train_curated: 2 of 100 clips are unreadable"):
         check_unreadable("train_curated", 100, failed * 2)
 
@@ -159,7 +160,8 @@ def test_a_text_file_named_wav_is_skipped_with_one_line_naming_it(demo_data, ses
     err = capfd.readouterr().err
     assert len(targets) == len(paths) - 1
     warned = [line for line in err.splitlines() if "x.wav" in line]
-    assert len(warned) == 1 and warned[0].startswith(f"warning: train_curated: skipping 1 unreadable clip(s) of {len(paths)}: x.wav (")
+    assert len(warned) == 1
+    assert warned[0].startswith(f"warning: train_curated: skipping 1 unreadable clip(s) of {len(paths)}: x.wav (")
     assert "UserWarning" not in err and "check_unreadable" not in err
 
 
