@@ -141,3 +141,17 @@ def test_the_writable_check_names_the_folder_and_creates_nothing(tmp_path):
     assert raised.value.filename == str(tmp_path / "file")
     check_writable_folder(tmp_path / "new" / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_every_command_turns_errors_into_lines_through_the_one_wrapper():
+    """So their lists of caught errors cannot drift apart again (run.py caught OSError, report.py did not)."""
+    from tests.search.test_layering import command_modules, search_modules
+
+    paths = search_modules()
+    commands = sorted(command_modules())
+    assert {"search.run", "search.best", "search.report", "search.dashboard", "search.quickstart", "search.panes",
+            "search.status", "search.score"} <= set(commands)
+    for name in commands:
+        source = paths[name].read_text(encoding="utf-8")
+        assert "run_command(" in source, f"{name}: main() does not go through search._cli.run_command"
+        assert 'print(f"error: ' not in source, f"{name}: prints its own error line; raise UserError instead"
