@@ -6,12 +6,15 @@ measured on held-out curated is exactly what runs on the test set.
 from __future__ import annotations
 
 import contextlib
+import time
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from trainer.batches import FeatureBank
-from trainer.config import ConfigError
+from trainer.config import ConfigError, FeatureConfig
+from trainer.features import LogMel
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,3 +64,44 @@ def predict_bank(model: torch.nn.Module, bank: FeatureBank, *, n_frames: int, pa
     counts = torch.bincount(clip_ids, minlength=len(bank)).to(totals.device).clamp(min=1)
     model.train(was_training)
     return (totals / counts[:, None]).cpu().numpy().astype(np.float64)
+
+
+# How a cost was timed: the names Result.inference_cost_method and a trial's record carry.
+ONE_THREAD_CPU_TIME = "cpu-time-1-thread"
+WALL_TIME = "wall-time"
+Work = TypeVar("Work")
+
+
+def timed_work(device: torch.device, work: Callable[[], Work]) -> tuple[Work, float, str]:
+    """Run ``work`` and return its value, its seconds and how they were timed, so that other processes' load
+    does not change them.
+
+    On CPU the work runs on one torch thread, timed by that thread's CPU time: the time it computed, not the time
+    it waited for a core (wall time grew up to 30x on a loaded 2-core box, this 1.1x at most; docs/threads.md),
+    and the same whatever thread count a trial got. On a GPU the host waits for the device: wall time."""
+    if device.type != "cpu":
+        started = time.perf_counter()
+        value = work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return value, time.perf_counter() - started, WALL_TIME
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        started = time.thread_time()
+        value = work()
+        return value, time.thread_time() - started, ONE_THREAD_CPU_TIME
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure_feature_cost(cfg: FeatureConfig, device: torch.device, seconds: float = 10.0,
+                         repeats: int = 3) -> tuple[float, str]:
+    """Seconds of log-mel computation per second of audio on ``device`` (what a kernel pays per clip), and how
+    they were timed (``timed_work``): the least of ``repeats`` passes, since a busy box's other processes can
+    only add to it (they evict the caches between time slices)."""
+    log_mel = LogMel(cfg).to(device)
+    wave = torch.randn(int(seconds * cfg.sample_rate), generator=torch.Generator().manual_seed(0)).to(device)
+    log_mel(wave)  # warm-up: first call allocates the FFT plan
+    passes = [timed_work(device, lambda: log_mel(wave)) for _ in range(repeats)]
+    return min(spent for _, spent, _ in passes) / seconds, passes[0][2]

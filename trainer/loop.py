@@ -27,13 +27,13 @@ from trainer.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_t
 from trainer.augment import mixup, spec_augment
 from trainer.checkpoint import RunState, restore_training_state, save_training_state
 from trainer.config import TrainConfig
-from trainer.inference import autocast_for, predict_bank, resolve_device
+from trainer.inference import autocast_for, measure_feature_cost, predict_bank, resolve_device, timed_work
 from trainer.losses import build_loss
 from trainer.metrics import lwlrap, per_class_lwlrap
 from trainer.models import build_model
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.prefetch import crop_batches
-from trainer.prepare import DEVICE_BANK_SHARE, PreparedData, measure_feature_cost, prepare_data
+from trainer.prepare import DEVICE_BANK_SHARE, PreparedData, prepare_data
 from trainer.run_log import RunLog
 from trainer.samplers import epoch_indices
 
@@ -64,6 +64,7 @@ class Result:
     resumed_from_epoch: int    # epochs restored from last.pth at the start of this call (0 = a fresh run)
     threads: int               # torch CPU threads used; CPU results are reproducible for the same count
     val_predictions_path: Path  # the best epoch's validation probabilities (see save_val_predictions)
+    inference_cost_method: str | None = None  # how the costs were timed (trainer.inference.timed_work); None: unknown
 
 
 def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, *,
@@ -72,6 +73,7 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
                        tensorboard_dir: str | Path | None = None,
                        device: str | None = None,
                        threads: int | None = None,
+                       epoch_threads: Callable[[], int] | None = None,
                        progress: bool | None = None,
                        verbose: bool = True,
                        cache_dir: str | Path | None = None,
@@ -83,6 +85,8 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
     resumed. ``progress`` None shows a batch bar only on a terminal; ``verbose`` prints one line per epoch.
     ``status`` receives data preparation progress and where the banks went; ``device_bank_share`` is the
     share of free GPU memory feature banks may take (larger ones are fed from the host; see prepare_data).
+    ``epoch_threads``, if given, is asked at each epoch's start for that epoch's torch CPU threads (a policy that
+    follows the box's load); ``threads`` sets them until then.
     """
     started = time.perf_counter()
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -96,7 +100,7 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
     data = prepare_data(config, data_dir, device=dev, cache_dir=cache_dir, progress=progress is not False,
                         device_bank_share=device_bank_share, status=status)
     # Measured once: the log-mel cost per second of audio does not change between epochs.
-    feature_cost = measure_feature_cost(config.features, dev)
+    feature_cost, cost_method = measure_feature_cost(config.features, dev)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(dev)
@@ -119,6 +123,8 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
     epoch_times: list[float] = []
     try:
         for epoch in range(state.epoch + 1, config.optim.epochs + 1):
+            if epoch_threads is not None:
+                torch.set_num_threads(max(1, epoch_threads()))
             epoch_started = time.perf_counter()
             train_loss, grad_norm = _train_one_epoch(config, data, model, optimizer, loss_fn, rng, crop_generator,
                                                      dev, bar=show_bar, desc=f"epoch {epoch}/{config.optim.epochs}")
@@ -126,10 +132,10 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
             scheduler.step()
             epoch_times.append(time.perf_counter() - epoch_started)
 
-            val_started = time.perf_counter()
-            probs = predict_bank(model, data.val_bank, n_frames=config.features.crop_frames,
-                                 pad_mode=config.features.pad_mode, batch_size=max(config.optim.batch_size, 64))
-            model_cost = (time.perf_counter() - val_started) / max(audio_seconds, 1e-9)
+            probs, val_seconds, cost_method = timed_work(dev, lambda: predict_bank(
+                model, data.val_bank, n_frames=config.features.crop_frames, pad_mode=config.features.pad_mode,
+                batch_size=max(config.optim.batch_size, 64)))
+            model_cost = val_seconds / max(audio_seconds, 1e-9)
             if not np.isfinite(probs).all():
                 raise NonFiniteLossError(f"validation outputs became NaN/inf after epoch {epoch} "
                                          f"(lr {lr:.3g}): the network diverged")
@@ -142,7 +148,8 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
                 state.best_lwlrap, state.best_epoch = score, epoch
             metrics = {"epoch": epoch, "lwlrap": score, "best_lwlrap": state.best_lwlrap, "val_loss": val_loss,
                        "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm, "epoch_time": epoch_times[-1],
-                       "model_cost": model_cost, "inference_cost": feature_cost + model_cost}
+                       "model_cost": model_cost, "inference_cost": feature_cost + model_cost,
+                       "inference_cost_method": cost_method, "threads": torch.get_num_threads()}
             state.history.append(metrics)
             state.epoch = epoch
 
@@ -179,6 +186,7 @@ def train_and_evaluate(config: TrainConfig, data_dir: str | Path | None = None, 
         resumed_from_epoch=resumed_from,
         threads=torch.get_num_threads(),
         val_predictions_path=workdir / VAL_PREDICTIONS,
+        inference_cost_method=state.history[-1].get("inference_cost_method") if state.history else cost_method,
     )
 
 

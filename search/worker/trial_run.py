@@ -2,8 +2,6 @@
 record) and its thread choice. The worker (``search.worker.lifecycle``) owns the loop around them."""
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +13,14 @@ from search.spec import Kernel
 from search.study.artifacts import REGISTERED_FILES, TrialFiles
 from search.study.record import KERNEL_CONSTRAINT
 from search.worker.console import Console
+from search.worker.threads import threads_now
 from trainer import Result, TrainConfig
 
 
 def choose_threads(explicit: int | None, *, panes_on_host: int) -> int:
-    """torch CPU threads for the next trial: ``--threads``, else this box's cores shared by the panes on it
-    and reduced by load that is not ours (so a busy box is not oversubscribed)."""
-    if explicit is not None:
-        return explicit
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // max(1, panes_on_host))
-    foreign_load = os.getloadavg()[0] - panes_on_host * share if hasattr(os, "getloadavg") else 0.0
-    free = cores - max(0.0, foreign_load)
-    return max(1, min(share, int(free // max(1, panes_on_host)) or 1))
+    """torch CPU threads for the next trial or epoch: ``--threads``, else this box's cores shared by the panes on
+    it and cut to what other processes leave free now (search.worker.threads: a busy box is not oversubscribed)."""
+    return explicit if explicit is not None else threads_now(panes_on_host)
 
 
 # -- one attempt at a trial --------------------------------------------------------------------------
@@ -97,21 +90,27 @@ class TrialRun:
             return None
         if kernel.violation(metrics["inference_cost"]) <= 0:
             return None
-        self._record_cost(metrics["inference_cost"])
+        self._record_cost(metrics["inference_cost"], metrics.get("inference_cost_method"))
         return (f"over the kernel budget: projected {kernel.projected_s(metrics['inference_cost']):,.0f} s > "
                 f"{kernel.budget_s * kernel.safety:,.0f} s")
 
     def finish(self, result: Result) -> None:
-        """The trial's final record: epochs, best epoch, inference cost (median of the epochs measured,
-        less noisy than one) and, with a kernel budget, its feasibility constraint."""
+        """The trial's final record: epochs, best epoch, inference cost (the least of the epochs measured:
+        what the box's other work adds to a CPU-time cost through shared caches only ever raises it) and, with a kernel
+        budget, its feasibility constraint."""
         self.trial.set_user_attr("epochs_run", result.epochs_run)
         self.trial.set_user_attr("best_epoch", result.best_epoch)
         self.trial.set_user_attr("feature_cost", result.feature_cost)
         self.trial.set_user_attr("model_cost", result.model_cost)
-        self._record_cost(statistics.median(self.costs) if self.costs else result.inference_cost)
+        self._record_cost(min(self.costs) if self.costs else result.inference_cost,
+                          result.inference_cost_method)
 
-    def _record_cost(self, cost: float) -> None:
+    def _record_cost(self, cost: float, method: str | None) -> None:
+        """The cost and how it was timed (``inference_cost_method``: cpu-time-1-thread on CPU, which other
+        processes' load barely changes; wall-time on a GPU; absent from trials recorded before it was said)."""
         self.trial.set_user_attr("inference_cost", cost)
+        if method is not None:
+            self.trial.set_user_attr("inference_cost_method", method)
         kernel = self.kernel
         if kernel is not None:
             self.trial.set_user_attr("kernel_time_s", round(kernel.projected_s(cost), 1))
