@@ -339,6 +339,10 @@ Needs the Kaggle CLI (`pip install kaggle`, API token in `~/.kaggle/kaggle.json`
 Try it locally first, on any folder in the FAT2019 layout:
 
     python {out}/kernel.py --test DATA/test --sample-submission DATA/sample_submission.csv --out submission.csv --models {out}
+
+and, where the folder has labels for its test clips (the built-in sets' `test_labels.csv`), score it:
+
+    python -m search.score submission.csv DATA/test_labels.csv
 """
 
 
