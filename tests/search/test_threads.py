@@ -58,3 +58,31 @@ def test_without_proc_loadavg_the_load_average_is_read(box, tmp_path, monkeypatc
     monkeypatch.setattr(threads, "LOADAVG", tmp_path / "missing")
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
     assert threads_now(1) == 2
+
+
+def test_the_worker_hands_the_trainer_a_policy_that_follows_the_box(box, tmp_path):
+    import io
+
+    import optuna
+
+    from search.study.locate import locate
+    from search.worker.build import build_worker
+    from tests.search.conftest import fake_training, write_spec
+
+    answers = []
+
+    def train(config, data_dir=None, *, epoch_threads=None, **kwargs):
+        box(1)
+        answers.append(epoch_threads())
+        box(1 + 3)  # foreign load appears mid-trial
+        answers.append(epoch_threads())
+        return fake_training()(config, data_dir, **kwargs)
+
+    studies = tmp_path / "studies"
+    for name, explicit in (("auto", None), ("fixed", 3)):
+        write_spec(studies, name)
+        worker = build_worker(locate(name, studies, spec_required=True), tmp_path, device="cpu", threads=explicit,
+                              sampler=optuna.samplers.RandomSampler(seed=0), worker_id="test:1",
+                              stream=io.StringIO(), train=train)
+        worker.run(trials=1)
+    assert answers == [4, 1, 3, 3]  # --threads 3 is kept whatever the load
