@@ -7,7 +7,8 @@ Steps, and the time each is expected to take on an H200 at the defaults (estimat
 CPU runs, not yet measured on one; the whole check is meant to end within about 7 of one command's 10 minutes):
   1. tests     pytest on the tests that touch CUDA (every test file under tests/ that mentions ``cuda``: the
                whole file where a module-level name does, as test_features.py's DEVICES; else only the test
-               functions that do), as a subprocess: passed / failed / skipped counts.            ~1 min
+               functions that do), as a subprocess: passed / failed / skipped counts (--tiny: the first
+               of them only).                                                                      ~1 min
   2. baseline  the m12sl baseline trial (TrainConfig() defaults: ResNet34, 64 mels, n_fft 1764 / hop 220, batch
                32) for --epochs (30) on a curated-size synthetic set with FAT2019's clip lengths
                (benchmarks/scale_data.py, --fraction 1.0 = 4,970 clips): per-epoch time, samples/s, peak GPU
@@ -93,11 +94,12 @@ def run_logged(command: list[str], log: Path, timeout: float, env: dict | None =
 
 # -- step 1: the tests that touch CUDA ----------------------------------------------------------------------------
 def cuda_tests() -> list[str]:
-    """pytest node ids: whole files whose module-level code mentions cuda, else the test functions that do."""
+    """pytest node ids: whole files whose module-level code mentions cuda, else the test functions that do. Not
+those of tests/benchmarks/: they run benchmarks, this check among them."""
     ids = []
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         text = path.read_text(encoding="utf-8")
-        if "cuda" not in text:
+        if "cuda" not in text or path.is_relative_to(ROOT / "tests" / "benchmarks"):
             continue
         rel = path.relative_to(ROOT).as_posix()
         tree = ast.parse(text)
@@ -115,6 +117,8 @@ def step_tests(a: argparse.Namespace) -> dict:
     ids = cuda_tests()
     if not ids:
         raise RuntimeError("no test under tests/ mentions cuda")
+    if a.tiny:  # a check of the step itself: on CPU these tests are the suite's own, which runs them anyway
+        ids = ids[:1]
     log = a.logs / "tests.log"
     done = run_logged([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *ids], log,
                       a.step_timeout)

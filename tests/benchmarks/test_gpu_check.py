@@ -1,6 +1,6 @@
-"""python -m benchmarks.gpu_check --tiny runs every step at toy size on CPU (about 5 min on a loaded 2-core box, mostly
-the 7 pane start-ups): exit 0, every step in the JSON with figures
-or an explicit skip reason, and the one table printed."""
+"""python -m benchmarks.gpu_check --tiny runs every step at toy size on CPU (its tests step: the first of the tests
+it would run, the suite runs them all): exit 0, every step in the JSON with figures or an explicit skip reason,
+and the one table printed."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import pytest
 
+from benchmarks import gpu_check
 from benchmarks.harness import REPO
 STEPS = ("tests", "baseline", "panes", "kernel")
 
@@ -33,8 +34,8 @@ def test_gpu_check_tiny_runs_every_step(tmp_path):
             assert record["skipped"].startswith("skipped: "), (name, record)
     # --tiny runs every step on CPU; only a GPU's own figures are skipped, each with its reason.
     tests = steps["tests"]["figures"]
-    assert tests["passed"] > 0 and tests["failed"] == 0 and tests["exit_code"] == 0
-    assert any(t.startswith("tests/trainer/test_features.py") for t in tests["tests"])
+    assert tests["passed"] == 1 and tests["failed"] == 0 and tests["exit_code"] == 0
+    assert tests["tests"] == gpu_check.cuda_tests()[:1]  # --tiny: the first, a check of the step
     base = steps["baseline"]["figures"]
     assert base["device"] == "cpu" and base["train_clips"] > 0 and base["epochs"] == 1
     assert base["samples_per_s"] > 0 and base["train_gflops_per_sample"] > 0
@@ -54,3 +55,12 @@ def test_gpu_check_tiny_runs_every_step(tmp_path):
     assert (out / "table.md").read_text(encoding="utf-8").splitlines() == ["| step | seconds | result |", "|---|---|---|",
                                                                           *table[1:]]
     assert (out / "logs.tar.gz").is_file()
+
+
+def test_the_tests_step_takes_whole_files_or_single_tests_that_mention_cuda():
+    ids = gpu_check.cuda_tests()
+    assert "tests/trainer/test_features.py" in ids  # a module-level name (its DEVICES) mentions cuda
+    assert not any(i.startswith("tests/benchmarks/") for i in ids)  # this file: the check would run itself
+    assert all("::" in i or "cuda" in (REPO / i).read_text(encoding="utf-8") for i in ids)
+    functions = [i for i in ids if "::" in i]
+    assert functions and all(i.split("::")[1].startswith("test") for i in functions)
