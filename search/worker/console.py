@@ -67,8 +67,11 @@ class Console:
     def error(self, text: str) -> None:
         self._print(f"error: {text}", sys.stderr)
 
-    def epoch(self, number: int, epoch: int, epochs: int, metrics: Mapping[str, Any]) -> None:
-        text = (f"  {_tag(number)} epoch {epoch}/{epochs}  lwlrap {metrics['lwlrap']:.4f} "
+    def epoch(self, number: int, epoch: int, epochs: int, metrics: Mapping[str, Any], *,
+              fold: tuple[int, int] | None = None) -> None:
+        """``#7   epoch 9/30  lwlrap ...``; ``fold 2/5 epoch 9/30`` in a cross-validated trial (``fold``: 1-based)."""
+        where = f"fold {fold[0]}/{fold[1]} " if fold is not None else ""
+        text = (f"  {_tag(number)} {where}epoch {epoch}/{epochs}  lwlrap {metrics['lwlrap']:.4f} "
                 f"(best {metrics['best_lwlrap']:.4f})  loss {metrics['train_loss']:.4f}  "
                 f"{format_duration(metrics['epoch_time'])}/epoch")
         if self.stream.isatty():

@@ -33,8 +33,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.spec import SpecError, StudySpec, load_spec
 from search.study.artifacts import TrialFiles
+from search.study.folds import fold_file
 from search.study.inherit import inherited
 from search.study.record import FINISHED, StudyHandle, on_host, trials_keeping_weights
+from search.study.stacking import queue_stacked_points
 from search.study.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
 from search.views import notes
 from search.worker.console import Console
@@ -42,7 +44,7 @@ from search.worker.gpu_choice import DeviceChoice
 from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, fail_unclaimed_trials, requeue
 from search.worker.outcomes import (BY_REASON, EXIT_2, EXIT_SIGNAL, PRUNED, RAISES, STORAGE_ERRORS, StopWorker,
                                     TrialFailed, ending)
-from search.worker.resume import resume
+from search.worker.resume import resume, resume_folds
 from search.worker.signals import Interrupted, StopSignals, signals_blocked
 from search.worker.slots import SlotLock
 from search.worker.trial_run import RecordedTrial, TrialRun, choose_threads
@@ -250,8 +252,14 @@ class Worker:
                        epoch_threads=lambda: choose_threads(self.threads, panes_on_host=self.panes_on_host()))
         self.current_run = run
         history = trials[trial.number].system_attrs.get("retry_history") or []
-        run.resumed_from_epoch = resume(run, [trials[n] for n in reversed(history)], self.trial_dir)
-        run.first_epoch = run.resumed_from_epoch + 1
+        predecessors = [trials[n] for n in reversed(history)]
+        if self.spec.folds is None:
+            run.resumed_from_epoch = resume(run, predecessors, self.trial_dir)
+            run.first_epoch = run.resumed_from_epoch + 1
+        else:
+            run.folds = self.spec.folds
+            run.fold, epoch = resume_folds(run, predecessors, lambda k: self.spec.fold_config(config, k))
+            run.resumed_from_epoch, run.first_epoch = run.fold * config.optim.epochs + epoch, epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
                            "resumed_from_epoch": run.resumed_from_epoch, "device": device}.items():
@@ -284,7 +292,7 @@ class Worker:
         """Optuna callback once a trial is told: print it, retry a failure, apply checkpoint retention."""
         self.current = None
         self.console.trial_done(study, trial)
-        notes.save(study, notes.study_note(study, spec_epochs=self.spec.epochs))
+        notes.save(study, notes.study_note(study, spec_epochs=self.spec.steps))
         trials = study.get_trials(deepcopy=False)
         if trial.state == TrialState.FAIL:
             self._requeue(trial, str(trial.user_attrs.get("reason", BY_REASON["error"].reason)), trials)
@@ -292,6 +300,9 @@ class Worker:
             for number in [*trial.system_attrs.get("retry_history", []), trial.number]:
                 self._drop(number, "last.pth")
             self._retain_top_weights(trials)
+            queued = queue_stacked_points(study, self.spec)  # [startup] stack: what helped, stacked
+            if queued:
+                self.console.message("queued: " + "; ".join(queued))
 
     def _requeue(self, trial: FrozenTrial, reason: str, trials: list[FrozenTrial] | None = None) -> None:
         outcome = requeue(self.study, trial, reason=reason, max_retry=self.max_retry, trials=trials)
@@ -357,8 +368,12 @@ class Worker:
                 self.evicted.add(trial.number)
 
     def _drop(self, number: int, name: str) -> None:
+        """Remove a trial's ``name`` (``last.pth``, ``best.pth``), a cross-validated trial's for every fold too."""
         self.files.remove(number, name)
         (self.trial_dir(number) / name).unlink(missing_ok=True)
+        for fold in range(self.spec.folds or 0):
+            self.files.remove(number, fold_file(fold, name))
+            (self.trial_dir(number) / f"fold-{fold}" / name).unlink(missing_ok=True)
 
 
 def _stop_line(reason: str) -> str:

@@ -9,12 +9,14 @@ from typing import Callable, Sequence
 
 from optuna.trial import FrozenTrial
 
+from search.study.folds import fold_file
 from search.worker.trial_run import TrialRun
 from trainer import CheckpointError, ConfigError, TrainConfig, load_checkpoint
 
 # What an attempt resumes from besides last.pth: the best weights and predictions so far, and the config.json the
 # trainer writes only when it starts from epoch 0 (the trial registers it for the dashboard when it ends).
 RESUMED_FILES = ("best.pth", "val_predictions.npz", "config.json")
+FINISHED_FOLD_FILES = ("best.pth", "val_predictions.npz")  # what a cross-validated trial keeps of a finished fold
 
 
 def resume(run: TrialRun, predecessors: Sequence[FrozenTrial], trial_dir: Callable[[int], Path]) -> int:
@@ -52,3 +54,55 @@ def resume(run: TrialRun, predecessors: Sequence[FrozenTrial], trial_dir: Callab
         run.console.message(f"#{trial.number} resumes trial {number} after epoch {epoch}")
         return epoch
     return 0
+
+
+def resume_folds(run: TrialRun, predecessors: Sequence[FrozenTrial], fold_config: Callable[[int], TrainConfig]
+                 ) -> tuple[int, int]:
+    """A cross-validated trial's start: from the newest predecessor that got anywhere, pull the best weights and
+    predictions of every fold it finished and the checkpoint of the fold it was in, into ``run.fold_dir(k)``;
+    store the finished folds' files under this trial too. Returns (the fold to train, its epochs done);
+    ``fold_config(k)``: the config fold k trains, which a checkpoint must match."""
+    trial, epochs = run.trial, run.config.optim.epochs
+    for before in predecessors:
+        number, done = before.number, int(before.user_attrs.get("folds_done") or 0)
+        finished = [(k, name) for k in range(done) for name in FINISHED_FOLD_FILES]
+        for k, name in finished:
+            run.fold_dir(k).mkdir(parents=True, exist_ok=True)
+        if any(run.files.pull(number, fold_file(k, name), run.fold_dir(k), as_name=name) is None
+               for k, name in finished):
+            continue  # its finished folds' files are gone (retention): an older attempt may still have them
+        epoch, checkpoint = 0, None
+        current = run.fold_dir(done)
+        if done < (run.folds or 0):
+            current.mkdir(parents=True, exist_ok=True)
+        if done < (run.folds or 0) and run.files.pull(number, fold_file(done, "last.pth"), current,
+                                                      as_name="last.pth") is not None:
+            try:
+                checkpoint = load_checkpoint(current / "last.pth")
+                if TrainConfig.from_json(checkpoint["config"]) != fold_config(done):
+                    raise CheckpointError("it belongs to another config")
+                epoch = int(checkpoint["epoch"])
+            except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
+                (current / "last.pth").rename(current / "last.pth.unloadable")
+                note = f"fold {done + 1}'s last.pth of trial {number} could not be loaded ({exc}); that fold starts over"
+                trial.set_user_attr("resume_note", note[:300])
+                run.console.message(f"#{trial.number} {note}")
+                epoch, checkpoint = 0, None
+            else:
+                for name in FINISHED_FOLD_FILES:
+                    run.files.pull(number, fold_file(done, name), current, as_name=name)
+        if done == 0 and epoch == 0:
+            continue
+        for k, name in finished:
+            run.files.push(trial.number, run.fold_dir(k) / name, fold_file(k, name))
+        reached = done * epochs + epoch
+        kept = {step: value for step, value in before.intermediate_values.items() if step <= reached}
+        if checkpoint is not None and done == 0 and epoch >= 1:  # see ``resume``: the checkpoint's running best
+            kept.setdefault(epoch, float(checkpoint["best_lwlrap"]))
+        for step in sorted(kept):
+            trial.live.report(kept[step], step)
+        trial.set_user_attr("resumed_from_trial", number)
+        run.console.message(f"#{trial.number} resumes trial {number} at fold {min(done + 1, run.folds or 1)}/"
+                            f"{run.folds} after epoch {epoch}")
+        return done, epoch
+    return 0, 0
