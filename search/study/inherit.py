@@ -65,7 +65,10 @@ def space_point(spec: StudySpec, trial: FrozenTrial, flat: Mapping[str, Any] | N
 
 def point_in(spec: StudySpec, trial: FrozenTrial) -> tuple[dict[str, Any] | None, str]:
     """NEW's params for ``trial`` when NEW would train its config exactly, and ""; else None and why not
-    ("outside" the space, or "config": another base or epoch budget, or no recorded config)."""
+    ("outside" the space, "config": another base or epoch budget, or no recorded config; "folds": another
+    ``[study] folds``, so its value measures another thing: one split's lwlrap, or OOF over other folds)."""
+    if trial.user_attrs.get("folds") != spec.folds:
+        return None, "folds"
     flat, config = _values(trial)
     params = space_point(spec, trial, flat)
     if params is None:
@@ -96,13 +99,15 @@ class Inheritance:
     outside: int
     other_config: int
     best_queued: int | None  # OLD's trial number queued first
+    other_folds: int = 0
 
     def line(self) -> str:
         added = sum(self.added.values())
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.added.items()) if n)
         text = f"inherited {added} trials of study {self.source!r}" + (f" ({states})" if states else "")
         left = [f"{n} {why}" for n, why in ((self.outside, "outside this spec's space"),
-                                             (self.other_config, "trained another config (base or epochs differ)"))
+                                             (self.other_config, "trained another config (base or epochs differ)"),
+                                             (self.other_folds, "validated on other folds ([study] folds differs)"))
                 if n]
         text += "; left out " + ", ".join(left) if left else ""
         if self.best_queued is not None:
@@ -110,7 +115,8 @@ class Inheritance:
         return text
 
     def record(self) -> dict[str, Any]:
-        return {"study": self.source, "added": sum(self.added.values()), "left_out": self.outside + self.other_config}
+        return {"study": self.source, "added": sum(self.added.values()),
+                "left_out": self.outside + self.other_config + self.other_folds}
 
 
 def inherit(study: optuna.Study, spec: StudySpec, previous: Source) -> Inheritance:
@@ -120,27 +126,28 @@ def inherit(study: optuna.Study, spec: StudySpec, previous: Source) -> Inheritan
     files = (previous.artifacts, previous.uid) if previous.artifacts and previous.uid else None
     distributions = {p.key: p.distribution for p in spec.space}
     added: dict[str, int] = {}
-    outside = other = 0
+    outside = other = other_folds = 0
     copies, inherited_numbers = [], set()
     for trial in source.get_trials(deepcopy=False, states=INHERITED_STATES):
         params, why = point_in(spec, trial)
         if params is None:
             outside += why == "outside"
             other += why == "config"
+            other_folds += why == "folds"
             continue
         copies.append(_copy(trial, params, {k: distributions[k] for k in params}, source.study_name, files))
         inherited_numbers.add(trial.number)
         added[trial.state.name] = added.get(trial.state.name, 0) + 1
     best = best_trial(source)
     queued = None
-    if best is not None and best.number not in inherited_numbers:
+    if best is not None and best.number not in inherited_numbers and best.user_attrs.get("folds") == spec.folds:
         params = space_point(spec, best)
         if params is not None and params != spec.baseline_params():
             study.enqueue_trial(params, user_attrs={"startup": f"the best of study {source.study_name!r} "
                                                                f"(#{best.number})"})
             queued = best.number
     study.add_trials(copies)
-    return Inheritance(source.study_name, added, outside, other, queued)
+    return Inheritance(source.study_name, added, outside, other, queued, other_folds)
 
 
 def _copy(trial: FrozenTrial, params: dict[str, Any], distributions: dict[str, BaseDistribution],

@@ -229,3 +229,14 @@ def test_inherited_predictions_are_read_in_place_and_used_only_on_the_same_split
                for note in pool.notes)
     assert not files.remove(1, "val_predictions.npz") and old_files.has(5, "val_predictions.npz")  # never removed
     assert not (tmp_path / "new-artifacts" / "new-uid" / "1").exists()  # read in place, not copied
+
+
+def test_a_round_inherits_only_trials_validated_on_the_same_folds(rounds, capsys):
+    """A one-split trial's value is one split's lwlrap; a cross-validated study's is out-of-fold: not comparable."""
+    studies, old, _ = rounds
+    cv_spec = load_spec(write_spec(studies, "round2cv", space=WIDE, pruner=ASHA, study="folds = 3"))
+    study = join_study(open_storage(default_storage_url("round2cv", studies)), cv_spec, inherit_from=Source(old))
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("inherited 0 trials of study 'round1'") and "5 validated on other folds" in line
+    assert not [t for t in study.get_trials(deepcopy=False) if "from_study" in t.user_attrs]
+    assert all("the best of study" not in str(t.user_attrs.get("startup")) for t in study.get_trials(deepcopy=False))
