@@ -44,7 +44,7 @@ def test_time_spent_waiting_is_not_counted_on_cpu():
 
 def test_other_devices_are_timed_by_wall_clock():
     _, spent, method = timed_work(torch.device("meta"), lambda: time.sleep(0.05))
-    assert method == WALL_TIME and spent >= 0.05
+    assert method == WALL_TIME and spent >= 0.04  # the sleep, which CPU time would not count
 
 
 def test_feature_cost_says_how_it_was_timed():
