@@ -26,6 +26,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study.folds import finished_folds, fold_file
 from search.study.artifacts import TrialFiles
 from search.study.inherit import inherited
 from search.kaggle.kernel_main import POOLINGS, pool_probabilities
@@ -165,7 +166,7 @@ def load_candidates(study: optuna.Study, files: TrialFiles, val_targets: Callabl
     no_weights = []
     with tempfile.TemporaryDirectory(prefix="fat2019-ensemble-") as tmp:
         for trial in sorted((t for t in complete if is_feasible(t)), key=lambda t: t.number):
-            if require_weights and not files.has(trial.number, "best.pth"):
+            if require_weights and not all(files.has(trial.number, name) for name in weight_files(trial)):
                 no_weights.append(trial.number)
                 continue
             folder = Path(tmp) / str(trial.number)
@@ -234,6 +235,9 @@ def _candidate(trial: FrozenTrial, probs: np.ndarray, targets: np.ndarray, spec:
     feature_cost, model_cost = _number(attrs.get("feature_cost")), _number(attrs.get("model_cost"))
     if model_cost is None or feature_cost is None:  # a trial that recorded only its total cost shares nothing
         feature_cost, model_cost = None, _number(attrs.get("inference_cost"))
+    folds = finished_folds(attrs)
+    if folds is not None and model_cost is not None:  # a cross-validated trial ships as its K fold models
+        model_cost *= folds
     probs = probs.astype(np.float64)
     return Candidate(trial.number, float(trial.value), lwlrap(targets, probs), probs, config,
                      feature_cache_key(config.features), feature_cost, model_cost, attrs.get("threads"))
@@ -352,3 +356,9 @@ def _number(value: object) -> float | None:
 
 def _numbers(numbers: list[int]) -> str:
     return ", ".join(map(str, numbers[:12])) + (f" and {len(numbers) - 12} more" if len(numbers) > 12 else "")
+
+
+def weight_files(trial: FrozenTrial) -> list[str]:
+    """The stored files that hold ``trial``'s weights: its best.pth, or a cross-validated trial's fold models."""
+    folds = finished_folds(trial.user_attrs)
+    return ["best.pth"] if folds is None else [fold_file(k, "best.pth") for k in range(folds)]

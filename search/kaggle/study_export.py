@@ -123,15 +123,22 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, data_dir: Path, out: P
 def export_ensemble(study: optuna.Study, selection: Selection, data_dir: Path, out: Path, options: ExportOptions, *,
                     files: TrialFiles | None = None) -> dict[str, Any]:
     """Export the selected trials, each with its weight, into ``out``; returns export.json's record."""
-    chosen = selection.members
-    originals = [m.config for m in chosen]
-    configs = originals if options.reuse_checkpoints else [
-        retrain_config(c, full_curated=options.full_curated, epochs=options.epochs, epochs_scale=options.epochs_scale)
-        for c in originals]
-    members = [Member(config, selection.weights[m.number], m.number, m.value, m.threads)
-               for config, m in zip(configs, chosen)]
-    announce = (f"exporting an ensemble of {len(members)} trial(s) of study {study.study_name} "
-                f"({', '.join(f'{m.trial} x{m.weight:.2f}' for m in members)}) on {data_dir}")
+    originals, members = [], []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for chosen in selection.members:
+        # a cross-validated trial is its K fold models, each with 1/K of its weight (what its OOF score measured)
+        folds = finished_folds(trials[chosen.number].user_attrs)
+        parts = [(chosen.config, None)] if folds is None else [
+            (config, k) for k, config in enumerate(member_configs(chosen.config, folds=folds))]
+        for original, fold in parts:
+            config = original if options.reuse_checkpoints else retrain_config(
+                original, full_curated=options.full_curated, epochs=options.epochs, epochs_scale=options.epochs_scale)
+            originals.append(original)
+            members.append(Member(config, selection.weights[chosen.number] / len(parts), chosen.number, chosen.value,
+                                  chosen.threads, fold_of_trial=fold if options.reuse_checkpoints else None))
+    announce = (f"exporting an ensemble of {len(selection.members)} trial(s) of study {study.study_name} "
+                f"({', '.join(f'{m.number} x{selection.weights[m.number]:.2f}' for m in selection.members)}) as "
+                f"{len(members)} model(s) on {data_dir}")
     source = {"study": study.study_name, "data": str(data_dir), "ensemble": {
         "rounds": selection.rounds, "bags": selection.bags, "pooling": selection.pooling,
         "weights": {str(n): w for n, w in selection.weights.items()}, "val_lwlrap": selection.lwlrap,

@@ -60,6 +60,19 @@ def test_a_cross_validated_study_reports_out_of_fold_lwlrap_and_exports_its_fold
     assert [m["train_config"]["data"]["val_fold"] for m in meta["members"]] == [0, 1]
     assert not (tmp_path / "export-runs").exists()  # nothing was trained
 
+    # the ensemble selects on the out-of-fold predictions (every curated clip) and ships its members' fold models
+    ensemble = tmp_path / "ensemble"
+    assert best_main(["--study", "cv", "--studies-dir", str(studies), "--export", "--recipe", "ensemble-8",
+                      "--out", str(ensemble)]) == 0
+    printed = capsys.readouterr().out
+    assert f"({len(targets)} clips, split" in printed  # all curated clips, not a 1/K split
+    meta = json.loads((ensemble / "config.json").read_text())
+    chosen = {m["trial"] for m in meta["members"]}
+    assert len(meta["members"]) == 2 * len(chosen)
+    assert sorted((m["trial"], m["val_fold"]) for m in meta["members"]) == sorted(
+        (n, k) for n in chosen for k in (0, 1))
+    assert sum(m["weight"] for m in meta["members"]) == pytest.approx(1.0)
+
 
 def _folds_done(url: str, name: str) -> int:
     try:
