@@ -196,6 +196,38 @@ def case_bench_knobs(tmp_path: Path, demo_data: Path) -> None:
     assert again.startswith("0 trainings to run") and rows(again, "`optim.eta_min`") == table
 
 
+def day_record(out: Path, printed: str) -> dict:
+    """The one run a benchmark added to its day's records file in ``out`` (and said so)."""
+    (path,) = out.glob("*.json")
+    assert f"added this run to {path}" in printed
+    (run,) = json.loads(path.read_text())["runs"]
+    return run
+
+
+def case_bench_inference_cost(tmp_path: Path, demo_data: Path) -> None:
+    out = bench("bench_inference_cost", "--rounds", "1", "--load-procs", "1", "--scale", "0.05", "--threads", "1",
+                "--out", tmp_path / "cost")
+    run = day_record(tmp_path / "cost", out)
+    assert [(r["threads"], r["condition"]) for r in run["records"]] == [(1, "idle"), (1, "loaded")]
+    methods = run["records"][0]["cost_s_per_s_audio"]
+    assert methods and all(0 < cost for r in run["records"] for cost in r["cost_s_per_s_audio"].values())
+    assert set(run["summary_s_per_1000s_audio"]) == {f"1 thread(s) {name}" for name in methods}
+
+
+def case_bench_threads(tmp_path: Path, demo_data: Path) -> None:
+    out = bench("bench_threads", "--rounds", "1", "--load-procs", "1", "--epochs", "1", "--scale", "0.05",
+                "--out", tmp_path / "threads")
+    run = day_record(tmp_path / "threads", out)
+    policies = ["fixed 2", "fixed 1", "per-epoch"]
+    assert sorted((r["policy"], r["condition"]) for r in run["records"]) == sorted(
+        (policy, condition) for policy in policies for condition in ("idle", "loaded"))
+    for record in run["records"]:
+        assert len(record["epoch_s"]) == 1 and record["epoch_s"][0] > 0
+        fixed = {"fixed 2": [2], "fixed 1": [1]}.get(record["policy"])
+        assert record["epoch_threads"] == fixed if fixed else 1 <= record["epoch_threads"][0] <= os.cpu_count()
+    assert list(run["summary_mean_epoch_s"]) == policies
+
+
 def case_scale(tmp_path: Path) -> None:
     out = bench("scale", "--root", tmp_path / "scale", "--fraction", "0.01", "--mels", "16", "--workers", "2",
                 "--steps", "1", "--epochs", "1", "--fill-clips", "4", "--per-item-clips", "2", timeout=600)
@@ -241,6 +273,8 @@ CASES = {
     "bench_quickstart": case_bench_quickstart,
     "bench_rounds": case_bench_rounds,
     "bench_knobs": case_bench_knobs,
+    "bench_inference_cost": case_bench_inference_cost,
+    "bench_threads": case_bench_threads,
     "scale": case_scale,
     "stress": case_stress,
 }
