@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     leftovers = remove_stale_temp_files(location.folder.resolve())
     worker.console.message(f"worker {worker.worker_id} joined study {spec.name} ({redact(worker.handle.url)}), "
                            f"data {data_dir}, device {worker.device}; "
-                           f"{eta_line(worker.study, args.trials, worker.panes_on_host())}"
+                           f"{eta_line(worker.study, args.trials, None)}"
                            + (f"; removed {len(leftovers)} temp file(s) of killed writers" if leftovers else ""))
     return worker.run(trials=args.trials, timeout=args.timeout)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from trainer.batches import FeatureBank
 from trainer.config import FeatureConfig, TrainConfig
 from trainer.data import ClipTable, check_unreadable, load_splits, split_curated
 from trainer.feature_cache import CacheEntries, cache_entries, feature_cache_key
-from trainer.features import LogMel
 from trainer.paths import cache_root
 from trainer.progress import Status, byte_size
 
@@ -181,17 +179,3 @@ def _bank(features_dir: Path, cfg: FeatureConfig, clips: list[tuple[CacheEntries
     return open_bank(features_dir, feature_cache_key(cfg), [entries.digests[i] for entries, i in clips],
                      n_mels=cfg.n_mels, load_clip=lambda j: clips[j][0].load(clips[j][1]),
                      normalize=cfg.normalize, name=name, estimate_bytes=estimate_bytes, status=status)
-
-
-def measure_feature_cost(cfg: FeatureConfig, device: torch.device, seconds: float = 10.0) -> float:
-    """Seconds of log-mel computation per second of audio on ``device`` (what a kernel pays per clip)."""
-    log_mel = LogMel(cfg).to(device)
-    wave = torch.randn(int(seconds * cfg.sample_rate), generator=torch.Generator().manual_seed(0)).to(device)
-    log_mel(wave)  # warm-up: first call allocates the FFT plan
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    log_mel(wave)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / seconds

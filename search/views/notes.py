@@ -26,6 +26,10 @@ from search.study.record import baseline_trial, best_trial, config_diff, pruning
 from trainer import TrainConfig
 
 _log = logging.getLogger(__name__)
+# How a trial's inference cost was timed (its ``inference_cost_method``), as its note says it
+TIMED_BY = {"cpu-time-1-thread": "timed by one CPU thread's compute time: a busy box does not inflate it",
+            "wall-time": "timed by wall time on the GPU",
+            "": "timed by wall time (recorded before the cost was timed by CPU time: a busy box inflates it)"}
 
 
 def trial_note(number: int, outcome: str, config: TrainConfig | None, base: TrainConfig,
@@ -63,7 +67,11 @@ def trial_note(number: int, outcome: str, config: TrainConfig | None, base: Trai
         lines.append(f"- Cross-validation: {cv}")
     if "kernel_time_s" in attrs:
         fits = "fits the budget" if attrs.get("feasible") else "**over the budget: never exported by default**"
-        lines.append(f"- Kaggle kernel: projected {attrs['kernel_time_s']:,.0f} s for the test set, {fits}")
+        models = attrs.get("kernel_models", 1)
+        each = f" per model, {models} fold models" if isinstance(models, int) and models > 1 else ""
+        timed = TIMED_BY.get(str(attrs.get("inference_cost_method")), TIMED_BY[""])
+        lines.append(f"- Kaggle kernel: projected {attrs['kernel_time_s']:,.0f} s for the test set{each}, {fits} "
+                     f"(inference {timed})")
     if attrs.get("reason"):
         lines.append(f"- Why: {attrs['reason']}")
     return "\n".join(lines) + "\n"

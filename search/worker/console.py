@@ -11,7 +11,7 @@ from typing import Any, Mapping, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study.inherit import inherited_text
+from search.study.inherit import inherited, inherited_text
 from search.study.record import FINISHED, baseline_trial, best_trial, last_reported, trial_seconds
 from search.views.format import format_duration, param_changes
 
@@ -27,16 +27,24 @@ def _states(trials: list[FrozenTrial]) -> str:
     return ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n) or "no trials"
 
 
-def eta_line(study: optuna.Study, trials: int | None, workers: int) -> str:
-    """``38 more to reach 50; ~22s per trial at 3 panes: ETA ~4m40s`` from the study's measured trial times."""
+def eta_line(study: optuna.Study, trials: int | None, workers: int | None) -> str:
+    """``38 more to reach 50; ~22s per trial at 3 panes: ETA ~4m40s`` from the study's measured trial times.
+    ``--trials`` counts the study's own trials (not those inherited with ``--from``); ``workers`` None: the pane
+    count is not known (a worker starting alone cannot tell how many panes will share the study)."""
     finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED)]
+    own = [t for t in finished if not inherited(t)]
     if trials is None:
-        return f"{len(finished)} finished so far"
-    remaining = max(0, trials - len(finished))
+        return f"{len(own)} finished so far"
+    remaining = max(0, trials - len(own))
+    if remaining == 0:
+        return f"the study already has its {trials} finished trials: nothing to run"
     seconds = [s for t in finished if (s := trial_seconds(t)) is not None]
     if not seconds:
         return f"{remaining} more to reach {trials}; ETA after the first finished trial"
     per_trial = statistics.mean(seconds)
+    if workers is None:
+        return (f"{remaining} more to reach {trials}; ~{format_duration(per_trial)} per trial: ETA "
+                f"~{format_duration(remaining * per_trial)} for one pane, less with more")
     return (f"{remaining} more to reach {trials}; ~{format_duration(per_trial)} per trial at {workers} "
             f"pane{'s' if workers != 1 else ''}: ETA ~{format_duration(remaining * per_trial / max(1, workers))}")
 

@@ -97,3 +97,16 @@ def test_views_show_a_cross_validated_trials_fold_and_its_folds_values():
     config = TrainConfig().with_overrides({"optim.epochs": 30})
     note = trial_note(4, "PRUNED", config, config, {**done, "epochs_run": 90})
     assert "epochs: 90 of 150 (5 folds of 30)" in note and "Cross-validation: out-of-fold lwlrap 0.7123" in note
+
+
+def test_the_trial_note_says_how_the_inference_cost_was_timed_and_for_how_many_models():
+    from search.views.notes import trial_note
+    from trainer import TrainConfig
+
+    config = TrainConfig()
+    attrs = {"kernel_time_s": 120.0, "feasible": True, "kernel_models": 5, "inference_cost_method": "cpu-time-1-thread"}
+    note = trial_note(3, "COMPLETE", config, config, attrs)
+    assert "projected 120 s for the test set per model, 5 fold models, fits the budget" in note
+    assert "one CPU thread's compute time" in note
+    old = trial_note(3, "COMPLETE", config, config, {"kernel_time_s": 120.0, "feasible": True})
+    assert "projected 120 s for the test set, fits the budget (inference timed by wall time (recorded before" in old

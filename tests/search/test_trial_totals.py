@@ -103,3 +103,19 @@ def test_the_slot_lock_is_exclusive_and_released_with_its_holder(backend, tmp_pa
 
 def test_a_backend_without_a_slot_lock_says_the_total_may_overshoot(tmp_path):
     assert not SlotLock("mysql://u@h/db", None, "x").exact
+
+
+def test_the_eta_line_counts_the_studys_own_trials_and_says_when_nothing_is_left():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from search.worker.console import eta_line
+
+    study = optuna.create_study(direction="maximize")
+    for attrs in [{}, {}, {"from_study": "round1", "from_trial": 0}]:
+        study.add_trial(create_trial(value=0.5, params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)},
+                                     user_attrs=attrs, state=TrialState.COMPLETE))
+    # two of its own, one inherited: 3 more to reach 5, not 2
+    assert eta_line(study, 5, 2).startswith("3 more to reach 5")
+    assert eta_line(study, 2, 2) == "the study already has its 2 finished trials: nothing to run"
+    assert eta_line(study, None, None) == "2 finished so far"
