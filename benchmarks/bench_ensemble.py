@@ -18,14 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-
-from search.study.locate import locate_args
-from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from search.kaggle.ensemble import select_from_study
 from search.kaggle.export import run_kernel, score_submission
 from search.kaggle.kernel_main import POOLINGS
-from search.study.storage import add_study_arguments
+from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
+from search.study.locate import locate_args
 from search.study.record import resolve_data
+from search.study.storage import add_study_arguments
 
 HEADER = ("| study | K | members | val lwlrap single | val lwlrap ensemble | test lwlrap single | test lwlrap ensemble "
           "| projected kernel s (budget) | kernel wall s single / ensemble |\n|---|---|---|---|---|---|---|---|---|")

@@ -30,8 +30,8 @@ import torch
 from benchmarks.harness import REPO
 from trainer import TrainConfig
 from trainer.atomic import atomic_write_text
-from trainer.inference import measure_feature_cost, predict_bank, resolve_device, timed_work
 from trainer.features import LogMel
+from trainer.inference import measure_feature_cost, predict_bank, resolve_device, timed_work
 from trainer.models import build_model
 from trainer.prepare import prepare_data
 from trainer.synth import ensure_demo_data

@@ -116,8 +116,17 @@ def train_point(point: Point, data: str, scale: float, spec_path: str, out: str,
     """Train one point, score its best epoch on the held-out test clips; one record (runs in a worker process)."""
     import torch
 
-    from trainer import (ConfigError, NonFiniteLossError, build_model, ensure_builtin, labelled_bank, lwlrap,
-                         predict_bank, read_labelled_csv, train_and_evaluate)
+    from trainer import (
+        ConfigError,
+        NonFiniteLossError,
+        build_model,
+        ensure_builtin,
+        labelled_bank,
+        lwlrap,
+        predict_bank,
+        read_labelled_csv,
+        train_and_evaluate,
+    )
 
     torch.set_num_threads(1)
     spec = load_spec(Path(spec_path))

@@ -18,9 +18,9 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from search.views.report import write_report
 from search.spec import StudySpec, load_spec
 from search.study.record import StudyHandle
+from search.views.report import write_report
 
 # A path, not the harness's STUDIES: tests/search/test_report.py runs this file as a script, not as a module.
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"

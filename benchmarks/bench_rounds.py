@@ -33,11 +33,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from benchmarks.bench_search_quality import Run as QualityRun, epochs_spent, incumbents, ordered_trials, \
-    spec_tables, test_score
+from benchmarks.bench_search_quality import Run as QualityRun
+from benchmarks.bench_search_quality import epochs_spent, incumbents, ordered_trials, spec_tables, test_score
 from benchmarks.harness import REPO, run_worker, search_run, toml_value, with_study, write_spec
-from search.views.checks import edge_params, widened
 from search.study.record import best_trial, load_study
+from search.views.checks import edge_params, widened
 from trainer import atomic_write_text, ensure_builtin
 
 STRATEGY = "ours-10ep"

@@ -22,10 +22,10 @@ import optuna
 from optuna.trial import TrialState
 
 from benchmarks.harness import STUDIES, Fleet, read_spec, search_run, write_spec
-from search.study.join import join_study
 from search.spec import load_spec
-from search.study.storage import default_storage_url, open_storage
+from search.study.join import join_study
 from search.study.record import resolve_data
+from search.study.storage import default_storage_url, open_storage
 
 DEMO_SPEC = STUDIES / "demo.toml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -13,8 +13,8 @@ import tempfile
 
 from trainer import TrainConfig, train_and_evaluate
 from trainer.config import parse_set_args
-from trainer.prepare import prepare_data
 from trainer.inference import resolve_device
+from trainer.prepare import prepare_data
 from trainer.synth import ensure_demo_data
 from trainer.train import DEMO_OVERRIDES
 

@@ -44,8 +44,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import REPO as ROOT, STUDIES, Fleet, last_line, process_tree, read_spec, search_run, \
-    status_kb, with_study, write_spec
+from benchmarks.harness import REPO as ROOT
+from benchmarks.harness import (
+    STUDIES,
+    Fleet,
+    last_line,
+    process_tree,
+    read_spec,
+    search_run,
+    status_kb,
+    with_study,
+    write_spec,
+)
 
 NO_CUDA = "skipped: no CUDA"
 NOT_SUPPORTED = "not supported by the trainer (TrainConfig has no channels_last / compile knob)"
@@ -150,7 +160,6 @@ def step_baseline(a: argparse.Namespace) -> dict:
     if not torch.cuda.is_available() and not a.tiny:
         raise StepSkipped(NO_CUDA)
     from benchmarks.scale_data import make_dataset
-
     from trainer import TrainConfig, train_and_evaluate
     from trainer.prepare import prepare_data
 

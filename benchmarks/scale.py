@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)))
         return 0
 
-    say = lambda line: print(line, file=sys.stderr, flush=True)
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
     args.load_start = os.getloadavg()[0]
     args.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(args, summary, fill, build, build_peaks, warm, epoch, one, one_peaks, many, many_peaks) -> None:
-    gb = lambda n: f"{n / 1e9:.1f} GB"
+    def gb(n: float) -> str:
+        return f"{n / 1e9:.1f} GB"
     hours = sum(summary["hours"].values())
     h_per_min = fill["audio_h"] / (fill["fill_s"] / 60)
     best_epoch, per_item_rate = min(epoch["epoch_s"]), max(epoch["per_item_clips_per_s"])

@@ -41,8 +41,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from benchmarks.harness import (REPO, Fleet, children_of, processes_with_environment, search_run, with_study,
-                                write_spec)
+from benchmarks.harness import REPO, Fleet, children_of, processes_with_environment, search_run, with_study, write_spec
 from benchmarks.stress_limits import full_disk, out_of_memory
 from search.study.artifacts import TrialFiles, open_artifact_store
 from search.study.record import load_study

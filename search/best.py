@@ -20,17 +20,17 @@ from typing import Sequence
 import optuna
 
 from search._cli import add_data_argument, add_study_arguments, check_writable_folder, run_command
-from search.views.format import format_value
 from search.kaggle.ensemble import select_from_study
 from search.kaggle.ensemble_report import TEST_LABELS, describe, held_out_or_reason
 from search.kaggle.export import check_dataset_identity, write_record
 from search.kaggle.kernel_main import POOLINGS
 from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES, Recipe, default_recipe, recipe_named
-from search.study.locate import locate_args
 from search.kaggle.rescore import describe_rescored, rescore_top
-from search.spec import StudySpec
-from search.study.record import baseline_trial, config_diff, is_feasible, ranked_trials, resolve_data, trial_config
 from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
+from search.spec import StudySpec
+from search.study.locate import locate_args
+from search.study.record import baseline_trial, config_diff, is_feasible, ranked_trials, resolve_data, trial_config
+from search.views.format import format_value
 from trainer import ConfigError
 
 TOP_N = 10

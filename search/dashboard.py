@@ -17,9 +17,10 @@ import optuna_dashboard
 
 from search._cli import UserError, add_study_arguments, run_command
 from search.study.locate import locate_args
-from search.study.storage import open_storage
 from search.study.record import redact
+from search.study.storage import open_storage
 from search.views.tunnel import LOCAL_HOSTS, tunnel_line
+
 
 class _ThreadedWSGIServer(ThreadingMixIn, WSGIServer):
     """One thread per request, so a slow plot request never blocks the page (as optuna-dashboard's CLI)."""

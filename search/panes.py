@@ -27,13 +27,25 @@ from search._cli import UserError, add_data_argument, add_study_arguments, run_c
 from search.study.inherit import Source, inherited
 from search.study.join import add_round_arguments, join_study, previous_round
 from search.study.locate import StudyLocation, locate_args
-from search.study.storage import open_storage
 from search.study.record import FINISHED, redact
-from search.worker.console import eta_line
-from search.worker.tmux import (TMUX_MISSING, WATCH_WINDOW, WORKERS_WINDOW, PanesError, TmuxServer, Window,
-                         default_session_name, parse_gpus, passed_environment, tmux_words, watch_panes,
-                         worker_panes, worker_places)
+from search.study.storage import open_storage
 from search.views.tunnel import tunnel_line
+from search.worker.console import eta_line
+from search.worker.tmux import (
+    TMUX_MISSING,
+    WATCH_WINDOW,
+    WORKERS_WINDOW,
+    PanesError,
+    TmuxServer,
+    Window,
+    default_session_name,
+    parse_gpus,
+    passed_environment,
+    tmux_words,
+    watch_panes,
+    worker_panes,
+    worker_places,
+)
 
 DEFAULT_PER_GPU = 1
 DEFAULT_CPU_PANES = 2

@@ -21,13 +21,13 @@ from typing import Sequence
 from optuna.trial import FrozenTrial, TrialState
 
 from search._cli import UserError, run_command
-from search.views.format import format_duration
 from search.kaggle.export import run_kernel
 from search.kaggle.score import score_submission
-from search.study.locate import locate
-from search.study.storage import studies_dir
-from search.study.record import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
 from search.kaggle.study_export import ExportOptions, export_trial
+from search.study.locate import locate
+from search.study.record import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
+from search.study.storage import studies_dir
+from search.views.format import format_duration
 from search.views.tunnel import tunnel_line
 
 STUDY = "quickstart"

@@ -25,17 +25,22 @@ from pathlib import Path
 import optuna
 
 from search._cli import run_command
+from search.spec import StudySpec
+from search.study.join import UsageError, add_round_arguments, previous_round
+from search.study.locate import locate_args
+from search.study.record import redact, resolve_data
+from search.study.storage import add_study_arguments
 from search.worker.build import build_worker
 from search.worker.console import eta_line
 from search.worker.failures import DEFAULT_MAX_RETRY
-from search.study.join import UsageError, add_round_arguments, previous_round
-from search.study.locate import locate_args
-from search.spec import StudySpec
-from search.study.storage import add_study_arguments
-from search.study.record import redact, resolve_data
-from trainer import (DEVICE_BANK_SHARE, check_fits, largest_data_config, plan_data_memory,
-                     remove_stale_temp_files, resolve_device)
-
+from trainer import (
+    DEVICE_BANK_SHARE,
+    check_fits,
+    largest_data_config,
+    plan_data_memory,
+    remove_stale_temp_files,
+    resolve_device,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,9 @@ import sqlalchemy
 
 from search._cli import UserError, add_study_arguments, run_command
 from search.study.locate import locate_args
-from search.views.status import DEFAULT_RECENT, StatusView, watch
-from search.study.storage import storage_failure_text
 from search.study.record import redact
+from search.study.storage import storage_failure_text
+from search.views.status import DEFAULT_RECENT, StatusView, watch
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.search import conftest as search_fixtures
 from search.study.storage import default_storage_url
+from tests.search import conftest as search_fixtures
 from tests.search.conftest import write_spec
 
 warm_cache = search_fixtures.warm_cache  # the search tests' warm feature cache, as a fixture of this module too

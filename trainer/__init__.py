@@ -6,7 +6,13 @@ never imports optuna.
 """
 from __future__ import annotations
 
-from trainer.atomic import atomic_path, atomic_torch_save, atomic_write_bytes, atomic_write_text, remove_stale_temp_files
+from trainer.atomic import (
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temp_files,
+)
 from trainer.audio import AudioReadError, read_audio
 from trainer.batches import FeatureBank
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_state_dict

@@ -7,7 +7,6 @@ imports optuna.
 from __future__ import annotations
 
 import contextlib
-
 import io
 import math
 import os

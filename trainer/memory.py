@@ -19,9 +19,9 @@ import soundfile as sf
 
 from trainer.bank_file import file_bytes
 from trainer.config import FeatureConfig, TrainConfig
-from trainer.labels import N_LABELS
 from trainer.data import load_splits
 from trainer.features import frame_count
+from trainer.labels import N_LABELS
 from trainer.prepare import split_indices
 from trainer.progress import byte_size
 

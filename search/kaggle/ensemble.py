@@ -26,14 +26,22 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study.folds import finished_folds, fold_file
-from search.study.artifacts import TrialFiles
-from search.study.inherit import inherited
 from search.kaggle.kernel_main import POOLINGS, pool_probabilities
 from search.spec import Kernel, StudySpec
+from search.study.artifacts import TrialFiles
+from search.study.folds import finished_folds, fold_file
+from search.study.inherit import inherited
 from search.study.record import best_trial, is_feasible, trial_config
-from trainer import VAL_PREDICTIONS, ConfigError, DataError, TrainConfig, feature_cache_key, lwlrap, \
-    read_labelled_csv, split_identity
+from trainer import (
+    VAL_PREDICTIONS,
+    ConfigError,
+    DataError,
+    TrainConfig,
+    feature_cache_key,
+    lwlrap,
+    read_labelled_csv,
+    split_identity,
+)
 
 BAG_FRACTION = 0.5  # share of the candidates each bag selects from (Caruana et al.'s p)
 _GEOMETRIC_FLOOR = 1e-7

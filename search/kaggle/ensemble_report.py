@@ -20,14 +20,27 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.study.artifacts import TrialFiles
 from search.kaggle.ensemble import BAG_FRACTION, EnsembleError, Selection, select_from_study
 from search.kaggle.kernel_main import pool_probabilities
 from search.spec import StudySpec
+from search.study.artifacts import TrialFiles
 from search.study.record import resolve_data
-from trainer import (VAL_PREDICTIONS, CheckpointError, ConfigError, DataError, FeatureBank, TrainConfig, atomic_path,
-                     build_model, load_features, load_state_dict, lwlrap, predict_bank, read_labelled_csv,
-                     resolve_device)
+from trainer import (
+    VAL_PREDICTIONS,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    FeatureBank,
+    TrainConfig,
+    atomic_path,
+    build_model,
+    load_features,
+    load_state_dict,
+    lwlrap,
+    predict_bank,
+    read_labelled_csv,
+    resolve_device,
+)
 
 DEFAULT_ROUNDS = 10  # greedy rounds the report runs (the CLI's --ensemble K)
 TEST_LABELS = "test_labels.csv"

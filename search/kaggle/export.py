@@ -25,12 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from search.study.artifacts import TrialFiles
-from search.study.folds import fold_file
 from search.kaggle.kernel import write_kernel
 from search.kaggle.kernel_main import EXPORT_FORMAT, POOLINGS
-from trainer import (ConfigError, TrainConfig, atomic_torch_save, atomic_write_text, load_labels, load_state_dict,
-                     lwlrap, read_labelled_csv, train_and_evaluate)
+from search.study.artifacts import TrialFiles
+from search.study.folds import fold_file
+from trainer import (
+    ConfigError,
+    TrainConfig,
+    atomic_torch_save,
+    atomic_write_text,
+    load_labels,
+    load_state_dict,
+    lwlrap,
+    read_labelled_csv,
+    train_and_evaluate,
+)
 
 KAGGLE_TEST_CLIPS = 3361  # clips the FAT2019 kernel scored in the 2nd stage
 MEASURE_CLIPS = 64  # test clips the export scores with the generated kernel to time it

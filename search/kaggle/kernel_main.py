@@ -24,9 +24,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer import (AudioReadError, CheckpointError, ConfigError, FeatureBank, LogMel, TrainConfig,
-                     atomic_write_text, build_model, feature_cache_key, load_state_dict, predict_bank, read_audio,
-                     resolve_device)
+from trainer import (
+    AudioReadError,
+    CheckpointError,
+    ConfigError,
+    FeatureBank,
+    LogMel,
+    TrainConfig,
+    atomic_write_text,
+    build_model,
+    feature_cache_key,
+    load_state_dict,
+    predict_bank,
+    read_audio,
+    resolve_device,
+)
 
 EXPORT_FORMAT = "fat2019-search-export/3"  # marks our config.json among other attached datasets
 COMPETITION_INPUT = "../input/freesound-audio-tagging-2019"

@@ -16,14 +16,26 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study.artifacts import TrialFiles
-from search.study.folds import finished_folds
 from search.kaggle.ensemble import Selection
-from search.kaggle.export import (ExportPlan, Member, TrainedMember, check_dataset_identity, check_reusable, measure_kernel,
-                           member_configs, retrain, retrain_config, reuse_checkpoints, write_export, write_record)
+from search.kaggle.export import (
+    ExportPlan,
+    Member,
+    TrainedMember,
+    check_dataset_identity,
+    check_reusable,
+    measure_kernel,
+    member_configs,
+    retrain,
+    retrain_config,
+    reuse_checkpoints,
+    write_export,
+    write_record,
+)
 from search.kaggle.kernel_main import pool_probabilities
 from search.kaggle.recipes import check_kernel_budget
 from search.spec import StudySpec
+from search.study.artifacts import TrialFiles
+from search.study.folds import finished_folds
 from search.study.record import best_trial, ranked_trials, trial_config
 from trainer import ConfigError, TrainConfig, lwlrap
 

@@ -18,8 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search.study.artifacts import FILES_FROM_ATTR
 from search.spec import StudySpec
+from search.study.artifacts import FILES_FROM_ATTR
 from search.study.record import best_trial, trial_config
 from trainer import ConfigError, TrainConfig
 

@@ -8,11 +8,11 @@ import time
 
 import optuna
 
+from search.spec import StudySpec, spec_differences
 from search.study.inherit import INHERITED_ATTR, Source, inherit
 from search.study.locate import StudyLocation, locate
-from search.spec import StudySpec, spec_differences
-from search.study.storage import create_or_load_study
 from search.study.record import FINGERPRINT_ATTR, SPEC_ATTR, StudyNotFoundError, new_uid
+from search.study.storage import create_or_load_study
 
 SPEC_WAIT_S = 30.0  # how long a joining worker waits for the creator to store the spec
 

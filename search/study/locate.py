@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.study.artifacts import TrialFiles, open_artifact_store
 from search.spec import SpecError, StudySpec, find_spec, load_spec
-from search.study.storage import default_storage_url, studies_dir
+from search.study.artifacts import TrialFiles, open_artifact_store
 from search.study.record import StudyHandle, load_study
+from search.study.storage import default_storage_url, studies_dir
 
 
 @dataclass(frozen=True)

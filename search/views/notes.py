@@ -18,11 +18,11 @@ import optuna
 import optuna_dashboard
 from optuna.trial import TrialState
 
-from search.views.checks import check_lines
-from search.views.format import format_duration, format_value
 from search.study.folds import cv_summary, finished_folds
 from search.study.inherit import inherited_text
 from search.study.record import baseline_trial, best_trial, config_diff, pruning_saved, ranked_trials, trial_seconds
+from search.views.checks import check_lines
+from search.views.format import format_duration, format_value
 from trainer import TrainConfig
 
 _log = logging.getLogger(__name__)

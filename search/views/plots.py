@@ -20,9 +20,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study.record import last_reported
 from search.views import figures as draw
 from search.views.figures import ParamScale, TrialPoint
-from search.study.record import last_reported
 from trainer import atomic_path
 
 # PED-ANOVA (Optuna 5's default importance evaluator) looks at the top 10% of trials and is stable with

@@ -17,15 +17,24 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study.artifacts import TrialFiles
-from search.views.checks import check_lines
-from search.views.format import format_duration, format_value, param_changes
-from search.study.inherit import inherited_text
 from search.kaggle.ensemble_report import report_section
 from search.spec import StudySpec
+from search.study.artifacts import TrialFiles
+from search.study.inherit import inherited_text
+from search.study.record import (
+    StudyHandle,
+    baseline_trial,
+    best_trial,
+    config_diff,
+    is_feasible,
+    ranked_trials,
+    redact,
+    trial_config,
+    trial_seconds,
+)
+from search.views.checks import check_lines
+from search.views.format import format_duration, format_value, param_changes
 from search.views.plots import Plot, write_plots
-from search.study.record import (StudyHandle, baseline_trial, best_trial, config_diff, is_feasible,
-                          ranked_trials, redact, trial_config, trial_seconds)
 from trainer import atomic_write_text
 
 TOP_N = 10

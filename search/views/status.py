@@ -14,12 +14,19 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.views.format import format_duration, param_changes
+from search.spec import StudySpec
 from search.study.folds import progress_text
 from search.study.inherit import inherited_text
-from search.spec import StudySpec
-from search.study.record import (StudyHandle, baseline_trial, best_trial, last_reported, pruning_saved, redact,
-                          trial_config)
+from search.study.record import (
+    StudyHandle,
+    baseline_trial,
+    best_trial,
+    last_reported,
+    pruning_saved,
+    redact,
+    trial_config,
+)
+from search.views.format import format_duration, param_changes
 
 WIDTH = 80  # a tmux pane split in two on a laptop screen
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, then erase the screen: a redraw in place

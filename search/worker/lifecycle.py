@@ -40,10 +40,19 @@ from search.study.stacking import queue_stacked_points
 from search.study.storage import DiskReserve, sqlite_database, storage_failure, storage_failure_text
 from search.views import notes
 from search.worker.console import Console
-from search.worker.gpu_choice import DeviceChoice
 from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, fail_unclaimed_trials, requeue
-from search.worker.outcomes import (BY_REASON, EXIT_2, EXIT_SIGNAL, PRUNED, RAISES, STORAGE_ERRORS, StopWorker,
-                                    TrialFailed, ending)
+from search.worker.gpu_choice import DeviceChoice
+from search.worker.outcomes import (
+    BY_REASON,
+    EXIT_2,
+    EXIT_SIGNAL,
+    PRUNED,
+    RAISES,
+    STORAGE_ERRORS,
+    StopWorker,
+    TrialFailed,
+    ending,
+)
 from search.worker.resume import resume, resume_folds
 from search.worker.signals import Interrupted, StopSignals, signals_blocked
 from search.worker.slots import SlotLock

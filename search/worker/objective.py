@@ -16,8 +16,7 @@ import optuna
 from search.spec import StudySpec
 from search.study.folds import curated_targets, pool_folds
 from search.worker.trial_run import TrialRun
-from trainer import (DEVICE_BANK_SHARE, VAL_PREDICTIONS, Result, TrainConfig, resolve_device,
-                     train_and_evaluate)
+from trainer import DEVICE_BANK_SHARE, VAL_PREDICTIONS, Result, TrainConfig, resolve_device, train_and_evaluate
 
 Trainer = Callable[..., Result]  # train_and_evaluate's signature: (config, data_dir, *, on_epoch, workdir, ...)
 # The worker's ``start(trial, config, device=...)``: prepares the attempt (folder, resume, record) around training

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+
 import pytest
 
 from benchmarks import gpu_check
 from benchmarks.harness import REPO
+
 STEPS = ("tests", "baseline", "panes", "kernel")
 
 

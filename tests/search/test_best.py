@@ -11,14 +11,13 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.best import main
-from search.kaggle.study_export import choose_trial
 from search.kaggle.export import member_configs, retrain_config
 from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES
+from search.kaggle.study_export import choose_trial
 from search.study.storage import default_storage_url, open_storage
+from tests.conftest import TINY_OVERRIDES
 from trainer import train_and_evaluate
 from trainer.config import ConfigError, TrainConfig
-
-from tests.conftest import TINY_OVERRIDES
 
 LR = FloatDistribution(1e-3, 1e-2, log=True)
 SPEC = """

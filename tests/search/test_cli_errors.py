@@ -16,7 +16,6 @@ from optuna.trial import TrialState, create_trial
 from search import best as best_command
 from search._cli import UserError, check_writable_folder, os_error_line, run_command
 from search.study.storage import default_storage_url, open_storage
-
 from tests.conftest import TINY_OVERRIDES
 from tests.read_only import one_error_line, read_only, run_unprivileged  # noqa: F401 - read_only is a fixture
 from tests.search.conftest import write_spec

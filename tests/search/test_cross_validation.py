@@ -16,9 +16,8 @@ from search.best import main as best_main
 from search.run import main as run_main
 from search.study.folds import curated_targets
 from search.study.storage import default_storage_url
-from trainer import lwlrap
-
 from tests.search.conftest import load, wait_for, worker, write_spec
+from trainer import lwlrap
 
 
 @pytest.mark.slow

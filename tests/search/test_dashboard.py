@@ -19,8 +19,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.dashboard import main, study_url
-from search.views.tunnel import tunnel_line
 from search.study.storage import default_storage_url, open_storage
+from search.views.tunnel import tunnel_line
 from tests.search.conftest import load, wait_for, worker, write_spec
 
 REPO = Path(__file__).resolve().parents[2]

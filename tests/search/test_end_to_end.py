@@ -1,13 +1,13 @@
-import pytest
 """The whole loop on a small real demo study: workers -> TensorBoard runs -> report -> best listing."""
 import matplotlib.image
 import numpy as np
+import pytest
 
 from search.report import main as report_main
-from tests.tensorboard_reader import read_tensorboard, trial_run_dir
-from tests.search.conftest import load, worker, write_spec
-from search.study.storage import default_storage_url
 from search.study.record import load_study
+from search.study.storage import default_storage_url
+from tests.search.conftest import load, worker, write_spec
+from tests.tensorboard_reader import read_tensorboard, trial_run_dir
 
 
 def study_handle(studies, name):

@@ -14,18 +14,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search.study.artifacts import TrialFiles, open_artifact_store
 from search.best import main as best_main
 from search.kaggle.ensemble import Budget, EnsembleError, load_candidates, select, select_from_study
 from search.kaggle.ensemble_report import describe, predict_models, report_section, write_curve
 from search.kaggle.export import run_kernel
 from search.kaggle.kernel_main import load_export, member_state_dicts, pool_probabilities
 from search.spec import load_spec
+from search.study.artifacts import TrialFiles, open_artifact_store
 from search.study.record import load_study
-from trainer import TrainConfig, lwlrap, read_labelled_csv, read_test_fnames
-
 from tests.conftest import TINY_OVERRIDES
 from tests.search.conftest import worker, write_spec
+from trainer import TrainConfig, lwlrap, read_labelled_csv, read_test_fnames
 
 ROOT = Path(__file__).resolve().parents[2]
 N_CLIPS = 40

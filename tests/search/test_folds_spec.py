@@ -9,7 +9,6 @@ from optuna.trial import TrialState, create_trial
 
 from search.spec import SpecError, load_spec
 from search.spec.strategy import FoldRacePruner, RungQuorumPruner, make_pruner
-
 from tests.search.conftest import write_spec
 
 

@@ -7,12 +7,17 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.worker.gpu_choice import (DeviceChoice, GpuInfo, choose_gpu, device_for_worker, gpu_index,
-                               running_devices_on_host)
 from search.run import main
-from trainer import ConfigError, resolve_device
-
+from search.worker.gpu_choice import (
+    DeviceChoice,
+    GpuInfo,
+    choose_gpu,
+    device_for_worker,
+    gpu_index,
+    running_devices_on_host,
+)
 from tests.search.conftest import fake_training, write_spec
+from trainer import ConfigError, resolve_device
 
 GiB = 2**30
 

@@ -9,7 +9,6 @@ from optuna.trial import TrialState
 
 from search.study.locate import locate
 from search.worker.build import build_worker
-
 from tests.search.conftest import fake_training, write_spec
 
 KERNEL = "[kernel]\nbudget_s = 3600\ntest_audio_s = 25500\nsafety = 0.5\n"

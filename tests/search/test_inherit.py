@@ -7,22 +7,20 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from search import panes
+from search.kaggle.ensemble import load_candidates
+from search.run import main
+from search.spec import load_spec
 from search.study.artifacts import TrialFiles, open_artifact_store
 from search.study.inherit import INHERITED_ATTR, Source, inside
 from search.study.join import UsageError, join_study
-from search.kaggle.ensemble import load_candidates
 from search.study.locate import locate
-from search.worker.build import build_worker
-from search import panes
-from search.run import main
-from search.views.notes import study_note
-from search.spec import load_spec
-from search.views.status import StatusView
 from search.study.storage import default_storage_url, open_storage
-
-from trainer import TrainConfig
-
+from search.views.notes import study_note
+from search.views.status import StatusView
+from search.worker.build import build_worker
 from tests.search.conftest import write_spec
+from trainer import TrainConfig
 
 NARROW = ('"optim.lr" = { float = [1e-3, 4e-3], log = true }\n"model.head" = { choices = ["linear", "mlp"] }\n'
           '"model.head_hidden" = { int = [8, 32], when = { "model.head" = "mlp" } }\n')

@@ -20,17 +20,30 @@ import pytest
 import torch
 
 from search.kaggle.ensemble_report import predict_models
-from search.kaggle.export import (ExportPlan, KernelRunError, Member, TrainedMember, isolated_env, retrain, run_kernel,
-                                  write_export)
+from search.kaggle.export import (
+    ExportPlan,
+    KernelRunError,
+    Member,
+    TrainedMember,
+    isolated_env,
+    retrain,
+    run_kernel,
+    write_export,
+)
 from search.kaggle.kernel import ALLOWED_THIRD_PARTY, KernelGenerationError, bundle_files, generate_kernel
-from search.kaggle.kernel_main import (EXPORT_FORMAT, KernelError, find_models_dir, load_export, member_state_dicts,
-                                       pool_probabilities)
+from search.kaggle.kernel_main import (
+    EXPORT_FORMAT,
+    KernelError,
+    find_models_dir,
+    load_export,
+    member_state_dicts,
+    pool_probabilities,
+)
+from tests.conftest import TINY_OVERRIDES
 from trainer import build_model, feature_cache_key
 from trainer.config import TrainConfig
 from trainer.data import read_labelled_csv, read_test_fnames
 from trainer.metrics import lwlrap
-
-from tests.conftest import TINY_OVERRIDES
 
 # What the project needs but a Kaggle notebook may lack, and tomllib (Python >= 3.11 only): made
 # unimportable in the kernel's process, so a kernel that imports any of them fails the test.

@@ -21,9 +21,8 @@ from search.study.storage import default_storage_url, open_storage
 from search.worker.build import build_worker
 from search.worker.failures import DEFAULT_MAX_RETRY, Dropped, fail_unclaimed_trials, requeue, stale_trial_retry
 from search.worker.objective import Trainer
-from trainer import DataError, NonFiniteLossError, train_and_evaluate
-
 from tests.search.conftest import fake_training, write_spec
+from trainer import DataError, NonFiniteLossError, train_and_evaluate
 
 KERNEL = "[kernel]\nbudget_s = 3600\ntest_audio_s = 25500\nsafety = 0.5\n"
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from search.best import main as best_main
-from search.study.locate import locate
 from search.report import main as report_main
 from search.run import main as run_main
 from search.spec import SpecError
-
+from search.study.locate import locate
 from tests.search.conftest import write_spec
 from tests.search.test_dashboard import _Dashboard
 

@@ -1,14 +1,13 @@
 """Optuna's own CLI reads our studies: the storage is plain Optuna RDB, no private format."""
 from __future__ import annotations
 
-import pytest
-
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 

@@ -20,9 +20,8 @@ from search.worker.failures import counts_against, stale_trial_retry
 from search.worker.lifecycle import Worker
 from search.worker.outcomes import BY_REASON, EXIT_2, EXIT_SIGNAL, GOES_ON, OUTCOMES, RAISES, Outcome, outcome_of
 from search.worker.signals import Interrupted
-from trainer import CheckpointError, ConfigError, DataError, NonFiniteLossError
-
 from tests.search.conftest import fake_training, write_spec
+from trainer import CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 KERNEL = "[kernel]\nbudget_s = 3600\ntest_audio_s = 25500\nsafety = 0.5\n"
 

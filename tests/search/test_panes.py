@@ -15,9 +15,21 @@ from optuna.trial import TrialState
 
 from search import panes
 from search.study.storage import default_storage_url
-from search.worker.tmux import (STORAGE_OPTION, STUDY_OPTION, TMUX_MISSING, Pane, PanesError, Window, command_list,
-                         parse_gpus, passed_environment, session_commands, watch_panes, worker_panes, worker_places)
-
+from search.worker.tmux import (
+    STORAGE_OPTION,
+    STUDY_OPTION,
+    TMUX_MISSING,
+    Pane,
+    PanesError,
+    Window,
+    command_list,
+    parse_gpus,
+    passed_environment,
+    session_commands,
+    watch_panes,
+    worker_panes,
+    worker_places,
+)
 from tests.search.conftest import load, unique_name, wait_for, write_spec
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

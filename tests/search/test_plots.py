@@ -11,9 +11,9 @@ import pytest
 from matplotlib import image as mpimg
 from optuna.trial import TrialState
 
+from search.spec import load_spec
 from search.views import plots
 from search.views.figures import PRUNED_LABEL
-from search.spec import load_spec
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "studies" / "demo.toml"
 EPOCHS = 4

@@ -1,12 +1,11 @@
 """python -m search.quickstart: a small study end to end, ending with baseline vs best on held-out clips."""
 from __future__ import annotations
 
-import pytest
-
 import re
 
-from search.quickstart import main
+import pytest
 
+from search.quickstart import main
 from tests.search.conftest import write_spec
 
 

@@ -29,7 +29,8 @@ DOCS = ROOT / "docs"
 DOCS_ORDER = ["searching.md", "watching.md", "exporting.md", "data.md", "operations.md", "development.md"]
 LINKED_PAGES = [README, *sorted(DOCS.glob("*.md")), ROOT / "benchmarks" / "README.md"]
 # what .ci/run runs itself: the venv and installs, the Debian package scripts, the test suite
-NOT_RUN = re.compile(r"^(python3 -m venv \S+|\. \S+/bin/activate|pip install .*|bash \.ci/[\w-]+|python -m pytest( .*)?)$")
+NOT_RUN = re.compile(r"^(python3 -m venv \S+|\. \S+/bin/activate|pip install .*|bash \.ci/[\w-]+|ruff check .*|"
+                     r"python -m pytest( .*)?)$")
 TINY_TOML = """[model]\ndepth = 18\nwidth = 0.0625\n[features]\nn_mels = 32\ncrop_frames = 64\n
 [optim]\nbatch_size = 16\nlr = 3e-3\nepochs = 1\n"""
 SPECS = ("quickstart", "demo", "fat2019", "fat2019-r2")  # the study names the pages use

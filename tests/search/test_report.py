@@ -13,10 +13,10 @@ from matplotlib import image as mpimg
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.views.checks import edge_params, widened
 from search.report import main
-from search.study.storage import open_storage
 from search.study.record import SPEC_ATTR, baseline_trial, config_diff, redact
+from search.study.storage import open_storage
+from search.views.checks import edge_params, widened
 
 SPACE = {
     "optim.lr": FloatDistribution(1e-4, 1e-1, log=True),
@@ -314,8 +314,8 @@ def test_an_infeasible_top_trial_is_never_called_best(tmp_path):
     import io
 
     from search.kaggle.study_export import choose_trial
-    from search.worker.console import Console
     from search.study.record import KERNEL_CONSTRAINT, best_trial
+    from search.worker.console import Console
 
     study = _study(tmp_path / "k.db")
     for number, (value, violation) in enumerate([(0.5, -1.0), (0.9, 500.0), (0.7, -10.0)]):

@@ -10,13 +10,12 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.kaggle import rescore
 from search.best import main
+from search.kaggle import rescore
 from search.kaggle.rescore import RESCORE_FILE, rescore_config, rescore_top
 from search.study.storage import default_storage_url, open_storage
-from trainer import ConfigError, TrainConfig
-
 from tests.conftest import TINY_OVERRIDES
+from trainer import ConfigError, TrainConfig
 
 LR = FloatDistribution(1e-4, 1e-1, log=True)
 SPEC = """

@@ -8,11 +8,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.study.join import UsageError, join_study
 from search.run import main
 from search.spec import load_spec
+from search.study.join import UsageError, join_study
 from search.study.storage import default_storage_url, open_storage
-
 from tests.search.conftest import load, unique_name, wait_for, worker, write_spec
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import trainer.memory
 from search.run import main
-
 from tests.search.conftest import write_spec
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import optuna
@@ -10,9 +9,8 @@ import pytest
 
 from search.spec import DATA_ENV, SpecError, find_spec, load_spec, parse_spec, spec_differences
 from search.spec.strategy import RungQuorumPruner
-from trainer import TrainConfig
-
 from tests.search.conftest import write_spec
+from trainer import TrainConfig
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

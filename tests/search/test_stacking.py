@@ -10,7 +10,6 @@ from optuna.trial import TrialState, create_trial
 from search.spec import load_spec
 from search.spec.strategy import stacked_points, winning_changes
 from search.study.stacking import STACKED_ATTR, queue_stacked_points
-
 from tests.search.conftest import write_spec
 
 DISTS = {"a": CategoricalDistribution([0, 1]), "b": CategoricalDistribution([0, 1]),

@@ -18,9 +18,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from search.status import main
-from search.views.status import CLEAR, StatusView, watch, wrapped
-from search.study.storage import default_storage_url, open_storage
 from search.study.record import SPEC_ATTR, load_study
+from search.study.storage import default_storage_url, open_storage
+from search.views.status import CLEAR, StatusView, watch, wrapped
 from tests.search.conftest import write_spec
 
 SPACE = {

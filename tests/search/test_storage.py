@@ -8,13 +8,11 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-import pytest
-
-from search.worker.failures import requeue
 from search.study.storage import StorageError, create_or_load_study, default_storage_url, open_storage
-
+from search.worker.failures import requeue
 from tests.search.conftest import fresh_database, unique_name
 
 

@@ -1,18 +1,17 @@
 """The search strategy: startup near the baseline, explicit sampler settings, a pruner that waits for a quorum."""
 from __future__ import annotations
 
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.study.join import join_study
 from search.spec import load_spec
-from search.study.storage import default_storage_url, open_storage
 from search.spec.strategy import RungQuorumPruner, make_sampler
-
+from search.study.join import join_study
+from search.study.storage import default_storage_url, open_storage
 from tests.search.conftest import write_spec
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"

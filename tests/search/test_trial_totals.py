@@ -17,7 +17,6 @@ from search.study.storage import open_storage
 from search.worker import lifecycle
 from search.worker.build import build_worker
 from search.worker.slots import SlotLock
-
 from tests.search.conftest import fake_training, fresh_database, unique_name, write_spec
 
 PANES = 4

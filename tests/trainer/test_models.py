@@ -6,8 +6,17 @@ import torch
 from torch import nn
 
 from trainer.config import ConfigError, ModelConfig
-from trainer.models import (ACTIVATIONS, ARCHS, BN_POSITIONS, HEADS, RESNET_STAGES, build_model,
-                            count_parameters, make_activation, stage_widths)
+from trainer.models import (
+    ACTIVATIONS,
+    ARCHS,
+    BN_POSITIONS,
+    HEADS,
+    RESNET_STAGES,
+    build_model,
+    count_parameters,
+    make_activation,
+    stage_widths,
+)
 
 TINY = dict(width=0.125, head_hidden=16)
 # Every registered (arch, depth) x activation x head x BN position: a new entry is tested the day it lands.

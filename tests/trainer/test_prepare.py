@@ -40,7 +40,8 @@ def test_prepared_banks_hold_exactly_the_clips_an_in_memory_bank_would(demo_data
     data = prepare_data(config, demo_data, device=CPU, cache_dir=tmp_path, progress=False)
     curated, noisy = load_splits(demo_data, use_noisy=True)
     train_idx, val_idx = split_indices(config, curated)
-    load = lambda paths: load_features(list(paths), config.features, cache_dir=tmp_path, progress=False).arrays
+    def load(paths):
+        return load_features(list(paths), config.features, cache_dir=tmp_path, progress=False).arrays
     expected_val = FeatureBank.from_arrays(load(curated.paths[i] for i in val_idx), normalize="clip")
     expected_train = FeatureBank.from_arrays(load([curated.paths[i] for i in train_idx] + list(noisy.paths)),
                                              normalize="clip")

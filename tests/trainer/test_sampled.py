@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.conftest import file_hashes
 from trainer import synth
 from trainer.data import load_splits
 from trainer.labels import load_labels
@@ -21,8 +22,6 @@ from trainer.synth.layout import MissingSoundSourceError
 from trainer.synth.playing import Domain, Percussive, Spoken
 from trainer.synth.soundfont import SoundFont
 from trainer.synth.speech import PhraseBank
-
-from tests.conftest import file_hashes
 
 SCALE, SEED = 0.01, 7  # the per-label minimums dominate: 72 curated, 24 noisy, 24 test clips
 FOLDERS = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from trainer import synth
-from trainer.synth import layout
-from trainer.labels import load_labels
-
 from tests.conftest import file_hashes
+from trainer import synth
+from trainer.labels import load_labels
+from trainer.synth import layout
 
 SCALE = 0.05  # the per-split minimums dominate: 60 curated, 30 noisy, 20 test clips
 
