@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from search.kaggle.ensemble import select_from_study
-from search.kaggle.export import run_kernel, score_submission
+from search.kaggle.export import run_kernel
 from search.kaggle.kernel_main import POOLINGS
+from search.kaggle.score import score_submission
 from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from search.study.locate import locate_args
 from search.study.record import resolve_data
@@ -35,7 +36,8 @@ def run_and_score(export_dir: Path, data_dir: Path, device: str) -> tuple[float,
     started = time.perf_counter()
     run_kernel(export_dir, data_dir / "test", data_dir / "sample_submission.csv", export_dir / "submission.csv",
                device=device)
-    return score_submission(export_dir / "submission.csv", data_dir / "test_labels.csv"), time.perf_counter() - started
+    score = score_submission(export_dir / "submission.csv", data_dir / "test_labels.csv").lwlrap
+    return score, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

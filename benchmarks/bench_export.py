@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness import REPO, STUDIES, read_spec
-from search.kaggle.export import run_kernel, score_submission
+from search.kaggle.export import run_kernel
 from search.kaggle.recipes import RECIPES
+from search.kaggle.score import score_submission
 from search.spec import load_spec
 from trainer import atomic_write_text, ensure_builtin
 
@@ -77,7 +78,7 @@ def measure(job: Export, out: Path) -> dict:
         members = json.loads((export / "config.json").read_text())["members"]
         submission = Path(tmp) / "submission.csv"
         run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
-        test = score_submission(submission, data_dir / "test_labels.csv")
+        test = score_submission(submission, data_dir / "test_labels.csv").lwlrap
     rescored = exported.get("rescore") or {}
     record = {"study": job.study, "data": data, "recipe": job.recipe, "rescore": job.rescore, "test_lwlrap": test,
               "models": len(members), "trials": sorted({m["trial"] for m in members}),

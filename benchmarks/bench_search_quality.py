@@ -38,7 +38,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmarks.harness import REPO, STUDIES, read_spec, run_worker, search_run, write_spec
-from search.kaggle.export import run_kernel, score_submission
+from search.kaggle.export import run_kernel
+from search.kaggle.score import score_submission
 from search.study.record import is_feasible, load_study
 from trainer import atomic_write_text, ensure_builtin
 
@@ -166,7 +167,7 @@ def test_score(run: Run, studies: Path, trial: FrozenTrial, data_dir: Path, out:
                        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
         submission = Path(tmp) / "submission.csv"
         run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
-        score = score_submission(submission, data_dir / "test_labels.csv")
+        score = score_submission(submission, data_dir / "test_labels.csv").lwlrap
     atomic_write_text(cache, json.dumps({"test_lwlrap": score, "trial": trial.number, "study": run.name}))
     return score
 

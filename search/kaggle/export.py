@@ -36,8 +36,6 @@ from trainer import (
     atomic_write_text,
     load_labels,
     load_state_dict,
-    lwlrap,
-    read_labelled_csv,
     train_and_evaluate,
 )
 
@@ -291,26 +289,6 @@ def measure_kernel(out: Path, data_dir: Path, *, clips: int = MEASURE_CLIPS, dev
             "seconds_per_audio_second": stats["seconds"] / max(stats["audio_seconds"], 1e-9),
             "device": stats["device"], "projected_kaggle_seconds": per_clip * KAGGLE_TEST_CLIPS,
             "projected_for_clips": KAGGLE_TEST_CLIPS}
-
-
-def score_submission(submission: Path, test_labels: Path) -> float:
-    """lwlrap of a submission.csv against a labelled test list (``fname,labels`` as in train_curated.csv; the
-    demo and benchmark sets have one): how a kernel does on clips the search never saw."""
-    labels = load_labels()
-    index = {label: i for i, label in enumerate(labels)}
-    truth = read_labelled_csv(test_labels, test_labels.parent / "test")
-    by_name = {path.name: row for path, row in zip(truth.paths, truth.targets)}
-    with open(submission, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        columns = [index[name] for name in next(reader)[1:]]
-        rows = [row for row in reader if row]
-    missing = [row[0] for row in rows if row[0] not in by_name]
-    if missing:
-        raise ConfigError(f"{submission}: {len(missing)} fname(s) have no labels in {test_labels} (first: {missing[0]})")
-    scores = np.zeros((len(rows), len(labels)))
-    for i, row in enumerate(rows):
-        scores[i, columns] = [float(value) for value in row[1:]]
-    return lwlrap(np.stack([by_name[row[0]] for row in rows]), scores)
 
 
 def submit_steps(out: Path, dataset_id: str, placeholder: bool) -> str:
