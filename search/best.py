@@ -28,6 +28,7 @@ from search.kaggle.recipes import DEFAULT_RECIPES, RECIPES, Recipe, default_reci
 from search.kaggle.rescore import describe_rescored, rescore_top
 from search.kaggle.study_export import ExportOptions, choose_trial, export_ensemble, export_trial
 from search.spec import StudySpec
+from search.study.folds import cv_summary
 from search.study.locate import locate_args
 from search.study.record import baseline_trial, config_diff, is_feasible, ranked_trials, resolve_data, trial_config
 from search.views.format import format_value
@@ -56,6 +57,8 @@ def describe_top(study: optuna.Study, top_n: int = TOP_N, spec: StudySpec | None
             changes = ", ".join(f"{k}={format_value(new, 4)}" for k, (_, new) in diff.items()) or "(nothing)"
         lines.append(f"{trial.number:>5}  {trial.value:>7.4f}  {state:<20}  "
                      f"{trial.user_attrs.get('epochs_run', '?'):>6}  {changes}")
+        if (cv := cv_summary(trial.user_attrs)) is not None:  # a cross-validated trial: its folds under it
+            lines.append(f"{'':>5}  {cv}")
     try:
         best = choose_trial(study)
     except LookupError as exc:

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.kaggle.ensemble_report import report_section
 from search.spec import StudySpec
 from search.study.artifacts import TrialFiles
+from search.study.folds import finished_folds
 from search.study.inherit import inherited_text
 from search.study.record import (
     StudyHandle,
@@ -109,9 +110,11 @@ def _top_trials(top: Sequence[FrozenTrial], baseline: FrozenTrial | None) -> lis
     """The top trials with the params each changed from the baseline trial's (as the pane lines and search.best
     show them); every param where the study has no baseline trial."""
     what = "differs from the baseline" if baseline is not None else "params"
+    folds = any(finished_folds(t.user_attrs) for t in top)  # a cross-validated study: each fold's value and spread
     lines = [f"## Top {len(top)} complete trials", "",
-             f"| rank | trial | lwlrap | epochs | time | kernel budget | {what} |",
-             "|---|---|---|---|---|---|---|"]
+             f"| rank | trial | {'out-of-fold lwlrap' if folds else 'lwlrap'} | "
+             + ("per fold | spread | " if folds else "") + f"epochs | time | kernel budget | {what} |",
+             "|---|---|---|" + ("---|---|" if folds else "") + "---|---|---|---|"]
     for rank, trial in enumerate(top, start=1):
         if baseline is not None:
             params = param_changes(trial.params, baseline.params)
@@ -119,7 +122,10 @@ def _top_trials(top: Sequence[FrozenTrial], baseline: FrozenTrial | None) -> lis
             params = ", ".join(f"{k}={format_value(v, 4)}" for k, v in sorted(trial.params.items())) or "(no params)"
         seconds = trial_seconds(trial)
         fits = "fits" if is_feasible(trial) else "**over: not exportable**"
-        lines.append(f"| {rank} | {trial.number} | {trial.value:.4f} | {trial.user_attrs.get('epochs_run', '?')} "
+        scores = trial.user_attrs.get("fold_lwlrap")
+        per_fold = (f"{' '.join(f'{s:.3f}' for s in scores)} | {trial.user_attrs.get('fold_spread', 0.0):.3f} | "
+                    if isinstance(scores, list) else "- | - | ") if folds else ""
+        lines.append(f"| {rank} | {trial.number} | {trial.value:.4f} | {per_fold}{trial.user_attrs.get('epochs_run', '?')} "
                      f"| {format_duration(seconds) if seconds is not None else '?'} | {fits} | {params} |")
     return lines + [""]
 

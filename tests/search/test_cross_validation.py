@@ -13,6 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.best import main as best_main
+from search.report import main as report_main
 from search.run import main as run_main
 from search.study.folds import curated_targets
 from search.study.storage import default_storage_url
@@ -44,6 +45,14 @@ def test_a_cross_validated_study_reports_out_of_fold_lwlrap_and_exports_its_fold
         assert sorted(fnames) == sorted(targets) and stored["fold"].tolist().count(1) > 0
         assert lwlrap(np.stack([targets[f] for f in fnames]), stored["probs"].astype(np.float64)) == pytest.approx(
             trials[0].value, abs=1e-6)
+
+    # the listing and the report show each trial's folds beside its out-of-fold value
+    assert best_main(["--study", "cv", "--studies-dir", str(studies)]) == 0
+    assert "out-of-fold lwlrap" in capsys.readouterr().out
+    assert report_main(["--study", "cv", "--studies-dir", str(studies), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| rank | trial | out-of-fold lwlrap | per fold | spread |" in report
+    capsys.readouterr()
 
     out = tmp_path / "export"
     assert best_main(["--study", "cv", "--studies-dir", str(studies), "--export", "--out", str(out)]) == 0
