@@ -24,6 +24,7 @@ from search._cli import UserError, run_command
 from search.kaggle.export import run_kernel
 from search.kaggle.score import score_submission
 from search.kaggle.study_export import ExportOptions, export_trial
+from search.study.folds import finished_folds
 from search.study.locate import locate
 from search.study.record import FINISHED, baseline_trial, best_trial, pruning_saved, resolve_data
 from search.study.storage import studies_dir
@@ -62,7 +63,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     if best is None or baseline is None or baseline.state != TrialState.COMPLETE:
         raise UserError("the study has no complete baseline or best trial yet; run the command again")
 
-    print("2/3 exporting the best trial and the baseline (their own weights) as Kaggle kernels", flush=True)
+    models = (f"their {spec.folds} fold models each, as trained" if spec.folds else "their own weights")
+    print(f"2/3 exporting the best trial and the baseline ({models}) as Kaggle kernels", flush=True)
     exports = {"best": (best, location.folder / "export")}
     if baseline.number != best.number:
         exports["baseline"] = (baseline, location.folder / "export-baseline")
@@ -101,7 +103,8 @@ def summary(name: str, best: FrozenTrial, baseline: FrozenTrial, test: dict[str,
     pruning = f"; pruning saved {saved:.0%} of the training epochs" if saved is not None else ""
     same = best.number == baseline.number
     rows = [("", f"baseline (#{baseline.number})", f"best (#{best.number})", "gain"),
-            ("validation lwlrap", f"{baseline.value:.4f}", f"{best.value:.4f}", f"{best.value - baseline.value:+.4f}"),
+            (f"{'out-of-fold' if finished_folds(best.user_attrs) else 'validation'} lwlrap", f"{baseline.value:.4f}",
+             f"{best.value:.4f}", f"{best.value - baseline.value:+.4f}"),
             ("held-out test lwlrap", f"{test['baseline']:.4f}", f"{test['best']:.4f}",
              f"{test['best'] - test['baseline']:+.4f}")]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
