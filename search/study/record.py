@@ -105,17 +105,24 @@ def is_feasible(trial: FrozenTrial) -> bool:
     return all(value <= 0 for value in trial.constraints.values())
 
 
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best first (feasible or not)."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+def ranked_trials(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """COMPLETE trials, best first (feasible or not); ``trials``: the study's, when the caller has just read them."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     return sorted(complete, key=lambda t: t.value, reverse=maximize)
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
+def best_trial(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> FrozenTrial | None:
     """THE best trial of the service: the best COMPLETE trial that meets every constraint (Optuna 5's
     constraint-aware ``study.best_trial``); None when there is none. search.best, search.report, the pane
-    lines and the dashboard note all use this."""
+    lines and the dashboard note all use this. ``trials``: the study's as the caller just read them (the same
+    choice, the first of equals by number, without another read)."""
+    if trials is not None:
+        feasible = [t for t in ranked_trials(study, trials) if is_feasible(t)]
+        if not feasible:
+            return None
+        return min((t for t in feasible if t.value == feasible[0].value), key=lambda t: t.number)
     try:
         return study.best_trial
     except ValueError:  # no COMPLETE trial, or none feasible
@@ -140,13 +147,14 @@ def baseline_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     return min(trials, key=lambda t: t.number) if trials else None
 
 
-def trials_keeping_weights(study: optuna.Study, keep: int) -> set[int]:
+def trials_keeping_weights(study: optuna.Study, keep: int, trials: Sequence[FrozenTrial] | None = None) -> set[int]:
     """Checkpoint retention: the numbers of the ``keep`` best feasible COMPLETE trials (the best trial is the
     first of them) plus the baseline, the reference of every comparison; none at all when ``keep`` is 0."""
     if not keep:
         return set()
-    kept = {t.number for t in [t for t in ranked_trials(study) if is_feasible(t)][:keep]}
-    baseline = baseline_trial(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    kept = {t.number for t in [t for t in ranked_trials(study, trials) if is_feasible(t)][:keep]}
+    baseline = baseline_trial(trials)
     if baseline is not None and baseline.state == TrialState.COMPLETE:
         kept.add(baseline.number)
     return kept

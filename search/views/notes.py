@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import optuna
 import optuna_dashboard
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from search.study.folds import cv_summary, finished_folds
 from search.study.inherit import inherited_text
@@ -77,17 +77,18 @@ def trial_note(number: int, outcome: str, config: TrainConfig | None, base: Trai
     return "\n".join(lines) + "\n"
 
 
-def study_note(study: optuna.Study, *, spec_epochs: int | None = None) -> str:
-    """Markdown summary of the study as it stands now."""
-    trials = study.get_trials(deepcopy=False)
+def study_note(study: optuna.Study, *, spec_epochs: int | None = None,
+               trials: Sequence[FrozenTrial] | None = None) -> str:
+    """Markdown summary of the study as it stands now (``trials``: as the caller just read them)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     counts = {s: sum(t.state == s for t in trials) for s in TrialState}
     state_text = ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n)
     inherited = inherited_text(trials)
     lines = [f"## Study {study.study_name}", "", f"{len(trials)} trials: {state_text or 'none yet'}"
              + (f"; {inherited} (`search.run --from`)" if inherited else "") + ".", ""]
-    best, baseline = best_trial(study), baseline_trial(trials)
+    best, baseline = best_trial(study, trials), baseline_trial(trials)
     if best is None:
-        ranked = ranked_trials(study)
+        ranked = ranked_trials(study, trials)
         lines.append("No best trial yet: " + ("every COMPLETE trial is over the kernel budget."
                                               if ranked else "no trial has completed."))
     else:

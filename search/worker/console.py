@@ -6,7 +6,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -89,14 +89,15 @@ class Console:
         else:
             self._print(text)
 
-    def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """``#7   COMPLETE lwlrap 0.6123  best 0.6301 (#3)  10 ep  5m03s  lr=0.0012 ...  [reason]``."""
+    def trial_done(self, study: optuna.Study, trial: FrozenTrial, trials: Sequence[FrozenTrial] | None = None) -> None:
+        """``#7   COMPLETE lwlrap 0.6123  best 0.6301 (#3)  10 ep  5m03s  lr=0.0012 ...  [reason]`` (``trials``: the
+        study's, as the caller just read them)."""
         state = trial.state.name
         self.states[state] = self.states.get(state, 0) + 1
         value = f"lwlrap {trial.value:.4f}" if trial.value is not None else "lwlrap   -   "
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
             value = f"lwlrap {last_reported(trial):.4f}"
-        best = best_trial(study)
+        best = best_trial(study, trials)
         best_text = f"best {best.value:.4f} ({_tag(best.number).strip()})" if best is not None else "best -"
         duration = trial_seconds(trial) or 0.0
         reason = trial.user_attrs.get("reason")

@@ -300,16 +300,16 @@ class Worker:
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna callback once a trial is told: print it, retry a failure, apply checkpoint retention."""
         self.current = None
-        self.console.trial_done(study, trial)
-        notes.save(study, notes.study_note(study, spec_epochs=self.spec.steps))
-        trials = study.get_trials(deepcopy=False)
+        trials = study.get_trials(deepcopy=False)  # read once: the line, the note, retries and retention use it
+        self.console.trial_done(study, trial, trials)
+        notes.save(study, notes.study_note(study, spec_epochs=self.spec.steps, trials=trials))
         if trial.state == TrialState.FAIL:
             self._requeue(trial, str(trial.user_attrs.get("reason", BY_REASON["error"].reason)), trials)
         elif trial.state in FINISHED:
             for number in [*trial.system_attrs.get("retry_history", []), trial.number]:
                 self._drop(number, "last.pth")
             self._retain_top_weights(trials)
-            queued = queue_stacked_points(study, self.spec)  # [startup] stack: what helped, stacked
+            queued = queue_stacked_points(study, self.spec, trials)  # [startup] stack: what helped, stacked
             if queued:
                 self.console.message("queued: " + "; ".join(queued))
 
@@ -370,7 +370,7 @@ class Worker:
 
     def _retain_top_weights(self, trials: list[FrozenTrial]) -> None:
         """Keep weights only for the spec's ``keep_weights`` best feasible COMPLETE trials (and best, baseline)."""
-        keep = trials_keeping_weights(self.study, self.spec.keep_weights)
+        keep = trials_keeping_weights(self.study, self.spec.keep_weights, trials)
         for trial in trials:
             if trial.state in FINISHED and trial.number not in keep and trial.number not in self.evicted:
                 self._drop(trial.number, "best.pth")

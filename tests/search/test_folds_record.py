@@ -110,3 +110,21 @@ def test_the_trial_note_says_how_the_inference_cost_was_timed_and_for_how_many_m
     assert "one CPU thread's compute time" in note
     old = trial_note(3, "COMPLETE", config, config, {"kernel_time_s": 120.0, "feasible": True})
     assert "projected 120 s for the test set, fits the budget (inference timed by wall time (recorded before" in old
+
+
+def test_the_best_from_a_list_just_read_is_the_studys_best_feasible_trial():
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from search.study.record import best_trial, ranked_trials, trials_keeping_weights
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+    for value, violation in [(0.5, -1.0), (0.9, 1.0), (0.7, -1.0), (0.7, -1.0)]:  # 0.9 is over the budget
+        study.add_trial(create_trial(value=value, params={"x": 0.5}, distributions=dist, state=TrialState.COMPLETE,
+                                     system_attrs={"constraints:kernel_time": violation}))
+    trials = study.get_trials(deepcopy=False)
+    assert best_trial(study, trials).number == best_trial(study).number == 2
+    assert [t.number for t in ranked_trials(study, trials)] == [t.number for t in ranked_trials(study)]
+    assert trials_keeping_weights(study, 1, trials) == trials_keeping_weights(study, 1) == {0, 2}
+    assert best_trial(study, []) is None
