@@ -27,16 +27,9 @@ def resume(run: TrialRun, predecessors: Sequence[FrozenTrial], trial_dir: Callab
         number = before.number
         if run.files.pull(number, "last.pth", workdir) is None:
             continue
-        try:
-            checkpoint = load_checkpoint(workdir / "last.pth")
-            if TrainConfig.from_json(checkpoint["config"]) != run.config:
-                raise CheckpointError("it belongs to another config")
-            epoch = int(checkpoint["epoch"])
-        except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
-            (workdir / "last.pth").rename(workdir / "last.pth.unloadable")
-            note = f"last.pth of trial {number} could not be loaded ({exc}); starting from epoch 0"
-            trial.set_user_attr("resume_note", note[:300])
-            run.console.message(f"#{trial.number} {note}")
+        checkpoint, epoch = _checkpoint(run, workdir / "last.pth", run.config,
+                                        f"last.pth of trial {number} could not be loaded ({{}}); starting from epoch 0")
+        if checkpoint is None:
             return 0
         for name in RESUMED_FILES:
             run.files.pull(number, name, workdir)
@@ -77,18 +70,10 @@ def resume_folds(run: TrialRun, predecessors: Sequence[FrozenTrial], fold_config
             current.mkdir(parents=True, exist_ok=True)
         if done < (run.folds or 0) and run.files.pull(number, fold_file(done, "last.pth"), current,
                                                       as_name="last.pth") is not None:
-            try:
-                checkpoint = load_checkpoint(current / "last.pth")
-                if TrainConfig.from_json(checkpoint["config"]) != fold_config(done):
-                    raise CheckpointError("it belongs to another config")
-                epoch = int(checkpoint["epoch"])
-            except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
-                (current / "last.pth").rename(current / "last.pth.unloadable")
-                note = f"fold {done + 1}'s last.pth of trial {number} could not be loaded ({exc}); that fold starts over"
-                trial.set_user_attr("resume_note", note[:300])
-                run.console.message(f"#{trial.number} {note}")
-                epoch, checkpoint = 0, None
-            else:
+            checkpoint, epoch = _checkpoint(run, current / "last.pth", fold_config(done),
+                                            f"fold {done + 1}'s last.pth of trial {number} could not be loaded ({{}}); "
+                                            f"that fold starts over")
+            if checkpoint is not None:
                 for name in FINISHED_FOLD_FILES:
                     run.files.pull(number, fold_file(done, name), current, as_name=name)
         if done == 0 and epoch == 0:
@@ -106,3 +91,20 @@ def resume_folds(run: TrialRun, predecessors: Sequence[FrozenTrial], fold_config
                             f"{run.folds} after epoch {epoch}")
         return done, epoch
     return 0, 0
+
+
+def _checkpoint(run: TrialRun, path: Path, config: TrainConfig, unloadable: str) -> tuple[dict | None, int]:
+    """The pulled checkpoint at ``path`` and the epoch it ended, when it loads and belongs to ``config``; else it is
+    set aside (``last.pth.unloadable``), the trial says why (``unloadable`` with the error in its ``{}``), and
+    (None, 0)."""
+    try:
+        checkpoint = load_checkpoint(path)
+        if TrainConfig.from_json(checkpoint["config"]) != config:
+            raise CheckpointError("it belongs to another config")
+        return checkpoint, int(checkpoint["epoch"])
+    except (CheckpointError, ConfigError, KeyError, TypeError, ValueError) as exc:
+        path.rename(path.with_name("last.pth.unloadable"))
+        note = unloadable.format(exc)
+        run.trial.set_user_attr("resume_note", note[:300])
+        run.console.message(f"#{run.trial.number} {note}")
+        return None, 0
