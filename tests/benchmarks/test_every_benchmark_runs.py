@@ -22,7 +22,8 @@ BENCH = REPO / "benchmarks"
 COVERED_ELSEWHERE = {"bench_search_quality": "tests/benchmarks/test_search_quality.py",
                      "gpu_check": "tests/benchmarks/test_gpu_check.py",
                      "bench_ensemble": "tests/search/test_ensemble.py"}  # over that module's five-trial study
-LIBRARIES = {"scale_data": "scale", "harness": "stress", "stress_limits": "stress"}  # imported by it, never run
+LIBRARIES = {"scale_data": "scale", "harness": "stress", "stress_limits": "stress",
+             "quality_strategies": "bench_search_quality"}  # imported by it, never run
 NUMBER = r"([0-9][0-9,]*\.?[0-9]*)"
 
 
