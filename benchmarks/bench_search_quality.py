@@ -36,7 +36,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmarks.harness import REPO, run_worker, search_run, write_spec
+from benchmarks.harness import REPO, last_line, run_worker, search_run, write_spec
 from benchmarks.quality_strategies import (
     BASELINE_EPOCHS,
     DEFAULT_FOLDS,
@@ -118,12 +118,17 @@ def export_and_score(run: Run, studies: Path, change: dict, data_dir: Path, out:
     if cache.exists():
         return json.loads(cache.read_text())
     log = out / "logs" / f"{run.name}-export.log"
-    with tempfile.TemporaryDirectory() as tmp, open(log, "a", encoding="utf-8") as stream:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export"
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "search.best", "--study", run.name, "--studies-dir", str(studies),
-                        "--export", "--trial", str(change["trial"]), "--threads", "1", "--out", str(export)],
-                       cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, check=True)
+        with open(log, "a", encoding="utf-8") as stream:
+            code = subprocess.run([sys.executable, "-m", "search.best", "--study", run.name, "--studies-dir",
+                                   str(studies), "--export", "--trial", str(change["trial"]), "--threads", "1",
+                                   "--out", str(export)], cwd=REPO, stdout=stream, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise RuntimeError(f"{run.name}: search.best --export of trial {change['trial']} exited {code}; "
+                               f"{log}: {last_line(log)}")
         export_s = time.perf_counter() - started
         exported = json.loads((export / "export.json").read_text())
         if (exported["recipe"], exported["trained_epochs"]) != (change["recipe"], change["export_epochs"]):
