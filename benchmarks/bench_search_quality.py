@@ -16,7 +16,7 @@ validates on all of them).
 
 Every study, export (by study, trial and recipe) and record is kept in ``--out`` (records/, exports/, studies/,
 logs/), so an interrupted run, more repeats or a table of other budgets resume from what is there. ``--table``
-prints the markdown table (median [min, max] of the repeats), the PASS/FAIL lines of issue 55's targets, and draws
+prints the markdown table (median [min, max] of the repeats), the PASS/FAIL lines of the search's targets, and draws
 the anytime plot. Not a test.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from benchmarks.harness import REPO, last_line, run_worker, search_run, write_sp
 from benchmarks.quality_strategies import (
     BASELINE_EPOCHS,
     DEFAULT_FOLDS,
-    ITEM_8,
+    DEFAULT_STRATEGIES,
     STRATEGIES,
     Run,
     export_epochs,
@@ -59,7 +59,7 @@ from search.spec import load_spec
 from search.study.record import is_feasible, load_study, trial_config
 from trainer import atomic_write_text, ensure_builtin
 
-RECORD_FORMAT = 2  # 2: exports counted in the budget (format 1, before issue 55, exported each trial's own weights)
+RECORD_FORMAT = 2  # 2: exports counted in the budget (format 1 exported each trial's own weights, free)
 DEFAULT_BUDGETS = [15, 20, 30, 45, 60]
 
 
@@ -271,7 +271,7 @@ def load_records(out: Path, data: list[str], strategies: list[str]) -> tuple[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="+", default=["demo", "sampled"])
-    parser.add_argument("--strategies", nargs="+", default=list(ITEM_8), choices=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budgets", type=float, nargs="+", default=DEFAULT_BUDGETS,
                         help=f"budget points (search + export) in units of B = {BASELINE_EPOCHS} epochs")
@@ -303,7 +303,7 @@ def main() -> None:
         sys.exit(f"error: {args.out / 'records'}: no records of {', '.join(args.data)} of this benchmark's format "
                  f"{RECORD_FORMAT} (run the benchmark first)")
     print(table(records, budgets))
-    print("\nTargets (issue 55 item 8), medians of the repeats:")
+    print("\nTargets (medians of the repeats):")
     print("\n".join(f"- {line}" for line in target_checks(medians(records, budgets), budgets)))
     if earlier:
         print(f"\n({earlier} record(s) of an earlier format left out: exports were not counted in their budget)")
