@@ -110,9 +110,11 @@ def history(points: Sequence[TrialPoint], maximize: bool, failed: int = 0) -> Fi
     return figure
 
 
-def intermediate_values(trials: Sequence[FrozenTrial], maximize: bool, highlighted: int) -> Figure:
+def intermediate_values(trials: Sequence[FrozenTrial], maximize: bool, highlighted: int, *,
+                        fold_epochs: int | None = None) -> Figure:
     """Objective per epoch: the best ``highlighted`` trials (completed ones first, then pruned ones by
-    their last value) in distinct colours, best on top, every other trial as a thin grey line."""
+    their last value) in distinct colours, best on top, every other trial as a thin grey line. ``fold_epochs``:
+    a cross-validated study's epochs per fold (its curves step to each fold's end after fold 1)."""
     def last(trial: FrozenTrial) -> float:
         value = trial.intermediate_values[max(trial.intermediate_values)]
         return value if math.isfinite(value) else (-math.inf if maximize else math.inf)
@@ -136,8 +138,12 @@ def intermediate_values(trials: Sequence[FrozenTrial], maximize: bool, highlight
         ax.scatter(*np.array(cut).T, marker="x", s=16, color=PRUNED_GREY, linewidths=0.9, zorder=2,
                    label="where the pruner cut a trial")
     ax.autoscale_view()
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {OBJECTIVE}")
+    if fold_epochs:
+        ax.set_xlabel(f"epoch of fold 1, then the end of each fold ({fold_epochs} epochs each)")
+        ax.set_ylabel(f"validation {OBJECTIVE} (out-of-fold after fold 1)")
+    else:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {OBJECTIVE}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     shown = min(highlighted, len(ranked))

@@ -20,7 +20,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study.record import last_reported
+from search.study.record import last_reported, trial_config
 from search.views import figures as draw
 from search.views.figures import ParamScale, TrialPoint
 from trainer import atomic_path
@@ -164,7 +164,8 @@ def write_plots(study: optuna.Study, out_dir: str | os.PathLike) -> list[Plot]:
     add("optimization_history", "Optimisation history",
         lambda: draw.history(points, maximize, failed), no_points, _join(hollow, left_out))
     add("intermediate_values", "Intermediate values (validation lwlrap per epoch)",
-        lambda: draw.intermediate_values(curves, maximize, HIGHLIGHTED_CURVES), no_curves,
+        lambda: draw.intermediate_values(curves, maximize, HIGHLIGHTED_CURVES, fold_epochs=fold_epochs(curves)),
+        no_curves,
         _join(highlighted, "x marks where the pruner cut a trial" if pruned else "", left_out))
     add("param_importances", "Parameter importances", lambda: draw.importances(importances, importance_note),
         None if importances else f"skipped: {importance_note}", importance_note)
@@ -213,3 +214,14 @@ def save_figure(figure: Any, path: Path) -> None:
 
 def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
+
+
+def fold_epochs(trials: Sequence[FrozenTrial]) -> int | None:
+    """One fold's epochs in a cross-validated study (its trials record ``folds``), else None."""
+    for trial in trials:
+        if isinstance(trial.user_attrs.get("folds"), int):
+            try:
+                return trial_config(trial).optim.epochs
+            except (LookupError, ValueError):
+                return None
+    return None

@@ -150,7 +150,9 @@ def _best_section(study: optuna.Study, best: FrozenTrial, trials: Sequence[Froze
             lines.append("(no difference)")
         lines.append("")
     storage = f" --storage '{redact(storage_arg)}'" if storage_arg else ""
-    lines += ["Reproduce it (retrains its config and writes the Kaggle export):", "", "```",
+    folds = finished_folds(best.user_attrs)
+    how = (f"ships its {folds} fold models as trained, nothing retrained" if folds else "retrains its config")
+    lines += [f"Reproduce it ({how}, and writes the Kaggle export):", "", "```",
               f"python -m search.best --study {study.study_name}{storage} --export", "```", ""]
     return lines
 
@@ -163,11 +165,13 @@ def _compute_section(trials: Sequence[FrozenTrial], budget: Any) -> list[str]:
     run = sum(t.user_attrs["epochs_run"] - t.user_attrs.get("resumed_from_epoch", 0) for t in counted)
     per_trial = []
     for trial in counted:
+        folds = trial.user_attrs.get("folds")
+        folds = folds if isinstance(folds, int) and folds > 1 else 1  # a cross-validated trial's budget: every fold
         if isinstance(budget, int):
-            per_trial.append(budget)
+            per_trial.append(budget * folds)
         else:
             try:
-                per_trial.append(trial_config(trial).optim.epochs)
+                per_trial.append(trial_config(trial).optim.epochs * folds)
             except (LookupError, ValueError):
                 per_trial.append(None)
     finished = [b for t, b in zip(counted, per_trial) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]

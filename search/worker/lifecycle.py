@@ -271,7 +271,8 @@ class Worker:
             run.resumed_from_epoch, run.first_epoch = run.fold * config.optim.epochs + epoch, epoch + 1
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
-                           "resumed_from_epoch": run.resumed_from_epoch, "device": device}.items():
+                           "resumed_from_epoch": run.resumed_from_epoch, "device": device,
+                           **({"folds": run.folds} if run.folds else {})}.items():
             run.trial.set_user_attr(key, value)
         try:
             yield run

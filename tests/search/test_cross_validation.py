@@ -52,6 +52,8 @@ def test_a_cross_validated_study_reports_out_of_fold_lwlrap_and_exports_its_fold
     assert report_main(["--study", "cv", "--studies-dir", str(studies), "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| rank | trial | out-of-fold lwlrap | per fold | spread |" in report
+    assert "ships its 2 fold models as trained" in report
+    assert "every one of them at its full budget would take 8:" in report  # 2 trials x 2 folds x 2 epochs
     capsys.readouterr()
 
     out = tmp_path / "export"
