@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +35,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from benchmarks.bench_search_quality import Run as QualityRun
-from benchmarks.bench_search_quality import epochs_spent, incumbents, ordered_trials, spec_tables, test_score
+from benchmarks.bench_search_quality import epochs_spent, incumbents, ordered_trials
 from benchmarks.harness import REPO, run_worker, search_run, toml_value, with_study, write_spec
+from benchmarks.quality_strategies import Run as QualityRun
+from benchmarks.quality_strategies import spec_tables
+from search.kaggle.export import run_kernel
+from search.kaggle.score import score_submission
 from search.study.record import best_trial, load_study
 from search.views.checks import edge_params, widened
 from trainer import atomic_write_text, ensure_builtin
@@ -43,6 +48,24 @@ from trainer import atomic_write_text, ensure_builtin
 STRATEGY = "ours-10ep"
 NARROW = {"optim.lr": {"float": [5e-4, 2e-3], "log": True}, "features.crop_frames": {"int": [128, 256], "log": True}}
 ROUNDS = ("round1", "cold", "warm")
+
+
+def held_out_score(study, studies: Path, trial: FrozenTrial, data_dir: Path, out: Path) -> float:
+    """Export ``trial`` with its own weights (a round compares searches, not export recipes) and score its kernel
+    on the held-out test clips (cached per study and trial)."""
+    cache = out / "exports" / f"{study.name}-{trial.number}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["test_lwlrap"]
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "export"
+        subprocess.run([sys.executable, "-m", "search.best", "--study", study.name, "--studies-dir", str(studies),
+                        "--export", "--reuse-checkpoints", "--trial", str(trial.number), "--out", str(export)],
+                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+        submission = Path(tmp) / "submission.csv"
+        run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
+        score = score_submission(submission, data_dir / "test_labels.csv").lwlrap
+    atomic_write_text(cache, json.dumps({"test_lwlrap": score, "trial": trial.number, "study": study.name}))
+    return score
 
 
 @dataclass(frozen=True)
@@ -100,7 +123,7 @@ def measure(study: Study, studies: Path, out: Path, scale: float, trials: int, s
               "inherited": sum(not own(t) for t in finished),
               "epochs": sum(epochs_spent(t) for t in finished if own(t)),
               "incumbents": [{"own_trials": count, "trial": t.number, "val": t.value, "inherited": not own(t),
-                              "test": test_score(study, studies, t, data_dir, out)}
+                              "test": held_out_score(study, studies, t, data_dir, out)}
                              for count, t in own_incumbents(finished)]}
     record["bench_s"] = time.perf_counter() - started
     atomic_write_text(record_path, json.dumps(record, indent=1))
