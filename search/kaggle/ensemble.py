@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.kaggle.kernel_main import POOLINGS, pool_probabilities
 from search.spec import Kernel, StudySpec
 from search.study.artifacts import TrialFiles
-from search.study.folds import finished_folds, fold_file
+from search.study.folds import finished_folds, weight_files
 from search.study.inherit import inherited
 from search.study.record import best_trial, is_feasible, trial_config
 from trainer import (
@@ -174,7 +174,7 @@ def load_candidates(study: optuna.Study, files: TrialFiles, val_targets: Callabl
     no_weights = []
     with tempfile.TemporaryDirectory(prefix="fat2019-ensemble-") as tmp:
         for trial in sorted((t for t in complete if is_feasible(t)), key=lambda t: t.number):
-            if require_weights and not all(files.has(trial.number, name) for name in weight_files(trial)):
+            if require_weights and not all(files.has(trial.number, name) for name in weight_files(trial.user_attrs)):
                 no_weights.append(trial.number)
                 continue
             folder = Path(tmp) / str(trial.number)
@@ -364,9 +364,3 @@ def _number(value: object) -> float | None:
 
 def _numbers(numbers: list[int]) -> str:
     return ", ".join(map(str, numbers[:12])) + (f" and {len(numbers) - 12} more" if len(numbers) > 12 else "")
-
-
-def weight_files(trial: FrozenTrial) -> list[str]:
-    """The stored files that hold ``trial``'s weights: its best.pth, or a cross-validated trial's fold models."""
-    folds = finished_folds(trial.user_attrs)
-    return ["best.pth"] if folds is None else [fold_file(k, "best.pth") for k in range(folds)]

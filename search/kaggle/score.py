@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import DataError, load_labels, lwlrap, per_class_lwlrap, read_labelled_csv
+from trainer import DataError, load_labels, per_class_lwlrap, read_labelled_csv
 
 
 class ScoreError(ValueError):
@@ -24,16 +24,15 @@ class ScoreError(ValueError):
 class Score:
     """lwlrap of a submission and its per-class terms: ``lwlrap == (per_class * weights).sum()``."""
 
-    lwlrap: float
     clips: int
     labels: tuple[str, ...]  # the vocabulary, in its order
     per_class: np.ndarray  # (labels,) label-ranking precision of each class's true labels (0 where it has none)
+    weights: np.ndarray  # (labels,) each class's share of all true labels: its weight in lwlrap
     positives: np.ndarray  # (labels,) how many clips carry each class
 
     @property
-    def weights(self) -> np.ndarray:
-        """Each class's share of all true labels: its weight in lwlrap."""
-        return self.positives / self.positives.sum()
+    def lwlrap(self) -> float:
+        return float((self.per_class * self.weights).sum())
 
 
 def score_submission(submission: str | Path, labels: str | Path) -> Score:
@@ -52,8 +51,8 @@ def score_submission(submission: str | Path, labels: str | Path) -> Score:
         raise ScoreError(f"{submission}: {len(unscored)} labelled clips of {labels} have no row (first: "
                          f"{unscored[0]}); a submission scores every clip of its labels file")
     targets = np.stack([truth[name] for name in fnames])
-    per_class, _ = per_class_lwlrap(targets, scores)
-    return Score(lwlrap(targets, scores), len(fnames), tuple(load_labels()), per_class, targets.sum(axis=0))
+    per_class, weights = per_class_lwlrap(targets, scores)  # the pair precisions once: lwlrap is their weighted sum
+    return Score(len(fnames), tuple(load_labels()), per_class, weights, targets.sum(axis=0))
 
 
 def read_truth(labels: Path) -> dict[str, np.ndarray]:

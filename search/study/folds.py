@@ -13,6 +13,7 @@ clips; the mean of K per-fold numbers is kept beside it (``fold_mean``) with the
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 import statistics
@@ -59,9 +60,9 @@ class OutOfFold:
     fold_of: np.ndarray
     fold_lwlrap: list[float]  # each fold's own validation lwlrap, in fold order
 
-    @property
+    @functools.cached_property
     def lwlrap(self) -> float:
-        """The trial's value: lwlrap of the predictions pooled over the folds done."""
+        """The trial's value: lwlrap of the predictions pooled over the folds done (computed once)."""
         return lwlrap(self.targets, self.probs.astype(np.float64))
 
     @property
@@ -144,3 +145,10 @@ def cv_summary(attrs: Mapping[str, object]) -> str | None:
     per_fold = " ".join(f"{s:.3f}" for s in scores) if isinstance(scores, list) else "?"
     spread = statistics.pstdev(scores) if isinstance(scores, list) and len(scores) > 1 else 0.0
     return f"out-of-fold lwlrap {oof:.4f} over {done}/{folds} folds (per fold {per_fold}, spread {spread:.3f})"
+
+
+def weight_files(attrs: Mapping[str, object]) -> list[str]:
+    """The stored files that hold a trial's weights (its user attrs): best.pth, or a cross-validated trial's K fold
+    models."""
+    folds = finished_folds(attrs)
+    return ["best.pth"] if folds is None else [fold_file(k, "best.pth") for k in range(folds)]

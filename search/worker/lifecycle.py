@@ -264,11 +264,10 @@ class Worker:
         predecessors = [trials[n] for n in reversed(history)]
         if self.spec.folds is None:
             run.resumed_from_epoch = resume(run, predecessors, self.trial_dir)
-            run.first_epoch = run.resumed_from_epoch + 1
         else:
             run.folds = self.spec.folds
             run.fold, epoch = resume_folds(run, predecessors, lambda k: self.spec.fold_config(config, k))
-            run.resumed_from_epoch, run.first_epoch = run.fold * config.optim.epochs + epoch, epoch + 1
+            run.resumed_from_epoch = run.fold * config.optim.epochs + epoch
         for key, value in {"config": config.to_json(), "run_dir": str(workdir), "worker_id": self.worker_id,
                            "feature_cache_key": feature_cache_key(config.features), "threads": run.threads,
                            "resumed_from_epoch": run.resumed_from_epoch, "device": device,

@@ -73,9 +73,10 @@ def resume_folds(run: TrialRun, predecessors: Sequence[FrozenTrial], fold_config
             checkpoint, epoch = _checkpoint(run, current / "last.pth", fold_config(done),
                                             f"fold {done + 1}'s last.pth of trial {number} could not be loaded ({{}}); "
                                             f"that fold starts over")
-            if checkpoint is not None:
+            if checkpoint is not None:  # the running fold's best so far: this trial's own until an epoch beats it
                 for name in FINISHED_FOLD_FILES:
-                    run.files.pull(number, fold_file(done, name), current, as_name=name)
+                    if run.files.pull(number, fold_file(done, name), current, as_name=name) is not None:
+                        run.files.push(trial.number, current / name, fold_file(done, name))
         if done == 0 and epoch == 0:
             continue
         for k, name in finished:

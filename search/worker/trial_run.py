@@ -55,7 +55,6 @@ class TrialRun:
     kernel: Kernel | None  # the spec's [kernel] budget
     epoch_threads: Callable[[], int] | None = None  # asked at each epoch's start for its threads (None: ``threads``)
     resumed_from_epoch: int = 0  # epochs a predecessor trained (of all folds, for a cross-validated trial)
-    first_epoch: int = 1
     best_seen: float = float("-inf")
     started: float = field(default_factory=time.perf_counter)
     costs: list[float] = field(default_factory=list)
@@ -100,9 +99,7 @@ class TrialRun:
     def fold_finished(self, targets: Mapping[str, Any]) -> OutOfFold:
         """After fold ``self.fold``: its best weights and predictions stored under this trial, and the trial's
         val_predictions.npz rewritten as the out-of-fold predictions of the folds done (the trial's value)."""
-        assert self.folds is not None
-        for name in ("best.pth", VAL_PREDICTIONS):  # also when the fold's best epoch came from a predecessor
-            self.files.push(self.trial.number, self.train_dir / name, self.stored_name(name))
+        assert self.folds is not None  # the fold's best.pth and predictions are stored already (epoch_done, resume)
         oof = pool_folds([self.fold_dir(k) / VAL_PREDICTIONS for k in range(self.fold + 1)], targets)
         oof.save(self.workdir / VAL_PREDICTIONS)
         self.files.push(self.trial.number, self.workdir / VAL_PREDICTIONS)
@@ -128,7 +125,7 @@ class TrialRun:
         """At the attempt's first epoch: why the measured inference cost already breaks the kernel budget (it
         does not depend on training), which the objective prunes the trial with; None while it fits."""
         kernel = self.kernel
-        if kernel is None or metrics["epoch"] != self.first_epoch or self.costs[1:]:
+        if kernel is None or len(self.costs) != 1:  # epoch_done has handed off this attempt's first epoch alone
             return None
         if kernel.violation(self.models * metrics["inference_cost"]) <= 0:
             return None
