@@ -172,6 +172,7 @@ def measure(run: Run, out: Path, budgets: list[int], scale: float) -> dict:
             change["test"] = export_and_score(run, studies, change, data_dir, out)["test"]
     record = {"format": RECORD_FORMAT, "data": run.data, "strategy": run.strategy, "label": run.label,
               "repeat": run.repeat, "folds": run.folds if run.cv else None, "trial_epochs": run.trial_epochs,
+              "epochs_override": run.epochs,
               "scale": scale, "budgets": budgets, "budget_epochs": budgets[-1], "searched_epochs": searched,
               "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "epochs": epochs_spent(t),
                           "folds_done": t.user_attrs.get("folds_done"),
@@ -275,7 +276,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budgets", type=float, nargs="+", default=DEFAULT_BUDGETS,
                         help=f"budget points (search + export) in units of B = {BASELINE_EPOCHS} epochs")
-    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="K of the cross-validated strategies")
+    parser.add_argument("--folds", type=int, help="K of every cross-validated strategy (default: each strategy's own, "
+                        f"else {DEFAULT_FOLDS})")
     parser.add_argument("--epochs", type=int, help="every training's epochs instead of each strategy's (a tiny run)")
     parser.add_argument("--full-repeats", type=int,
                         help="only this many repeats run to the largest budget, the others to the one below it")
@@ -290,8 +292,8 @@ def main() -> None:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         for data in args.data:
             ensure_builtin(data, scale=args.scale)
-        runs = [Run(d, s, r, args.folds, args.epochs) for r in range(args.repeats) for s in args.strategies
-                for d in args.data]
+        runs = [Run(d, s, r, args.folds or STRATEGIES[s].get("folds", DEFAULT_FOLDS), args.epochs)
+                for r in range(args.repeats) for s in args.strategies for d in args.data]
 
         def measured(run: Run) -> dict:  # repeats past --full-repeats stop at the second-largest budget
             full = args.full_repeats is None or run.repeat < args.full_repeats or len(budgets) < 2

@@ -30,10 +30,11 @@ SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 PRUNER_SETTINGS: dict[str, dict[str, type]] = {
     "asha": {"min_resource": int, "reduction_factor": int, "min_early_stopping_rate": int, "min_trials": int,
-             "fold_reduction_factor": int},
-    "hyperband": {"min_resource": int, "reduction_factor": int, "min_trials": int, "fold_reduction_factor": int},
+             "fold_reduction_factor": int, "fold_min_trials": int},
+    "hyperband": {"min_resource": int, "reduction_factor": int, "min_trials": int, "fold_reduction_factor": int,
+                  "fold_min_trials": int},
     "median": {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "min_trials": int,
-               "fold_reduction_factor": int},
+               "fold_reduction_factor": int, "fold_min_trials": int},
     "none": {},
 }
 PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -78,13 +79,18 @@ def make_pruner(settings: Mapping[str, Any], max_epochs: int, *, folds: int | No
     values = {**PRUNER_DEFAULTS[name], **{k: v for k, v in settings.items() if k != "name"}}
     min_trials = values.pop("min_trials", 0)
     fold_reduction_factor = values.pop("fold_reduction_factor", None)
+    # the fold race's own quorum: a whole fold costs as much as a one-split trial, so waiting for min_trials
+    # others at a boundary makes the first trials pay every fold; unset, it is the rungs' quorum
+    fold_min_trials = values.pop("fold_min_trials", min_trials)
     inner = _PRUNERS[name](values, max_epochs)
     pruner = RungQuorumPruner(inner, min_trials) if min_trials else inner
     if folds is None or fold_reduction_factor is None:  # "none" never prunes: every trial pays every fold
         return pruner
     if fold_reduction_factor < 1:
         raise ValueError(f"fold_reduction_factor={fold_reduction_factor}: expected 1 (never cut at a fold) or more")
-    return FoldRacePruner(pruner, max_epochs, folds, fold_reduction_factor, min_trials)
+    if fold_min_trials < 0:
+        raise ValueError(f"fold_min_trials={fold_min_trials}: expected 0 or more")
+    return FoldRacePruner(pruner, max_epochs, folds, fold_reduction_factor, fold_min_trials)
 
 
 _PRUNERS: dict[str, Callable[[dict[str, Any], int], optuna.pruners.BasePruner]] = {

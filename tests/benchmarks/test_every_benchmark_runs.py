@@ -20,6 +20,7 @@ warm_cache = search_fixtures.warm_cache  # the search tests' warm feature cache,
 
 BENCH = REPO / "benchmarks"
 COVERED_ELSEWHERE = {"bench_search_quality": "tests/benchmarks/test_search_quality.py",
+                     "bench_cv_value": "tests/benchmarks/test_search_quality.py",
                      "gpu_check": "tests/benchmarks/test_gpu_check.py",
                      "bench_ensemble": "tests/search/test_ensemble.py"}  # over that module's five-trial study
 LIBRARIES = {"scale_data": "scale", "harness": "stress", "stress_limits": "stress",

@@ -163,3 +163,21 @@ def test_a_tiny_run_of_each_kind_of_strategy_end_to_end(tmp_path, session_cache)
     assert (out / "anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = subprocess.run([*command, "--table"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and table.stdout == run.stdout[run.stdout.index("| data |"):]  # from the records
+    # which value of a cross-validated trial ranks as test does: every complete trial exported (free) and scored
+    values = subprocess.run([sys.executable, "-m", "benchmarks.bench_cv_value", "--out", str(out), "--min-trials", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert values.returncode == 0, values.stdout[-2000:] + values.stderr[-2000:]
+    (study,) = json.loads((out / "cv-value.json").read_text())
+    complete = [t["number"] for t in cv["trials"] if t["state"] == "COMPLETE"]
+    assert study["study"] == "q-demo-ours-cv-k2-e1-r0" and [r["trial"] for r in study["rows"]] == complete
+    assert all(0.0 < r["test"] <= 1.0 and r["mean"] is not None for r in study["rows"])
+    assert f"| q-demo-ours-cv-k2-e1-r0 | {len(complete)} |" in values.stdout
+
+
+def test_kendall_tau_is_scipys_tau_b():
+    from scipy.stats import kendalltau
+
+    from benchmarks.bench_cv_value import kendall_tau
+    xs, ys = [0.1, 0.4, 0.4, 0.2, 0.9, 0.5], [0.3, 0.1, 0.5, 0.5, 0.8, 0.2]  # ties in both
+    assert kendall_tau(xs, ys) == pytest.approx(kendalltau(xs, ys).statistic)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0 and kendall_tau([1, 1], [2, 3]) == 0.0

@@ -96,3 +96,15 @@ def test_inside_fold_zero_the_inner_pruner_judges_and_inside_later_folds_nobody_
     assert not _judge(pruner, study, {2: 0.1, 3: 0.95})    # the end of fold 0 is a fold boundary: raced
     assert not _judge(pruner, study, {3: 0.1, 4: 0.1})     # inside fold 1: never judged
     assert not _judge(pruner, study, {3: 0.1, 9: 0.1})     # after the last fold: the trial completes
+
+
+def test_the_fold_race_has_its_own_quorum_which_defaults_to_the_rungs():
+    rungs_only = make_pruner({"name": "asha", "min_trials": 4}, 3, folds=3)
+    own = make_pruner({"name": "asha", "min_trials": 4, "fold_min_trials": 1}, 3, folds=3)
+    assert (rungs_only.min_trials, own.min_trials) == (4, 1)
+    baseline_only = _study_with_boundary_values([0.7], step=3)  # the baseline alone finished fold 0
+    assert not _judge(rungs_only, baseline_only, {3: 0.6})      # quorum 4 not there: a worse trial pays fold 1
+    assert _judge(own, baseline_only, {3: 0.6})                 # quorum 1: behind the baseline, it stops
+    assert not _judge(own, baseline_only, {3: 0.8})             # ahead of it, it goes on
+    with pytest.raises(ValueError, match="fold_min_trials=-1"):
+        make_pruner({"name": "asha", "fold_min_trials": -1}, 3, folds=3)
