@@ -23,7 +23,9 @@ from benchmarks.harness import REPO, STUDIES, read_spec, write_spec
 from trainer import atomic_write_text, ensure_builtin
 
 SPEC = STUDIES / "quickstart.toml"
-ROW = re.compile(r"^\s*(validation|held-out test) lwlrap\s+([0-9.]+)\s+([0-9.]+)\s+([+-][0-9.]+)\s*$", re.M)
+# the trial values' row is "validation" (one split) or "out-of-fold" (cross-validated trials)
+ROW = re.compile(r"^\s*(validation|out-of-fold|held-out test) lwlrap\s+([0-9.]+)\s+([0-9.]+)\s+([+-][0-9.]+)\s*$",
+                 re.M)
 
 
 def quickstart_spec(data: str, repeat: int, spec: Path = SPEC) -> dict[str, dict]:
@@ -34,8 +36,10 @@ def quickstart_spec(data: str, repeat: int, spec: Path = SPEC) -> dict[str, dict
 
 
 def parse(output: str) -> dict:
-    """The quickstart's table: {"validation": (baseline, best), "held-out test": (baseline, best)}."""
-    rows = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in ROW.finditer(output)}
+    """The quickstart's table: {"validation": (baseline, best), "held-out test": (baseline, best)}; "validation" is
+    the trials' own values, out-of-fold ones for cross-validated trials."""
+    rows = {m.group(1).replace("out-of-fold", "validation"): (float(m.group(2)), float(m.group(3)))
+            for m in ROW.finditer(output)}
     if set(rows) != {"validation", "held-out test"}:
         raise ValueError(f"the quickstart printed no result table:\n{output[-2000:]}")
     return rows

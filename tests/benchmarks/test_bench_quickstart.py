@@ -29,3 +29,10 @@ def test_threads_zero_leaves_the_quickstart_its_own_default(tmp_path, monkeypatc
     assert [w for i, w in enumerate(options) if w == "--threads" or options[i - 1] == "--threads"] == passed
     assert record["threads"] == recorded and (record["test_baseline"], record["test_best"]) == (0.7294, 0.7363)
     assert json.loads((tmp_path / "records" / "quickstart-demo-r0.json").read_text())["threads"] == recorded
+
+
+def test_the_table_of_a_cross_validated_quickstart_is_read_too():
+    printed = PRINTED.replace("validation lwlrap", "out-of-fold lwlrap")
+    assert bench.parse(printed) == {"validation": (0.7281, 0.7473), "held-out test": (0.7294, 0.7363)}
+    with pytest.raises(ValueError, match="no result table"):
+        bench.parse(PRINTED.replace("validation lwlrap", "fold-mean lwlrap"))
