@@ -4,7 +4,7 @@
     python -m benchmarks.bench_search_quality --out bench-quality --table     # table, checks and plot from the records
 
 Every strategy (``benchmarks/quality_strategies.py``: a search, or one training of a fixed config) runs as a study
-(one worker, one torch thread, the repeat's seed, through ``python -m search.run``). Compute is counted in training
+(one worker, one torch thread, a sampler seed per repeat and worker restart, through ``python -m search.run``). Compute is counted in training
 epochs, search plus export, in units of B = one 10-epoch baseline training. At every budget point P (15B, 20B,
 30B, 45B, 60B by default) the strategy ships what a user gets from ``python -m search.best --export`` with no flags:
 the study's best among the trials finished within P less that export's own epochs (five retrained fold models of a
@@ -93,7 +93,9 @@ def run_study(run: Run, out: Path, search_epochs: int, scale: float) -> Path:
             return studies
         # as many trials as the budget left would take unpruned, plus one: the study stops close to the budget
         more = 1 if run.once else (search_epochs - spent) // trial_cost + 1
-        run_worker(search_run(run.name, studies, "--trials", len(done) + more, "--threads", 1, "--seed", run.repeat,
+        # a restarted worker with the same --seed would draw the same random proposals again: one seed per restart
+        seed = run.repeat * 1000 + len(done)
+        run_worker(search_run(run.name, studies, "--trials", len(done) + more, "--threads", 1, "--seed", seed,
                               "--device", "cpu"), log)
 
 
