@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
@@ -36,11 +34,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from benchmarks.bench_search_quality import epochs_spent, incumbents, ordered_trials
-from benchmarks.harness import REPO, run_worker, search_run, toml_value, with_study, write_spec
+from benchmarks.harness import REPO, exported_test_score, run_worker, search_run, toml_value, with_study, write_spec
 from benchmarks.quality_strategies import Run as QualityRun
 from benchmarks.quality_strategies import spec_tables
-from search.kaggle.export import run_kernel
-from search.kaggle.score import score_submission
 from search.study.record import best_trial, load_study
 from search.views.checks import edge_params, widened
 from trainer import atomic_write_text, ensure_builtin
@@ -56,14 +52,8 @@ def held_out_score(study, studies: Path, trial: FrozenTrial, data_dir: Path, out
     cache = out / "exports" / f"{study.name}-{trial.number}.json"
     if cache.exists():
         return json.loads(cache.read_text())["test_lwlrap"]
-    with tempfile.TemporaryDirectory() as tmp:
-        export = Path(tmp) / "export"
-        subprocess.run([sys.executable, "-m", "search.best", "--study", study.name, "--studies-dir", str(studies),
-                        "--export", "--reuse-checkpoints", "--trial", str(trial.number), "--out", str(export)],
-                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
-        submission = Path(tmp) / "submission.csv"
-        run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
-        score = score_submission(submission, data_dir / "test_labels.csv").lwlrap
+    score, *_ = exported_test_score(study.name, studies, ["--reuse-checkpoints", "--trial", str(trial.number)],
+                                    data_dir, out / "logs" / f"{study.name}-export.log")
     atomic_write_text(cache, json.dumps({"test_lwlrap": score, "trial": trial.number, "study": study.name}))
     return score
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +34,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmarks.harness import REPO, last_line, run_worker, search_run, write_spec
+from benchmarks.harness import REPO, exported_test_score, run_worker, search_run, write_spec
 from benchmarks.quality_strategies import (
     BASELINE_EPOCHS,
     DEFAULT_FOLDS,
@@ -52,9 +50,7 @@ from benchmarks.quality_strategies import (
     target_checks,
     trials_searched,
 )
-from search.kaggle.export import run_kernel
 from search.kaggle.recipes import default_recipe
-from search.kaggle.score import score_submission
 from search.spec import load_spec
 from search.study.record import is_feasible, load_study, trial_config
 from trainer import atomic_write_text, ensure_builtin
@@ -119,30 +115,16 @@ def export_and_score(run: Run, studies: Path, change: dict, data_dir: Path, out:
     cache = out / "exports" / f"{run.name}-t{change['trial']}-{change['recipe']}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    log = out / "logs" / f"{run.name}-export.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        export = Path(tmp) / "export"
-        started = time.perf_counter()
-        with open(log, "a", encoding="utf-8") as stream:
-            code = subprocess.run([sys.executable, "-m", "search.best", "--study", run.name, "--studies-dir",
-                                   str(studies), "--export", "--trial", str(change["trial"]), "--threads", "1",
-                                   "--out", str(export)], cwd=REPO, stdout=stream, stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            raise RuntimeError(f"{run.name}: search.best --export of trial {change['trial']} exited {code}; "
-                               f"{log}: {last_line(log)}")
-        export_s = time.perf_counter() - started
-        exported = json.loads((export / "export.json").read_text())
-        if (exported["recipe"], exported["trained_epochs"]) != (change["recipe"], change["export_epochs"]):
-            raise RuntimeError(f"{run.name} trial {change['trial']}: exported {exported['recipe']} training "
-                               f"{exported['trained_epochs']} epochs; the budget counted {change['recipe']} at "
-                               f"{change['export_epochs']}")
-        submission = Path(tmp) / "submission.csv"
-        started = time.perf_counter()
-        run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
-        result = {"test": score_submission(submission, data_dir / "test_labels.csv").lwlrap, "study": run.name,
-                  "trial": change["trial"], "recipe": change["recipe"], "trained_epochs": exported["trained_epochs"],
-                  "export_s": round(export_s, 1), "kernel_s": round(time.perf_counter() - started, 1)}
+    test, exported, export_s, kernel_s = exported_test_score(
+        run.name, studies, ["--trial", str(change["trial"]), "--threads", "1"], data_dir,
+        out / "logs" / f"{run.name}-export.log")
+    if (exported["recipe"], exported["trained_epochs"]) != (change["recipe"], change["export_epochs"]):
+        raise RuntimeError(f"{run.name} trial {change['trial']}: exported {exported['recipe']} training "
+                           f"{exported['trained_epochs']} epochs; the budget counted {change['recipe']} at "
+                           f"{change['export_epochs']}")
+    result = {"test": test, "study": run.name, "trial": change["trial"], "recipe": change["recipe"],
+              "trained_epochs": exported["trained_epochs"], "export_s": round(export_s, 1),
+              "kernel_s": round(kernel_s, 1)}
     atomic_write_text(cache, json.dumps(result))
     return result
 

@@ -96,6 +96,36 @@ def last_line(path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def exported_test_score(study: str, studies: Path, options: list[str], data_dir: Path, log: Path
+                        ) -> tuple[float, dict[str, Any], float, float]:
+    """``python -m search.best --study STUDY --export OPTIONS`` into a temporary folder (its output appended to
+    ``log``), the generated kernel.py run as its own process on ``data_dir``'s held-out test clips and scored against
+    its test_labels.csv: (test lwlrap, the export's export.json, export seconds, kernel seconds)."""
+    import tempfile
+
+    from search.kaggle.export import run_kernel
+    from search.kaggle.score import score_submission
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "export"
+        started = time.perf_counter()
+        with open(log, "a", encoding="utf-8") as stream:
+            code = subprocess.run([sys.executable, "-m", "search.best", "--study", study, "--studies-dir",
+                                   str(studies), "--export", *options, "--out", str(export)], cwd=REPO,
+                                  stdout=stream, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise RuntimeError(f"{study}: search.best --export {' '.join(options)} exited {code}; {log}: "
+                               f"{last_line(log)}")
+        export_s = time.perf_counter() - started
+        exported = json.loads((export / "export.json").read_text())
+        submission = Path(tmp) / "submission.csv"
+        started = time.perf_counter()
+        run_kernel(export, data_dir / "test", data_dir / "sample_submission.csv", submission, device="cpu")
+        test = score_submission(submission, data_dir / "test_labels.csv").lwlrap
+    return test, exported, export_s, time.perf_counter() - started
+
+
 class Fleet:
     """Workers started from one command line, each writing to its own log ``logs/<prefix>-<i>.log``."""
 

@@ -107,17 +107,23 @@ def pool_folds(prediction_files: Sequence[Path], targets: Mapping[str, np.ndarra
                      np.array(fold_of), scores)
 
 
+def trial_folds(attrs: Mapping[str, object]) -> int | None:
+    """K of a cross-validated trial (its user attrs), whatever it finished; None for a one-split trial."""
+    folds = attrs.get("folds")
+    return folds if isinstance(folds, int) and folds >= 2 else None
+
+
 def finished_folds(attrs: Mapping[str, object]) -> int | None:
     """K for a trial (its user attrs) that cross-validated all its K folds, else None (one split, or cut early)."""
-    folds, done = attrs.get("folds"), attrs.get("folds_done")
-    return folds if isinstance(folds, int) and folds >= 2 and done == folds else None
+    folds = trial_folds(attrs)
+    return folds if folds is not None and attrs.get("folds_done") == folds else None
 
 
 def fold_position(attrs: Mapping[str, object], epochs: int) -> tuple[int, int, int] | None:
     """(fold, epoch within it, folds) of a cross-validated trial, 1-based, from its user attrs (``epochs_run``
     counts the epochs of all its folds); None for a one-split trial."""
-    folds, done = attrs.get("folds"), attrs.get("epochs_run", 0)
-    if not isinstance(folds, int) or folds < 2 or epochs <= 0:
+    folds, done = trial_folds(attrs), attrs.get("epochs_run", 0)
+    if folds is None or epochs <= 0:
         return None
     done = int(done) if isinstance(done, (int, float)) else 0
     fold = min(done // epochs, folds - 1) if done < epochs * folds else folds - 1

@@ -20,6 +20,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study.folds import trial_folds
 from search.study.record import last_reported, trial_config
 from search.views import figures as draw
 from search.views.figures import ParamScale, TrialPoint
@@ -219,7 +220,7 @@ def _join(*notes: str) -> str:
 def fold_epochs(trials: Sequence[FrozenTrial]) -> int | None:
     """One fold's epochs in a cross-validated study (its trials record ``folds``), else None."""
     for trial in trials:
-        if isinstance(trial.user_attrs.get("folds"), int):
+        if trial_folds(trial.user_attrs):
             try:
                 return trial_config(trial).optim.epochs
             except (LookupError, ValueError):

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.kaggle.ensemble_report import report_section
 from search.spec import StudySpec
 from search.study.artifacts import TrialFiles
-from search.study.folds import finished_folds
+from search.study.folds import finished_folds, trial_folds
 from search.study.inherit import inherited_text
 from search.study.record import (
     StudyHandle,
@@ -165,8 +165,7 @@ def _compute_section(trials: Sequence[FrozenTrial], budget: Any) -> list[str]:
     run = sum(t.user_attrs["epochs_run"] - t.user_attrs.get("resumed_from_epoch", 0) for t in counted)
     per_trial = []
     for trial in counted:
-        folds = trial.user_attrs.get("folds")
-        folds = folds if isinstance(folds, int) and folds > 1 else 1  # a cross-validated trial's budget: every fold
+        folds = trial_folds(trial.user_attrs) or 1  # a cross-validated trial's budget: every fold's epochs
         if isinstance(budget, int):
             per_trial.append(budget * folds)
         else:

@@ -122,11 +122,11 @@ class StatusView:
         if len(handle.study.directions) > 1:
             raise ValueError(f"study {handle.name!r} has {len(handle.study.directions)} objectives; "
                              "the status view handles single-objective studies only")
-        stored_spec = handle.stored_spec()  # what the study was started with wins over the file
-        stored, folds = stored_spec.get("study.epochs"), stored_spec.get("study.folds")
-        epochs = stored if isinstance(stored, int) else (spec.epochs if spec is not None else None)
-        if not isinstance(stored, int) and spec is not None:
-            folds = spec.folds
+        stored = handle.stored_spec()  # what the study was started with wins over the file
+        if isinstance(stored.get("study.epochs"), int):
+            epochs, folds = stored["study.epochs"], stored.get("study.folds")
+        else:
+            epochs, folds = (spec.epochs, spec.folds) if spec is not None else (None, None)
         if epochs is not None and isinstance(folds, int) and folds > 1:
             epochs *= folds  # a cross-validated trial's budget is every fold's epochs
         return cls(handle, spec, spec.baseline_params() if spec is not None else None, epochs, recent)
